@@ -1,0 +1,532 @@
+"""The client side: JSON-RPC 2.0 over WebSocket (Autobahn), PROTOCOL.md.
+
+One :class:`ClientProtocol` per WebSocket.  It greets with ``hello``, checks
+the login signature, turns requests into calls on the :class:`~lnproxy.hub.Hub`
+(and the webhook registry, when there is one) and replies.  It is the hub's
+:class:`~lnproxy.hub.EventSink` for the node it logged in as.
+
+Everything a client sends is validated here, at the edge: the hub below only
+ever sees well-typed values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any, Protocol as TypingProtocol
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lnproxy import keys
+from lnproxy.hub import (
+    LIMIT_EXCEEDED,
+    LOGIN_FAILED,
+    NOT_LOGGED_IN,
+    Hub,
+    HubError,
+    Session,
+)
+
+__all__ = [
+    "SUBPROTOCOL",
+    "PROTOCOL_VERSION",
+    "RpcError",
+    "ClientProtocol",
+    "ClientFactory",
+    "WebhookRegistry",
+    "parse_peer",
+    "PARSE_ERROR",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "INVALID_PARAMS",
+]
+
+SUBPROTOCOL = "lnproxy.v1"
+PROTOCOL_VERSION = "lnproxy/1"
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+
+#: A 65,535-byte message is ~131 KiB of hex; leave room for the envelope.
+MAX_WS_MESSAGE = 256 * 1024
+#: Bytes of HTTP request we read before the WebSocket upgrade completes.
+MAX_HANDSHAKE_BYTES = 16 * 1024
+#: Close codes (private-use range) the proxy uses.
+CLOSE_LOGIN_FAILED = 4002
+CLOSE_LOGIN_TIMEOUT = 4001
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+_PEER = re.compile(
+    r"(?P<node>[0-9a-fA-F]{66})@(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]@\s]+))"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+class RpcError(Exception):
+    """An error reply: JSON-RPC ``error`` ``{code, message, data?}``."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``error`` member of a response."""
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+class WebhookRegistry(TypingProtocol):
+    """The webhook methods' back end (the notifier provides it)."""
+
+    def add(self, node_id: str, url: str) -> defer.Deferred[str]:
+        """Register a URL; fires with its id or fails with HubError."""
+
+    def list(self, node_id: str) -> list[dict[str, str]]:
+        """``[{"id", "url"}]`` of the node."""
+
+    def remove(self, node_id: str, webhook_id: str) -> bool:
+        """Remove one; False when it does not exist for this node."""
+
+
+def parse_peer(text: str) -> tuple[str, str, int]:
+    """Parse ``node_id@host[:port]`` (IPv6 hosts in brackets).
+
+    :return: ``(node_id_hex_lowercase, host, port)``.
+    :raise RpcError: -32602 naming what is wrong.
+    """
+    m = _PEER.fullmatch(text)
+    if m is None:
+        raise RpcError(
+            INVALID_PARAMS,
+            "peer must be <66 hex node id>@<host>[:<port>] "
+            "(IPv6 hosts in brackets)",
+        )
+    node = m.group("node").lower()
+    if not keys.is_node_id(bytes.fromhex(node)):
+        raise RpcError(INVALID_PARAMS, "peer node id is not a valid public key")
+    host = m.group("v6") or m.group("host")
+    port = int(m.group("port") or 9735)
+    if not 1 <= port <= 65535:
+        raise RpcError(INVALID_PARAMS, f"port {port} is outside 1-65535")
+    return node, host, port
+
+
+def _param(params: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in params:
+        raise RpcError(INVALID_PARAMS, f"missing parameter {name!r}")
+    value = params[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = (
+            " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        )
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be {names}")
+    return value
+
+
+def _hex(params: dict[str, Any], name: str, size: int | None = None) -> bytes:
+    text = _param(params, name, str)
+    if len(text) % 2 or not _HEX.fullmatch(text):
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be hex")
+    if size is not None and len(text) != 2 * size:
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be {size} bytes")
+    return bytes.fromhex(text)
+
+
+def _node_id(params: dict[str, Any], name: str) -> str:
+    raw = _hex(params, name, 33)
+    if not keys.is_node_id(raw):
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} is not a valid public key")
+    return raw.hex()
+
+
+@implementer(IPushProducer)
+class _SessionFlow:
+    """Tells the hub session when the client's TCP buffer is full."""
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        if self.protocol.session is not None:
+            self.protocol.session.pause()
+
+    def resumeProducing(self) -> None:
+        if self.protocol.session is not None:
+            self.protocol.session.resume()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class ClientProtocol(WebSocketServerProtocol):
+    """One client WebSocket: hello, login, then the node's requests."""
+
+    _log = Logger()
+    factory: ClientFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node_id: str | None = None
+        self.session: Session | None = None
+        self._challenge = b""
+        self._challenge_used = False
+        self._login_timer: IDelayedCall | None = None
+        self._close_timer: IDelayedCall | None = None
+        self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "login": self.rpc_login,
+            "connect": self.rpc_connect,
+            "finish": self.rpc_finish,
+            "send": self.rpc_send,
+            "disconnect": self.rpc_disconnect,
+            "connections": self.rpc_connections,
+            "ack": self.rpc_ack,
+            "webhook.set": self.rpc_webhook_set,
+            "webhook.list": self.rpc_webhook_list,
+            "webhook.remove": self.rpc_webhook_remove,
+        }
+
+    # -- Autobahn callbacks ---------------------------------------------------
+
+    def processHandshake(self) -> None:
+        """Refuse an HTTP request whose headers never end (Autobahn reads
+        them without a bound)."""
+        if len(self.data) > MAX_HANDSHAKE_BYTES and b"\r\n\r\n" not in self.data:
+            self._log.info("dropping a client whose request headers are too large")
+            self.dropConnection(abort=True)
+            return
+        super().processHandshake()
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        """Pick the subprotocol: ours, or none when the client offers none."""
+        try:
+            if request.path != "/":
+                raise ConnectionDeny(404, "not found")
+            if not request.protocols:
+                return None
+            if SUBPROTOCOL in request.protocols:
+                return SUBPROTOCOL
+            raise ConnectionDeny(400, f"subprotocol {SUBPROTOCOL} required")
+        except ConnectionDeny:
+            raise
+        except Exception:
+            # Autobahn turns exceptions here into a bare 500; say why in logs.
+            self._log.failure("onConnect failed")
+            raise
+
+    def onOpen(self) -> None:
+        """Send ``hello`` and start the login timer."""
+        try:
+            f = self.factory
+            self._challenge = os.urandom(32)
+            self.transport.registerProducer(_SessionFlow(self), True)
+            self._notify(
+                "hello",
+                {
+                    "protocol": PROTOCOL_VERSION,
+                    "server_id": f.server_id.hex(),
+                    "challenge": self._challenge.hex(),
+                    "limits": f.hub.limits.as_hello(),
+                },
+            )
+            self._login_timer = f.clock.callLater(f.login_timeout, self._login_timed_out)
+        except Exception:
+            self._log.failure("onOpen failed")
+            self.dropConnection(abort=True)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Parse one JSON-RPC request and dispatch it."""
+        if isBinary:
+            self._reply_error(None, RpcError(INVALID_REQUEST, "binary frames are not accepted"))
+            return
+        try:
+            request = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            self._reply_error(None, RpcError(PARSE_ERROR, "parse error: not JSON"))
+            return
+        if not isinstance(request, dict):
+            what = "batches are not supported" if isinstance(request, list) else "not an object"
+            self._reply_error(None, RpcError(INVALID_REQUEST, f"invalid request: {what}"))
+            return
+        has_id = "id" in request
+        req_id = request.get("id")
+        if has_id and (
+            isinstance(req_id, bool) or not isinstance(req_id, (int, str))
+        ):
+            self._reply_error(None, RpcError(INVALID_REQUEST, "id must be an integer or a string"))
+            return
+        method = request.get("method")
+        if request.get("jsonrpc") != "2.0" or not isinstance(method, str):
+            self._reply_error(
+                req_id, RpcError(INVALID_REQUEST, 'invalid request: needs "jsonrpc": "2.0" and a method')
+            )
+            return
+        params = request.get("params", {})
+        handler = self._methods.get(method)
+        try:
+            if handler is None:
+                raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}")
+            if not isinstance(params, dict):
+                raise RpcError(INVALID_PARAMS, "params must be an object")
+            if method != "login" and self.session is None:
+                raise RpcError(NOT_LOGGED_IN, "not logged in")
+            result = handler(params)
+        except RpcError as e:
+            self._answer_error(has_id, req_id, e)
+            return
+        except HubError as e:
+            self._answer_error(has_id, req_id, RpcError(e.code, e.message))
+            return
+        except Exception:
+            self._log.failure("error in {method}", method=method)
+            self._answer_error(has_id, req_id, RpcError(-32603, "internal error"))
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(
+                lambda r: self._answer(has_id, req_id, r),
+                lambda f: self._answer_failure(has_id, req_id, method, f),
+            )
+        else:
+            self._answer(has_id, req_id, result)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Detach from the hub; cancel timers."""
+        for timer in (self._login_timer, self._close_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._login_timer = self._close_timer = None
+        if self.session is not None:
+            self.factory.hub.logout(self.session)
+            self.session = None
+
+    # -- EventSink -----------------------------------------------------------
+
+    def send_event(self, text: str) -> None:
+        """Send one event notification."""
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(text.encode("utf-8"))
+
+    # -- replies ----------------------------------------------------------------
+
+    def _send_json(self, obj: dict[str, Any]) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+
+    def _notify(self, method: str, params: dict[str, Any]) -> None:
+        self._send_json({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def _answer(self, has_id: bool, req_id: Any, result: Any) -> None:
+        if has_id:
+            self._send_json({"jsonrpc": "2.0", "id": req_id, "result": result})
+
+    def _answer_error(self, has_id: bool, req_id: Any, err: RpcError) -> None:
+        self.factory.count_error(err.code)
+        if has_id:
+            self._send_json({"jsonrpc": "2.0", "id": req_id, "error": err.as_json()})
+
+    def _reply_error(self, req_id: Any, err: RpcError) -> None:
+        self._answer_error(True, req_id, err)
+
+    def _answer_failure(self, has_id: bool, req_id: Any, method: str, f: Any) -> None:
+        if f.check(RpcError):
+            self._answer_error(has_id, req_id, f.value)
+        elif f.check(HubError):
+            self._answer_error(has_id, req_id, RpcError(f.value.code, f.value.message))
+        else:
+            self._log.failure("error in {method}", failure=f, method=method)
+            self._answer_error(has_id, req_id, RpcError(-32603, "internal error"))
+
+    # -- login -------------------------------------------------------------------
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if self.session is None:
+            self.sendClose(CLOSE_LOGIN_TIMEOUT, "login timeout")
+
+    def rpc_login(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``login {node_id, signature}``: prove the node key."""
+        if self.session is not None:
+            raise RpcError(INVALID_REQUEST, "this session is already logged in")
+        node_id = _node_id(params, "node_id")
+        signature = _hex(params, "signature", 64)
+        f = self.factory
+        if self._challenge_used:
+            raise RpcError(LOGIN_FAILED, "login failed: challenge already used")
+        self._challenge_used = True
+        digest = keys.login_digest(f.server_id, self._challenge)
+        if not keys.verify_digest(bytes.fromhex(node_id), digest, signature):
+            self._log.info("login failed for node {node}", node=node_id)
+            self._close_timer = f.clock.callLater(
+                f.failed_login_close_delay, self._close_after_failed_login
+            )
+            raise RpcError(LOGIN_FAILED, "login failed: bad signature")
+        session, result = f.hub.login(node_id, self)
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        self.node_id = node_id
+        self.session = session
+        # Replay starts after the response is on the wire.
+        f.clock.callLater(0, self._start_replay)
+        return result
+
+    def _start_replay(self) -> None:
+        if self.session is not None:
+            self.session.start()
+
+    def _close_after_failed_login(self) -> None:
+        self._close_timer = None
+        if self.state == self.STATE_OPEN:
+            self.sendClose(CLOSE_LOGIN_FAILED, "login failed")
+
+    # -- connections ----------------------------------------------------------------
+
+    def rpc_connect(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """``connect {peer, act1, persist?}`` -> ``{conn, act2}``."""
+        peer = _param(params, "peer", str)
+        node, host, port = parse_peer(peer)
+        act1 = _hex(params, "act1", 50)
+        persist = params.get("persist", False)
+        if not isinstance(persist, bool):
+            raise RpcError(INVALID_PARAMS, "parameter 'persist' must be a boolean")
+        assert self.node_id is not None
+        d = self.factory.hub.connect(self.node_id, node, host, port, act1, persist)
+        return d.addCallback(lambda r: {"conn": r[0], "act2": r[1].hex()})
+
+    def rpc_finish(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``finish {conn, act3, sk, rk, ck}`` -> ``{conn}``."""
+        conn = _param(params, "conn", str)
+        act3 = _hex(params, "act3", 66)
+        sk = _hex(params, "sk", 32)
+        rk = _hex(params, "rk", 32)
+        ck = _hex(params, "ck", 32)
+        assert self.node_id is not None
+        self.factory.hub.finish(self.node_id, conn, act3, sk, rk, ck)
+        return {"conn": conn}
+
+    def rpc_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``send {conn, msg}`` -> ``{}`` once the frame is handed to TCP."""
+        conn = _param(params, "conn", str)
+        text = _param(params, "msg", str)
+        limit = self.factory.hub.limits.max_message
+        if len(text) > 2 * limit:
+            raise RpcError(LIMIT_EXCEEDED, f"message is longer than {limit} bytes")
+        msg = _hex(params, "msg")
+        if len(msg) < 2:
+            raise RpcError(INVALID_PARAMS, "message must hold at least its 2-byte type")
+        assert self.node_id is not None
+        self.factory.hub.send(self.node_id, conn, msg)
+        return {}
+
+    def rpc_disconnect(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``disconnect {conn}`` -> ``{}``."""
+        conn = _param(params, "conn", str)
+        assert self.node_id is not None
+        self.factory.hub.disconnect(self.node_id, conn)
+        return {}
+
+    def rpc_connections(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``connections {}`` -> ``{connections: [...]}``."""
+        assert self.node_id is not None
+        return {"connections": self.factory.hub.list_connections(self.node_id)}
+
+    def rpc_ack(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``ack {seq}`` -> ``{}``: every event up to seq is done."""
+        seq = _param(params, "seq", int)
+        assert self.node_id is not None
+        hub = self.factory.hub
+        newest = hub.newest_seq(self.node_id)
+        if seq > newest:
+            raise RpcError(INVALID_PARAMS, f"seq {seq} is beyond the newest event ({newest})")
+        if seq < 0:
+            raise RpcError(INVALID_PARAMS, "seq must not be negative")
+        hub.ack(self.node_id, seq)
+        return {}
+
+    # -- webhooks ----------------------------------------------------------------
+
+    def _webhooks(self) -> WebhookRegistry:
+        registry = self.factory.webhooks
+        if registry is None:
+            raise RpcError(METHOD_NOT_FOUND, "webhooks are not enabled on this proxy")
+        return registry
+
+    def rpc_webhook_set(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """``webhook.set {url}`` -> ``{id}``."""
+        url = _param(params, "url", str)
+        assert self.node_id is not None
+        d = self._webhooks().add(self.node_id, url)
+        return d.addCallback(lambda webhook_id: {"id": webhook_id})
+
+    def rpc_webhook_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``webhook.list {}`` -> ``{webhooks: [{id, url}]}``."""
+        assert self.node_id is not None
+        return {"webhooks": self._webhooks().list(self.node_id)}
+
+    def rpc_webhook_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``webhook.remove {id}`` -> ``{}``; code 3 when unknown."""
+        webhook_id = _param(params, "id", str)
+        assert self.node_id is not None
+        if not self._webhooks().remove(self.node_id, webhook_id):
+            raise RpcError(3, "unknown webhook")
+        return {}
+
+
+class ClientFactory(WebSocketServerFactory):
+    """Builds :class:`ClientProtocol` with Autobahn's limits set for us.
+
+    :param hub: the hub.
+    :param server_id: the proxy's 33-byte public key.
+    :param clock: the reactor (also Autobahn's).
+    :param webhooks: the webhook registry, or None when webhooks are off.
+    :param login_timeout: seconds a client has to log in.
+    """
+
+    protocol = ClientProtocol
+
+    def __init__(
+        self,
+        hub: Hub,
+        server_id: bytes,
+        clock: IReactorTime,
+        webhooks: WebhookRegistry | None = None,
+        login_timeout: float = 30.0,
+        failed_login_close_delay: float = 1.0,
+    ) -> None:
+        super().__init__(reactor=clock, protocols=[SUBPROTOCOL])
+        self.hub = hub
+        self.server_id = server_id
+        self.clock = clock
+        self.webhooks = webhooks
+        self.login_timeout = login_timeout
+        self.failed_login_close_delay = failed_login_close_delay
+        #: Called as ``fn(code)`` for every error reply (metrics).
+        self.on_error: list[Callable[[int], None]] = []
+        self.setProtocolOptions(
+            maxMessagePayloadSize=MAX_WS_MESSAGE,
+            maxFramePayloadSize=MAX_WS_MESSAGE,
+            openHandshakeTimeout=5,
+            closeHandshakeTimeout=5,
+            autoPingInterval=30,
+            autoPingTimeout=30,
+            failByDrop=False,
+            webStatus=False,
+            tcpNoDelay=True,
+        )
+
+    def count_error(self, code: int) -> None:
+        """Report an error reply to observers."""
+        for fn in self.on_error:
+            fn(code)

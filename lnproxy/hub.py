@@ -1,0 +1,902 @@
+"""The hub: nodes, their peer connections, their sessions and their inbox.
+
+This is the middle layer.  Below it sit the pure BOLT 8 / BOLT 1 code and the
+Twisted peer protocol (:mod:`lnproxy.peer`); above it the WebSocket API
+(:mod:`lnproxy.api`) and the webhook notifier, which talk to it through
+intention-named methods and observe it through two callback lists
+(:attr:`Hub.on_event_stored`, :attr:`Hub.on_login`).
+
+Durability: every event gets its per-node ``seq`` when it happens, is put in
+a batch, and the batch is committed to SQLite at the end of the reactor turn
+(one transaction for everything that arrived in that turn).  Only after the
+commit is an event offered to sessions and observers, so a client never sees
+an event that a crash could lose.
+
+Memory: a node's unacknowledged events live on disk, not in memory.  A
+session that cannot keep up (its WebSocket transport paused us) reads its
+backlog from the store when it drains.  When a node's inbox reaches its cap,
+the proxy stops reading that node's peers until the client acknowledges.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from lnproxy import noise, wire
+from lnproxy.peer import IPeerListener, PeerFactory, PeerProtocol
+from lnproxy.policy import MessageClass, Policy
+from lnproxy.store import ConnectionRow, EventRow, Store
+
+__all__ = [
+    "Limits",
+    "HubError",
+    "Hub",
+    "Node",
+    "Connection",
+    "Session",
+    "EventSink",
+    "ConnectPeer",
+    "NOT_LOGGED_IN",
+    "LOGIN_FAILED",
+    "UNKNOWN_CONNECTION",
+    "PEER_UNREACHABLE",
+    "HANDSHAKE_FAILED",
+    "NOT_OPEN",
+    "LIMIT_EXCEEDED",
+    "NOT_ALLOWED",
+]
+
+# Proxy error codes (PROTOCOL.md, "Error codes").
+NOT_LOGGED_IN = 1
+LOGIN_FAILED = 2
+UNKNOWN_CONNECTION = 3
+PEER_UNREACHABLE = 4
+HANDSHAKE_FAILED = 5
+NOT_OPEN = 6
+LIMIT_EXCEEDED = 7
+NOT_ALLOWED = 8
+
+#: How many stored events a catching-up session reads per reactor turn.
+REPLAY_CHUNK = 256
+
+
+class HubError(Exception):
+    """A refusal with a protocol error code; the API turns it into a reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Operator limits; each one is answered with code 7 when exceeded.
+
+    Defaults are sized for a phone wallet: a handful of devices, tens of
+    channels, and an inbox that can hold days of gossip-free traffic.
+    """
+
+    connections_per_node: int = 200
+    pending_handshakes_per_node: int = 16
+    pending_handshakes_total: int = 1024
+    sessions_per_node: int = 8
+    events_per_node: int = 10000
+    webhooks_per_node: int = 10
+    max_message: int = noise.MAX_MESSAGE_SIZE
+    handshake_timeout: float = 30.0
+    keepalive: float = 60.0
+    connect_timeout: float = 30.0
+    #: Once a length header arrived, its body must follow within this time.
+    body_timeout: float = 30.0
+
+    def as_hello(self) -> dict[str, Any]:
+        """The ``limits`` object of the ``hello`` notification."""
+        return {
+            "max_message": self.max_message,
+            "connections_per_node": self.connections_per_node,
+            "sessions_per_node": self.sessions_per_node,
+            "events_per_node": self.events_per_node,
+            "webhooks_per_node": self.webhooks_per_node,
+            "handshake_timeout": self.handshake_timeout,
+            "keepalive": self.keepalive,
+            "pending_handshakes_per_node": self.pending_handshakes_per_node,
+        }
+
+
+class ConnectPeer(TypingProtocol):
+    """Opens TCP to a peer: ``(host, port, factory, timeout) -> Deferred``.
+
+    The Deferred fires with the protocol once TCP is up, or fails.  The
+    service passes one built on ``HostnameEndpoint``; tests may pass another.
+    """
+
+    def __call__(
+        self, host: str, port: int, factory: PeerFactory, timeout: float
+    ) -> defer.Deferred[Any]: ...
+
+
+class EventSink(TypingProtocol):
+    """What a session writes events to (the WebSocket protocol)."""
+
+    def send_event(self, text: str) -> None:
+        """Send one notification (JSON text) to the client."""
+
+
+def _notification(kind: str, params: str) -> str:
+    return '{"jsonrpc":"2.0","method":"' + kind + '","params":' + params + "}"
+
+
+class Session:
+    """One logged-in client connection of a node, as the hub sees it.
+
+    It delivers events in ``seq`` order: new events directly while it keeps
+    up, its backlog from the store otherwise (after login, after an ack by
+    another session skipped ahead, or after its transport paused).
+    """
+
+    _log = Logger()
+
+    def __init__(self, hub: Hub, node: Node, sink: EventSink) -> None:
+        self.hub = hub
+        self.node = node
+        self.sink = sink
+        self.last_sent = 0
+        self.paused = False
+        self.closed = False
+        self._catching_up = True
+        self._replay_call: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """Begin the replay of every unacknowledged event."""
+        self._replay()
+
+    def offer(self, seq: int, text: str) -> None:
+        """A new event was committed: send it now if we are in step."""
+        if self._catching_up or self.closed:
+            return
+        if self.paused or seq != self.last_sent + 1:
+            self._catching_up = True
+            if not self.paused:
+                self._schedule_replay()
+            return
+        self.last_sent = seq
+        self.sink.send_event(text)
+
+    def pause(self) -> None:
+        """The client is not reading: stop sending; events wait on disk."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """The client drained its buffer: send what it missed."""
+        self.paused = False
+        if self._catching_up:
+            self._schedule_replay()
+
+    def close(self) -> None:
+        """The session ended."""
+        self.closed = True
+        if self._replay_call is not None and self._replay_call.active():
+            self._replay_call.cancel()
+        self._replay_call = None
+
+    def _schedule_replay(self) -> None:
+        if self._replay_call is None or not self._replay_call.active():
+            self._replay_call = self.hub.clock.callLater(0, self._replay)
+
+    def _replay(self) -> None:
+        self._replay_call = None
+        while not self.closed and not self.paused:
+            rows = self.hub.store.events_after(
+                self.node.node_id, self.last_sent, REPLAY_CHUNK
+            )
+            for row in rows:
+                self.last_sent = row.seq
+                self.sink.send_event(_notification(row.kind, row.params))
+                if self.paused or self.closed:
+                    return
+            if len(rows) < REPLAY_CHUNK:
+                self._catching_up = False
+                return
+            # Yield to the reactor between chunks; a large backlog must not
+            # starve everyone else.
+            self._schedule_replay()
+            return
+
+
+@implementer(IPeerListener)
+class Connection:
+    """One peer connection of one node, from ``connect`` to its ack'd close."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        hub: Hub,
+        node: Node,
+        conn_id: str,
+        peer: str,
+        address: str,
+        persist: bool,
+        since: float,
+    ) -> None:
+        self.hub = hub
+        self.node = node
+        self.conn_id = conn_id
+        self.peer = peer
+        self.address = address
+        self.persist = persist
+        self.since = since
+        #: ``connecting`` until act 2 is relayed (not yet visible to the
+        #: client), then ``handshake``, ``open``, ``closed``.
+        self.state = "connecting"
+        self.their_init: bytes | None = None
+        self.protocol: PeerProtocol | None = None
+        self.act2: defer.Deferred[bytes] = defer.Deferred()
+        self.deadline = since + hub.limits.handshake_timeout
+        self.last_rx = since
+        self.ping_sent_at: float | None = None
+        self.body_since: float | None = None
+        self._timer: IDelayedCall | None = None
+        #: Fires when TCP is gone, once the hub asked to be told (shutdown).
+        self.gone: defer.Deferred[None] | None = None
+        self._close_reason: str | None = None
+        self._client_requested = False
+
+    @property
+    def announced(self) -> bool:
+        """True once the client has a conn id for it (act 2 relayed)."""
+        return self.state in ("handshake", "open")
+
+    def row(self, closed_seq: int | None = None) -> ConnectionRow:
+        """This connection as a store row."""
+        return ConnectionRow(
+            conn_id=self.conn_id,
+            node_id=self.node.node_id,
+            peer=self.peer,
+            address=self.address,
+            persist=self.persist,
+            since=self.since,
+            state=self.state,
+            their_init=self.their_init.hex() if self.their_init else None,
+            closed_seq=closed_seq,
+        )
+
+    # -- IPeerListener ------------------------------------------------------
+
+    def peer_connected(self, protocol: PeerProtocol) -> None:
+        """TCP is up and act 1 is written."""
+        self.protocol = protocol
+
+    def act2_received(self, act2: bytes) -> None:
+        """Relay act 2: the connection now exists for the client."""
+        self.state = "handshake"
+        self.hub._connection_announced(self)
+        self._set_timer(self.deadline, self._handshake_timed_out)
+        self.act2.callback(act2)
+
+    def handshake_failed(self, reason: str) -> None:
+        """Act 2 never came or was malformed: ``connect`` fails (code 5)."""
+        if not self.act2.called:
+            self.act2.errback(HubError(HANDSHAKE_FAILED, f"handshake failed: {reason}"))
+
+    def messages_received(self, messages: list[bytes]) -> None:
+        """Authenticated messages from the peer."""
+        self.hub._messages_received(self, messages)
+
+    def peer_closed(self, reason: str) -> None:
+        """TCP is gone."""
+        self._cancel_timer()
+        if self._close_reason is not None:
+            reason = self._close_reason
+        if not self.act2.called:
+            self.act2.errback(HubError(HANDSHAKE_FAILED, f"handshake failed: {reason}"))
+        self.hub._connection_lost(self, reason)
+
+    # -- orders -------------------------------------------------------------
+
+    def finish(self, act3: bytes, sk: bytes, rk: bytes, ck: bytes) -> None:
+        """Write act 3 and install the transport; start waiting for init."""
+        if self.state != "handshake" or self.protocol is None:
+            raise HubError(NOT_OPEN, f"connection is {self.state}, not in handshake")
+        early = self.protocol.finish(act3, sk, rk, ck)
+        self.state = "open"
+        now = self.hub.clock.seconds()
+        self.last_rx = now
+        self.hub._connection_opened(self)
+        self._set_timer(now + self.hub.limits.handshake_timeout, self._init_timed_out)
+        if early:
+            self.messages_received(early)
+
+    def send(self, msg: bytes) -> None:
+        """Encrypt and send one message to the peer."""
+        if self.state != "open" or self.protocol is None:
+            raise HubError(NOT_OPEN, f"connection is {self.state}, not open")
+        self.protocol.send_message(msg)
+
+    def close(self, reason: str, client_requested: bool = False) -> None:
+        """Close the TCP connection; the closed event says ``reason``."""
+        if self._close_reason is None:
+            self._close_reason = reason
+            self._client_requested = client_requested
+        self._cancel_timer()
+        if self.protocol is not None:
+            self.protocol.close(reason)
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether the closed event asks the client to re-handshake."""
+        return self.persist and not self._client_requested
+
+    def init_received(self, msg: bytes) -> None:
+        """The peer's init: keep it for ``connections``; stop the init timer."""
+        self.their_init = msg
+        self._cancel_timer()
+        self.hub.store.put_connection(self.row())
+
+    # -- timers (one-shot; they fire only when a peer misbehaves) -----------
+
+    def _set_timer(self, at: float, fn: Callable[[], None]) -> None:
+        self._cancel_timer()
+        delay = max(0.0, at - self.hub.clock.seconds())
+        self._timer = self.hub.clock.callLater(delay, fn)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        self.close("handshake timeout")
+
+    def _init_timed_out(self) -> None:
+        self._timer = None
+        if self.their_init is None:
+            self.close("init timeout")
+
+
+class Node:
+    """Everything the hub holds for one node id."""
+
+    def __init__(self, node_id: str, next_seq: int, pending: int) -> None:
+        self.node_id = node_id
+        self.next_seq = next_seq
+        #: Unacknowledged events, committed or in the current batch.
+        self.pending = pending
+        self.sessions: list[Session] = []
+        self.connections: dict[str, Connection] = {}
+        self.reading_paused = False
+
+    def live_connections(self) -> int:
+        """Connections that count against the per-node cap."""
+        return sum(1 for c in self.connections.values() if c.state != "closed")
+
+    def handshakes(self) -> int:
+        """Connections still between ``connect`` and ``finish``."""
+        return sum(
+            1 for c in self.connections.values() if c.state in ("connecting", "handshake")
+        )
+
+
+class Hub(service.Service):
+    """Nodes, connections, sessions and inboxes of one proxy process.
+
+    :param store: the durable store (opened by the caller).
+    :param clock: the reactor's time interface.
+    :param connect_peer: opens TCP to a peer (see :class:`ConnectPeer`).
+    :param policy: the message policy.
+    :param limits: operator limits and timeouts.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        clock: IReactorTime,
+        connect_peer: ConnectPeer,
+        policy: Policy | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.connect_peer = connect_peer
+        self.policy = policy or Policy()
+        self.limits = limits or Limits()
+        self.nodes: dict[str, Node] = {}
+        self.connections: dict[str, Connection] = {}
+        self._open: dict[str, Connection] = {}
+        self._handshakes = 0
+        self._batch: list[EventRow] = []
+        self._closes: list[tuple[str, int]] = []
+        self._flush_call: IDelayedCall | None = None
+        self._sweeper: LoopingCall | None = None
+        self._stopping = False
+        #: Called as ``fn(row, online)`` after an event is committed.
+        self.on_event_stored: list[Callable[[EventRow, bool], None]] = []
+        #: Called as ``fn(node_id)`` after a session of a node logs in.
+        self.on_login: list[Callable[[str], None]] = []
+        #: Called as ``fn(name)`` for countable happenings (metrics).
+        self.on_count: list[Callable[[str], None]] = []
+        self._table = self.policy.table
+
+    # -- service ------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Close, durably, the connections a crash left open; start the sweep."""
+        super().startService()
+        self._recover()
+        interval = max(0.5, min(self.limits.keepalive / 4, 5.0))
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(interval, now=False)
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Record ``proxy stopped`` for every connection, then close them.
+
+        The events are committed before any socket is closed, so an operator's
+        SIGTERM loses nothing even if the peers take long to go away.
+        """
+        super().stopService()
+        self._stopping = True
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        waits = []
+        for conn in list(self.connections.values()):
+            if conn.state == "closed":
+                continue
+            if conn.announced:
+                self._record_closed(conn, "proxy stopped")
+            if conn.protocol is not None and conn.protocol.transport is not None:
+                conn.gone = defer.Deferred()
+                waits.append(conn.gone)
+            conn.close("proxy stopped")
+        self.flush()
+        if not waits:
+            return defer.succeed(None)
+        dl = defer.DeferredList(waits)
+        # Peers get a few seconds to take the FIN; then we go anyway.
+        timeout = self.clock.callLater(3.0, self._abort_all)
+        dl.addBoth(lambda _: timeout.cancel() if timeout.active() else None)
+        return dl.addCallback(lambda _: None)
+
+    def _abort_all(self) -> None:
+        for conn in list(self.connections.values()):
+            p = conn.protocol
+            if p is not None and p.transport is not None:
+                p.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _recover(self) -> None:
+        rows = self.store.unclosed_connections()
+        for row in rows:
+            node = self._node(row.node_id)
+            params = {
+                "conn": row.conn_id,
+                "peer": row.peer,
+                "reason": "proxy restarted",
+                "reconnect": row.persist,
+            }
+            seq = self._emit(node, "closed", params, summon=row.persist)
+            self._closes.append((row.conn_id, seq))
+        if rows:
+            self._log.info(
+                "recorded {count} connections left open by an unclean stop",
+                count=len(rows),
+            )
+        self.flush()
+
+    # -- nodes and sessions ---------------------------------------------------
+
+    def _node(self, node_id: str) -> Node:
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = Node(
+                node_id,
+                self.store.next_seq(node_id),
+                self.store.pending_count(node_id),
+            )
+            self.nodes[node_id] = node
+        return node
+
+    def login(self, node_id: str, sink: EventSink) -> tuple[Session, dict[str, Any]]:
+        """Attach a session to a node.
+
+        :return: the session and the login result (``inbox``,
+            ``connections``).  The caller sends the result, then calls
+            :meth:`Session.start` to replay the inbox.
+        :raise HubError: code 7 when the node has its maximum of sessions.
+        """
+        node = self._node(node_id)
+        if len(node.sessions) >= self.limits.sessions_per_node:
+            raise HubError(
+                LIMIT_EXCEEDED,
+                f"node already has {len(node.sessions)} sessions "
+                f"(limit {self.limits.sessions_per_node})",
+            )
+        self.flush()
+        session = Session(self, node, sink)
+        node.sessions.append(session)
+        result = {
+            "node_id": node_id,
+            "inbox": {"next_seq": node.next_seq, "pending": node.pending},
+            "connections": self.list_connections(node_id),
+        }
+        for fn in self.on_login:
+            fn(node_id)
+        return session, result
+
+    def logout(self, session: Session) -> None:
+        """Detach a session (its WebSocket closed)."""
+        session.close()
+        node = session.node
+        if session in node.sessions:
+            node.sessions.remove(session)
+
+    def online(self, node_id: str) -> bool:
+        """Whether any session of the node is logged in."""
+        node = self.nodes.get(node_id)
+        return bool(node and node.sessions)
+
+    # -- client requests -------------------------------------------------------
+
+    def connect(
+        self,
+        node_id: str,
+        peer: str,
+        host: str,
+        port: int,
+        act1: bytes,
+        persist: bool,
+    ) -> defer.Deferred[tuple[str, bytes]]:
+        """Open TCP to a peer, write act 1, wait for act 2.
+
+        :return: a Deferred firing with ``(conn_id, act2)``, or failing with
+            :class:`HubError` code 4 (unreachable) or 5 (handshake failed).
+        """
+        node = self._node(node_id)
+        limits = self.limits
+        if self._stopping:
+            raise HubError(PEER_UNREACHABLE, "proxy is stopping")
+        if node.live_connections() >= limits.connections_per_node:
+            raise HubError(
+                LIMIT_EXCEEDED,
+                f"node has {limits.connections_per_node} connections (the limit)",
+            )
+        if node.handshakes() >= limits.pending_handshakes_per_node:
+            raise HubError(
+                LIMIT_EXCEEDED,
+                f"node has {limits.pending_handshakes_per_node} unfinished "
+                "handshakes (the limit)",
+            )
+        if self._handshakes >= limits.pending_handshakes_total:
+            raise HubError(LIMIT_EXCEEDED, "proxy has too many unfinished handshakes")
+        now = self.clock.seconds()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        conn = Connection(
+            self, node, secrets.token_hex(8), peer, address, persist, now
+        )
+        node.connections[conn.conn_id] = conn
+        self.connections[conn.conn_id] = conn
+        self._handshakes += 1
+        factory = PeerFactory(conn, act1, self.clock, limits.handshake_timeout)
+
+        def tcp_failed(f: Failure) -> Failure:
+            if not conn.act2.called:
+                conn.act2.errback(
+                    HubError(PEER_UNREACHABLE, f"peer unreachable: {f.getErrorMessage()}")
+                )
+                self._forget(conn)
+            return f
+
+        try:
+            tcp = self.connect_peer(host, port, factory, limits.connect_timeout)
+        except Exception as e:
+            self._forget(conn)
+            raise HubError(PEER_UNREACHABLE, f"peer unreachable: {e}") from e
+        tcp.addErrback(tcp_failed).addErrback(lambda _: None)
+
+        def handed(act2: bytes) -> tuple[str, bytes]:
+            return conn.conn_id, act2
+
+        return conn.act2.addCallback(handed)
+
+    def connection(self, node_id: str, conn_id: str) -> Connection:
+        """A connection of this node, or code 3 exactly as if it did not exist."""
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.node.node_id != node_id or not (
+            conn.announced or conn.state == "closed"
+        ):
+            raise HubError(UNKNOWN_CONNECTION, "unknown connection")
+        return conn
+
+    def finish(
+        self, node_id: str, conn_id: str, act3: bytes, sk: bytes, rk: bytes, ck: bytes
+    ) -> None:
+        """Hand the connection over to the proxy (see :meth:`Connection.finish`)."""
+        conn = self.connection(node_id, conn_id)
+        conn.finish(act3, sk, rk, ck)
+
+    def send(self, node_id: str, conn_id: str, msg: bytes) -> None:
+        """Send a client's message to its peer."""
+        self.connection(node_id, conn_id).send(msg)
+
+    def disconnect(self, node_id: str, conn_id: str) -> None:
+        """Close a connection at the client's request."""
+        conn = self.connection(node_id, conn_id)
+        if not conn.announced:
+            raise HubError(NOT_OPEN, "connection is closed")
+        conn.close("client request", client_requested=True)
+
+    def list_connections(self, node_id: str) -> list[dict[str, Any]]:
+        """Connection objects of a node, closed-but-unacknowledged included."""
+        self.flush()
+        out = []
+        for row in self.store.connections(node_id):
+            out.append(
+                {
+                    "conn": row.conn_id,
+                    "peer": row.peer,
+                    "address": row.address,
+                    "state": row.state,
+                    "persist": row.persist,
+                    "since": row.since,
+                    "their_init": row.their_init,
+                }
+            )
+        return out
+
+    def ack(self, node_id: str, seq: int) -> None:
+        """Acknowledge every event of the node up to ``seq``.
+
+        :raise HubError: never; a seq beyond the newest is checked by the
+            caller with :meth:`newest_seq`.
+        """
+        self.flush()
+        node = self._node(node_id)
+        gone = self.store.ack(node_id, seq)
+        for conn_id in gone:
+            conn = node.connections.pop(conn_id, None)
+            if conn is not None:
+                self.connections.pop(conn_id, None)
+        node.pending = self.store.pending_count(node_id)
+        if node.reading_paused and node.pending < self.limits.events_per_node:
+            node.reading_paused = False
+            for conn in node.connections.values():
+                if conn.protocol is not None:
+                    conn.protocol.resume_reading()
+
+    def newest_seq(self, node_id: str) -> int:
+        """The seq of the newest event of the node (0 when none yet)."""
+        return self._node(node_id).next_seq - 1
+
+    # -- peer events -------------------------------------------------------------
+
+    def _connection_announced(self, conn: Connection) -> None:
+        self.store.put_connection(conn.row())
+
+    def _connection_opened(self, conn: Connection) -> None:
+        self._handshakes -= 1
+        self._open[conn.conn_id] = conn
+        self.store.put_connection(conn.row())
+        if conn.node.reading_paused and conn.protocol is not None:
+            conn.protocol.pause_reading()
+
+    def _forget(self, conn: Connection) -> None:
+        if conn.state in ("connecting", "handshake"):
+            self._handshakes -= 1
+        conn.state = "gone"
+        conn.node.connections.pop(conn.conn_id, None)
+        self.connections.pop(conn.conn_id, None)
+        self._open.pop(conn.conn_id, None)
+
+    def _connection_lost(self, conn: Connection, reason: str) -> None:
+        gone = conn.gone
+        if conn.state == "connecting":
+            self._forget(conn)
+        elif conn.announced:
+            if conn.state == "handshake":
+                self._handshakes -= 1
+            self._open.pop(conn.conn_id, None)
+            self._record_closed(conn, reason)
+        if gone is not None and not gone.called:
+            gone.callback(None)
+
+    def _record_closed(self, conn: Connection, reason: str) -> None:
+        conn.state = "closed"
+        self._open.pop(conn.conn_id, None)
+        reconnect = conn.reconnect
+        params = {
+            "conn": conn.conn_id,
+            "peer": conn.peer,
+            "reason": reason,
+            "reconnect": reconnect,
+        }
+        seq = self._emit(conn.node, "closed", params, summon=reconnect)
+        self._closes.append((conn.conn_id, seq))
+        self._count("closed")
+        self._log.info(
+            "peer connection {conn} closed: {reason}", conn=conn.conn_id, reason=reason
+        )
+
+    def _messages_received(self, conn: Connection, messages: list[bytes]) -> None:
+        now = self.clock.seconds()
+        conn.last_rx = now
+        conn.ping_sent_at = None
+        conn.body_since = None
+        table = self._table
+        for msg in messages:
+            if conn.state != "open":
+                return
+            if len(msg) < 2:
+                conn.close("malformed message (shorter than its type)")
+                return
+            msg_type = (msg[0] << 8) | msg[1]
+            cls = table[msg_type]
+            if msg_type == wire.INIT and conn.their_init is None:
+                conn.init_received(msg)
+            if cls >= MessageClass.QUEUE:
+                summon = cls is MessageClass.SUMMON
+                self._emit_message(conn, msg_type, msg, summon, now)
+            elif cls is MessageClass.HANDLE:
+                self._handle(conn, msg_type, msg)
+            else:
+                self._count("dropped")
+
+    def _handle(self, conn: Connection, msg_type: int, msg: bytes) -> None:
+        """Answer what needs no key."""
+        try:
+            if msg_type == wire.PING:
+                pong = wire.pong_for(wire.Ping.decode(msg))
+                if pong is not None:
+                    conn.send(pong.encode())
+                    self._count("pong_sent")
+            elif msg_type == wire.QUERY_SHORT_CHANNEL_IDS:
+                q = wire.QueryShortChannelIds.decode(msg)
+                conn.send(wire.reply_to_query_short_channel_ids(q).encode())
+            elif msg_type == wire.QUERY_CHANNEL_RANGE:
+                r = wire.QueryChannelRange.decode(msg)
+                conn.send(wire.reply_to_query_channel_range(r).encode())
+            # pong (ours or not) and gossip_timestamp_filter: consumed.
+            self._count("handled")
+        except wire.WireError as e:
+            self._log.info(
+                "ignoring malformed message type {type} on {conn}: {err}",
+                type=msg_type,
+                conn=conn.conn_id,
+                err=str(e),
+            )
+
+    # -- events -------------------------------------------------------------------
+
+    def _emit_message(
+        self, conn: Connection, msg_type: int, msg: bytes, summon: bool, now: float
+    ) -> None:
+        node = conn.node
+        seq = node.next_seq
+        node.next_seq = seq + 1
+        # Formatted by hand: every field is a number, a bool or hex we made,
+        # and this runs once per relayed message.
+        params = (
+            f'{{"seq":{seq},"at":{now!r},"conn":"{conn.conn_id}",'
+            f'"peer":"{conn.peer}","type":{msg_type},"msg":"{msg.hex()}",'
+            f'"summon":{"true" if summon else "false"}}}'
+        )
+        self._queue(node, EventRow(node.node_id, seq, "message", summon, now, params))
+
+    def _emit(self, node: Node, kind: str, fields: dict[str, Any], summon: bool) -> int:
+        seq = node.next_seq
+        node.next_seq = seq + 1
+        now = self.clock.seconds()
+        params = json.dumps({"seq": seq, "at": now, **fields}, separators=(",", ":"))
+        self._queue(node, EventRow(node.node_id, seq, kind, summon, now, params))
+        return seq
+
+    def _queue(self, node: Node, row: EventRow) -> None:
+        self._batch.append(row)
+        node.pending += 1
+        if node.pending >= self.limits.events_per_node and not node.reading_paused:
+            node.reading_paused = True
+            self._log.warn(
+                "inbox of node {node} is full ({n} events): pausing its peers",
+                node=node.node_id,
+                n=node.pending,
+            )
+            for conn in node.connections.values():
+                if conn.protocol is not None and conn.state == "open":
+                    conn.protocol.pause_reading()
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Commit the pending batch, then offer it to sessions and observers."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if not self._batch:
+            return
+        batch, closes = self._batch, self._closes
+        self._batch, self._closes = [], []
+        try:
+            with self.store.transaction():
+                self.store.append_events(batch)
+                for conn_id, seq in closes:
+                    self.store.close_connection(conn_id, seq)
+        except Exception:
+            # Keep everything and try again shortly: nothing is offered to a
+            # client before it is on disk.
+            self._log.failure("could not commit {n} events; retrying", n=len(batch))
+            self._batch = batch + self._batch
+            self._closes = closes + self._closes
+            if self._flush_call is None:
+                self._flush_call = self.clock.callLater(1.0, self.flush)
+            return
+        nodes = self.nodes
+        observers = self.on_event_stored
+        for row in batch:
+            node = nodes[row.node_id]
+            if node.sessions:
+                text = _notification(row.kind, row.params)
+                for session in node.sessions:
+                    session.offer(row.seq, text)
+            for fn in observers:
+                fn(row, bool(node.sessions))
+
+    # -- keepalive sweep -------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """One pass over open connections: keepalive pings and stuck frames.
+
+        A single periodic pass instead of a timer per connection: with ten
+        thousand idle peers, per-connection timers rescheduled on every
+        message cost more than this loop.
+        """
+        now = self.clock.seconds()
+        keepalive = self.limits.keepalive
+        body_timeout = self.limits.body_timeout
+        for conn in list(self._open.values()):
+            protocol = conn.protocol
+            if protocol is None or protocol.read_paused:
+                # Not reading it (its node's inbox is full): its silence is ours.
+                conn.last_rx = now
+                conn.ping_sent_at = None
+                continue
+            if conn.ping_sent_at is not None:
+                if now - conn.ping_sent_at >= keepalive:
+                    self._count("keepalive_closed")
+                    conn.close("keepalive timeout")
+                    continue
+            elif now - conn.last_rx >= keepalive:
+                conn.ping_sent_at = now
+                try:
+                    conn.send(_KEEPALIVE_PING)
+                except (HubError, ValueError):
+                    continue
+                self._count("ping_sent")
+            if protocol.awaiting_body:
+                if conn.body_since is None:
+                    conn.body_since = now
+                elif now - conn.body_since >= body_timeout:
+                    conn.close("message body timeout")
+            else:
+                conn.body_since = None
+
+    def _count(self, name: str) -> None:
+        for fn in self.on_count:
+            fn(name)
+
+
+#: The proxy's own keepalive ping: asks for an empty pong.
+_KEEPALIVE_PING = wire.Ping(num_pong_bytes=0).encode()

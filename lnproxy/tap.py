@@ -1,0 +1,107 @@
+"""``twistd lnproxy``: command-line options and the service maker.
+
+:func:`makeService` only imports the reactor and calls
+:func:`lnproxy.service.build_service`, so tests can build the whole service
+on a fake reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from lnproxy.policy import PolicyError, parse_override
+
+__all__ = ["Options", "makeService"]
+
+
+def _positive(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be a number of seconds, not {value!r}")
+    if not number > 0:
+        raise usage.UsageError(f"--{name} must be greater than 0")
+    return number
+
+
+def _count(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be a whole number, not {value!r}")
+    if number < 1:
+        raise usage.UsageError(f"--{name} must be at least 1")
+    return number
+
+
+class Options(usage.Options):
+    """Options of ``twistd lnproxy`` (PROTOCOL.md, "Running the server")."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the lnproxy server: it keeps Lightning peer connections open for "
+        "clients that hold their node keys, over a WebSocket API."
+    )
+
+    optParameters: list[list[Any]] = [
+        ["data-dir", None, "./lnproxy-data", "SQLite database and server key live here"],
+        ["handshake-timeout", None, "30", "seconds between connect and finish"],
+        ["keepalive", None, "60", "seconds of peer silence before a ping"],
+        ["webhook-window", None, "60", "seconds between webhook calls for one node"],
+        ["metrics", None, None, "endpoint for /metrics and /healthz (off by default)"],
+        ["max-connections-per-node", None, "200", "peer connections one node may hold"],
+        ["max-sessions-per-node", None, "8", "WebSocket sessions one node may hold"],
+        ["max-events-per-node", None, "10000", "unacknowledged events kept per node"],
+        ["max-handshakes-per-node", None, "16", "unfinished handshakes per node"],
+        ["max-handshakes", None, "1024", "unfinished handshakes in all"],
+        ["login-timeout", None, "30", "seconds a client has to log in"],
+    ]
+    optFlags: list[list[Any]] = [
+        ["webhook-allow-private", None, "allow http and private/loopback webhook URLs"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["policy"] = {}
+
+    def opt_listen(self, description: str) -> None:
+        """Client WebSocket endpoint (Twisted endpoint description, repeatable;
+        default tcp:9736:interface=127.0.0.1)"""
+        self["listen"].append(description)
+
+    def opt_policy(self, text: str) -> None:
+        """Override the message policy: TYPE=CLASS, CLASS one of handle, drop,
+        queue, summon (repeatable)"""
+        try:
+            msg_type, cls = parse_override(text)
+        except PolicyError as e:
+            raise usage.UsageError(str(e)) from None
+        self["policy"][msg_type] = cls
+
+    def postOptions(self) -> None:
+        """Apply defaults and check numbers."""
+        if not self["listen"]:
+            self["listen"] = ["tcp:9736:interface=127.0.0.1"]
+        for name in ("handshake-timeout", "keepalive", "webhook-window", "login-timeout"):
+            self[name] = _positive(name, self[name])
+        for name in (
+            "max-connections-per-node",
+            "max-sessions-per-node",
+            "max-events-per-node",
+            "max-handshakes-per-node",
+            "max-handshakes",
+        ):
+            self[name] = _count(name, self[name])
+
+
+def makeService(config: Options) -> IService:
+    """Build the service tree on the global reactor."""
+    from twisted.internet import reactor
+
+    from lnproxy.service import build_service
+
+    return build_service(reactor, config)
