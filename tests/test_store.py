@@ -1,0 +1,984 @@
+"""Tests for lnproxy.store: data dir, lock, server key, schema, and the
+event/connection/webhook methods, all against real SQLite files."""
+
+from __future__ import annotations
+
+import importlib.resources
+import itertools
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+
+import coincurve
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+import lnproxy
+from lnproxy import store as store_module
+from lnproxy.store import (
+    DB_FILE,
+    KEY_FILE,
+    LOCK_FILE,
+    ConnectionRow,
+    DataDirLocked,
+    DBError,
+    EventRow,
+    Store,
+    StoreError,
+    WebhookRow,
+    dump_db,
+    get_db,
+)
+
+# secp256k1 group order: not a valid secret key.
+CURVE_ORDER_HEX = "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(lnproxy.__file__)))
+
+# Opens the store given in argv[1]; exit 3 with the message if it is locked.
+LOCKED_CHILD = """\
+import sys
+from lnproxy.store import DataDirLocked, Store
+try:
+    Store.open(sys.argv[1]).close()
+except DataDirLocked as e:
+    sys.stderr.write(str(e))
+    sys.exit(3)
+"""
+
+# Appends one event and dies without closing anything, like a crash.
+CRASHING_CHILD = """\
+import os, sys
+from lnproxy.store import EventRow, Store
+s = Store.open(sys.argv[1])
+s.append_events([EventRow(sys.argv[2], 1, "message", True, 5.0, "{}")])
+os._exit(0)
+"""
+
+
+def node(i: int) -> str:
+    """Return a well-formed node id (66 lowercase hex characters)."""
+    return "02" + f"{i:064x}"
+
+
+A = node(0xA)
+B = node(0xB)
+
+
+def event(
+    node_id: str, seq: int, kind: str = "message", summon: bool = False
+) -> EventRow:
+    """Return an event row whose params look like the real notification."""
+    at = 1700000000.25 + seq
+    params = json.dumps({"seq": seq, "at": at, "conn": "c", "msg": "00" * 8})
+    return EventRow(node_id, seq, kind, summon, at, params)
+
+
+def connection(
+    conn_id: str,
+    node_id: str,
+    since: float,
+    state: str = "open",
+    closed_seq: int | None = None,
+) -> ConnectionRow:
+    """Return a connection row of ``node_id`` to a fixed peer."""
+    return ConnectionRow(
+        conn_id=conn_id,
+        node_id=node_id,
+        peer=node(0xFEE),
+        address="127.0.0.1:9735",
+        persist=True,
+        since=since,
+        state=state,
+        their_init="00100000" if state != "handshake" else None,
+        closed_seq=closed_seq,
+    )
+
+
+def schema_sql(name: str) -> str:
+    """Return a shipped schema file, read independently of lnproxy.store."""
+    resource = importlib.resources.files("lnproxy.schema").joinpath(name)
+    return resource.read_text(encoding="utf-8")
+
+
+def schema_of(
+    conn: sqlite3.Connection,
+) -> tuple[list[str], list[tuple[str, str, str, str]]]:
+    """Return the schema part of ``iterdump()`` and the sqlite_master rows,
+    both with whitespace normalised and sorted."""
+    dump = sorted(
+        " ".join(line.split())
+        for line in dump_db(conn).splitlines()
+        if line.startswith("CREATE")
+    )
+    master = sorted(
+        (kind, name, table, " ".join(sql.split()) if sql else "")
+        for kind, name, table, sql in conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master"
+        )
+    )
+    return dump, master
+
+
+def file_mode(path: str) -> int:
+    """Return the permission bits of ``path``."""
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def read_version(path: str) -> int:
+    """Read the schema version with a plain sqlite3 connection."""
+    conn = sqlite3.connect(path)
+    try:
+        (version,) = conn.execute("SELECT version FROM version").fetchone()
+        return int(version)
+    finally:
+        conn.close()
+
+
+def run_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c code args`` with lnproxy importable."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+class StoreTestCase(SynchronousTestCase):
+    """Gives each test a fresh data dir path and closes stores it opened."""
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+
+    def open_store(self, data_dir: str | None = None, **kwargs: str) -> Store:
+        """Open a store (closed again at cleanup)."""
+        s = Store.open(data_dir or self.data_dir, **kwargs)
+        self.addCleanup(s.close)
+        return s
+
+
+class DataDirTests(StoreTestCase):
+    """Creating, reopening and closing a data dir."""
+
+    def test_create_fresh(self) -> None:
+        """A missing data dir (and its missing parents) is created with mode
+        0700, holding a v2 database, a lock file and a valid 32-byte key, all
+        owner-only."""
+        data_dir = os.path.join(self.data_dir, "nested", "data")
+        s = self.open_store(data_dir)
+        self.assertEqual(file_mode(data_dir), 0o700)
+        self.assertEqual(
+            sorted(n for n in os.listdir(data_dir) if not n.endswith(("-wal", "-shm"))),
+            sorted([DB_FILE, KEY_FILE, LOCK_FILE]),
+        )
+        for name in os.listdir(data_dir):
+            self.assertEqual(file_mode(os.path.join(data_dir, name)), 0o600, name)
+        self.assertEqual(read_version(os.path.join(data_dir, DB_FILE)), 2)
+        self.assertEqual(Store.SCHEMA_VERSION, 2)
+        self.assertEqual(len(s.server_secret), 32)
+        coincurve.PrivateKey(s.server_secret)  # raises if invalid
+        self.assertEqual(s.data_dir, data_dir)
+        self.assertEqual(s.next_seq(A), 1)
+
+    def test_key_file_format(self) -> None:
+        """server.key is the secret as 64 lowercase hex digits and a newline."""
+        s = self.open_store()
+        with open(os.path.join(self.data_dir, KEY_FILE)) as f:
+            text = f.read()
+        self.assertRegex(text, r"\A[0-9a-f]{64}\n\Z")
+        self.assertEqual(bytes.fromhex(text), s.server_secret)
+
+    def test_reopen_keeps_everything(self) -> None:
+        """After close and reopen, events, next_seq (also of a node whose
+        events were all acknowledged), connections, webhooks and the server
+        key are all the same."""
+        s = self.open_store()
+        s.append_events([event(A, 1), event(A, 2, summon=True), event(B, 1)])
+        s.append_events([event(B, 2, kind="closed")])
+        s.ack(B, 2)
+        conns = [
+            connection("c1", A, 10.0, state="handshake"),
+            connection("c2", A, 11.0),
+            connection("c3", A, 12.0, state="closed", closed_seq=2),
+        ]
+        for c in conns:
+            s.put_connection(c)
+        hook = WebhookRow(A, "w1", "https://example.com/hook", 13.0)
+        s.add_webhook(hook)
+        secret = s.server_secret
+        s.close()
+
+        s2 = self.open_store()
+        self.assertEqual(s2.server_secret, secret)
+        self.assertEqual(
+            s2.events_after(A, 0, 10), [event(A, 1), event(A, 2, summon=True)]
+        )
+        self.assertEqual(s2.next_seq(A), 3)
+        self.assertEqual(s2.next_seq(B), 3)
+        self.assertEqual(s2.pending_count(B), 0)
+        self.assertEqual(s2.connections(A), conns)
+        self.assertEqual(s2.unclosed_connections(), conns[:2])
+        self.assertEqual(s2.webhooks(A), [hook])
+
+    def test_survives_process_crash(self) -> None:
+        """An event committed by a process that dies without closing the
+        store is there at the next open, and the dead process' lock is gone."""
+        result = run_child(CRASHING_CHILD, self.data_dir, A)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        s = self.open_store()
+        self.assertEqual(
+            s.events_after(A, 0, 10), [EventRow(A, 1, "message", True, 5.0, "{}")]
+        )
+        self.assertEqual(s.next_seq(A), 2)
+
+    def test_data_dir_is_a_file(self) -> None:
+        """A data dir path that is a regular file is a StoreError naming it."""
+        with open(self.data_dir, "w") as f:
+            f.write("x")
+        e = self.assertRaises(StoreError, Store.open, self.data_dir)
+        self.assertIs(type(e), StoreError)
+        self.assertIn(self.data_dir, str(e))
+        self.assertIn("not a directory", str(e))
+
+    def test_repr_has_no_secret(self) -> None:
+        """repr names the data dir and state, never the server key."""
+        s = self.open_store()
+        self.assertEqual(repr(s), f"<Store {self.data_dir!r} open>")
+        self.assertNotIn(s.server_secret.hex(), repr(s))
+        s.close()
+        self.assertEqual(repr(s), f"<Store {self.data_dir!r} closed>")
+
+    def test_close_is_idempotent(self) -> None:
+        """close() twice is fine; afterwards methods raise StoreError and
+        writable() is False."""
+        s = self.open_store()
+        s.close()
+        s.close()
+        e = self.assertRaises(StoreError, s.next_seq, A)
+        self.assertIn("closed", str(e))
+        self.assertRaises(StoreError, s.append_events, [event(A, 1)])
+        self.assertFalse(s.writable())
+
+    def test_context_manager_closes(self) -> None:
+        """Leaving a ``with Store.open(...)`` block releases the lock."""
+        with Store.open(self.data_dir) as s:
+            s.append_events([event(A, 1)])
+        self.assertFalse(s.writable())
+        self.open_store()  # would raise DataDirLocked if still held
+
+
+class LockTests(StoreTestCase):
+    """Only one Store, in one process, may use a data dir at a time."""
+
+    def test_second_open_same_process(self) -> None:
+        """A second open while the first is open raises DataDirLocked naming
+        the dir and our pid; after close() opening works again."""
+        s = Store.open(self.data_dir)
+        self.addCleanup(s.close)
+        e = self.assertRaises(DataDirLocked, Store.open, self.data_dir)
+        self.assertEqual(
+            str(e),
+            f"another lnproxy process (pid {os.getpid()}) is using the data dir "
+            f"{self.data_dir}; refusing to start",
+        )
+        s.close()
+        self.open_store().append_events([event(A, 1)])
+
+    def test_second_open_other_process(self) -> None:
+        """Another process gets DataDirLocked (exit 3 here) while we hold the
+        store, with the dir and our pid in the message; once we close, it
+        opens the store fine."""
+        s = Store.open(self.data_dir)
+        self.addCleanup(s.close)
+        locked = run_child(LOCKED_CHILD, self.data_dir)
+        self.assertEqual(locked.returncode, 3, locked.stderr)
+        self.assertIn(f"data dir {self.data_dir}", locked.stderr)
+        self.assertIn(f"another lnproxy process (pid {os.getpid()})", locked.stderr)
+        s.close()
+        free = run_child(LOCKED_CHILD, self.data_dir)
+        self.assertEqual(free.returncode, 0, free.stderr)
+
+    def test_lock_file_holds_pid(self) -> None:
+        """The lock file holds the owner's pid."""
+        self.open_store()
+        with open(os.path.join(self.data_dir, LOCK_FILE)) as f:
+            self.assertEqual(f.read(), f"{os.getpid()}\n")
+
+    def test_failed_open_releases_lock(self) -> None:
+        """When open fails after taking the lock (bad key), the lock is
+        released, so a fixed data dir opens at once."""
+        os.mkdir(self.data_dir, 0o700)
+        key = os.path.join(self.data_dir, KEY_FILE)
+        with open(key, "w") as f:
+            f.write("nonsense\n")
+        os.chmod(key, 0o600)
+        self.assertRaises(StoreError, Store.open, self.data_dir)
+        os.unlink(key)
+        self.open_store()
+
+
+class ServerKeyTests(StoreTestCase):
+    """The server key file is checked strictly before anything else."""
+
+    def write_key(self, content: bytes, mode: int = 0o600) -> str:
+        """Write ``server.key`` into a fresh data dir; return its path."""
+        os.mkdir(self.data_dir, 0o700)
+        path = os.path.join(self.data_dir, KEY_FILE)
+        with open(path, "wb") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        return path
+
+    def test_existing_key_reused(self) -> None:
+        """A valid key written by someone else is used as is."""
+        secret = bytes(range(1, 33))
+        self.write_key(secret.hex().upper().encode() + b"\n")
+        self.assertEqual(self.open_store().server_secret, secret)
+
+    def test_group_readable_key_refused(self) -> None:
+        """A key with mode 0644 is refused with a message naming the file,
+        the mode and the fix, and no database is created."""
+        secret = bytes(range(1, 33))
+        path = self.write_key(secret.hex().encode() + b"\n", 0o644)
+        e = self.assertRaises(StoreError, Store.open, self.data_dir)
+        self.assertIs(type(e), StoreError)
+        self.assertEqual(
+            str(e),
+            f"server key {path} has mode 0644; it must not be accessible by "
+            f"group or others (run: chmod 600 {path})",
+        )
+        self.assertNotIn(secret.hex(), str(e))
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, DB_FILE)))
+
+    def test_loosened_key_refused_on_reopen(self) -> None:
+        """A key created by the store and later made world-readable (0604)
+        is refused at the next open."""
+        self.open_store().close()
+        os.chmod(os.path.join(self.data_dir, KEY_FILE), 0o604)
+        e = self.assertRaises(StoreError, Store.open, self.data_dir)
+        self.assertIn("has mode 0604", str(e))
+
+    def test_malformed_key_refused(self) -> None:
+        """Empty, non-hex, short, long, trailing junk and non-ASCII contents
+        are each refused as malformed."""
+        contents = [
+            b"",
+            b"zz" * 32 + b"\n",
+            b"ab" * 31 + b"\n",
+            b"ab" * 33 + b"\n",
+            b"ab" * 32 + b"\njunk\n",
+            b"\xff" * 64,
+            b"ab" * 200,
+        ]
+        for content in contents:
+            path = self.write_key(content)
+            e = self.assertRaises(StoreError, Store.open, self.data_dir)
+            self.assertEqual(
+                str(e),
+                f"server key {path} is malformed: expected 64 hex digits "
+                "(32 bytes) and an optional newline",
+                content,
+            )
+            os.unlink(path)
+            shutil.rmtree(self.data_dir)
+
+    def test_invalid_scalar_refused(self) -> None:
+        """Zero and the curve order are well-formed hex but not secp256k1
+        secret keys; both are refused without echoing the key."""
+        for hex_key in ["00" * 32, CURVE_ORDER_HEX]:
+            path = self.write_key(hex_key.encode() + b"\n")
+            e = self.assertRaises(StoreError, Store.open, self.data_dir)
+            self.assertEqual(
+                str(e),
+                f"server key {path} does not hold a valid secp256k1 secret key",
+            )
+            os.unlink(path)
+            shutil.rmtree(self.data_dir)
+
+    def test_symlinked_key_refused(self) -> None:
+        """A server.key that is a symlink (even to a good key) is refused."""
+        os.mkdir(self.data_dir, 0o700)
+        target = os.path.abspath(self.mktemp())
+        with open(target, "w") as f:
+            f.write(bytes(range(1, 33)).hex())
+        os.chmod(target, 0o600)
+        os.symlink(target, os.path.join(self.data_dir, KEY_FILE))
+        e = self.assertRaises(StoreError, Store.open, self.data_dir)
+        self.assertIn("is a symlink", str(e))
+
+    def test_stale_temp_key_ignored(self) -> None:
+        """A server.key.tmp left by a crash during key creation is replaced
+        and removed; the new key is valid."""
+        os.mkdir(self.data_dir, 0o700)
+        temp = os.path.join(self.data_dir, KEY_FILE + ".tmp")
+        with open(temp, "w") as f:
+            f.write("half")
+        s = self.open_store()
+        self.assertFalse(os.path.exists(temp))
+        coincurve.PrivateKey(s.server_secret)
+
+
+class DatabaseTests(StoreTestCase):
+    """Creating, checking and upgrading the database file."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        os.mkdir(self.data_dir, 0o700)
+        self.db_path = os.path.join(self.data_dir, DB_FILE)
+
+    def make_v1_db(self) -> None:
+        """Build a v1 database from v1.sql with a few rows, as lnproxy 1
+        would have left it."""
+        conn = sqlite3.connect(self.db_path, isolation_level=None)
+        conn.executescript(schema_sql("v1.sql"))
+        conn.execute("INSERT INTO version (version) VALUES (1)")
+        conn.execute("INSERT INTO nodes VALUES (?, ?)", (A, 3))
+        for seq in (1, 2):
+            e = event(A, seq)
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                (e.node_id, e.seq, e.kind, int(e.summon), e.at, e.params),
+            )
+        conn.execute(
+            "INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ("c1", A, node(0xFEE), "127.0.0.1:9735", 1, 10.0, "open", "0010", None),
+        )
+        conn.close()
+
+    def schema_now(self) -> tuple[list[str], list[tuple[str, str, str, str]]]:
+        """Return :func:`schema_of` the database file, via its own connection."""
+        conn = sqlite3.connect(self.db_path)
+        try:
+            return schema_of(conn)
+        finally:
+            conn.close()
+
+    def test_pragmas(self) -> None:
+        """get_db gives WAL, synchronous=FULL (2), foreign keys on, and
+        autocommit mode; synchronous=NORMAL (1) on request."""
+        conn = get_db(self.db_path)
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("PRAGMA journal_mode").fetchone(), ("wal",))
+        self.assertEqual(conn.execute("PRAGMA synchronous").fetchone(), (2,))
+        self.assertEqual(conn.execute("PRAGMA foreign_keys").fetchone(), (1,))
+        self.assertIsNone(conn.isolation_level)
+        other = get_db(self.db_path, synchronous="NORMAL")
+        self.addCleanup(other.close)
+        self.assertEqual(other.execute("PRAGMA synchronous").fetchone(), (1,))
+        self.assertRaises(ValueError, get_db, self.db_path, synchronous="OFF")
+
+    def test_memory_database_refused(self) -> None:
+        """get_db refuses ":memory:" (no WAL, nothing to rename) instead of
+        creating a file named ":memory:" in the current directory."""
+        e = self.assertRaises(ValueError, get_db, ":memory:")
+        self.assertEqual(str(e), "get_db needs a plain file path, not ':memory:'")
+        self.assertFalse(os.path.exists(":memory:"))
+
+    def test_upgrade_v1_to_v2(self) -> None:
+        """A v1 database is backed up, upgraded to v2 with its rows kept,
+        made owner-only, and then has exactly the schema of a fresh v2
+        database."""
+        self.make_v1_db()
+        s = self.open_store()
+        self.assertEqual(read_version(self.db_path), 2)
+        self.assertEqual(file_mode(self.db_path), 0o600)
+        backup = self.db_path + "-backup-v1"
+        self.assertEqual(read_version(backup), 1)
+        self.assertEqual(file_mode(backup), 0o600)
+
+        self.assertEqual(s.events_after(A, 0, 10), [event(A, 1), event(A, 2)])
+        self.assertEqual(s.next_seq(A), 3)
+        self.assertEqual(
+            s.connections(A),
+            [
+                ConnectionRow(
+                    "c1", A, node(0xFEE), "127.0.0.1:9735", True, 10.0, "open", "0010"
+                )
+            ],
+        )
+        hook = WebhookRow(A, "w1", "https://example.com/", 1.0)
+        s.add_webhook(hook)
+        self.assertEqual(s.webhooks(A), [hook])
+        s.close()
+
+        fresh = get_db(os.path.join(self.data_dir, "fresh.sqlite"))
+        self.addCleanup(fresh.close)
+        upgraded = get_db(self.db_path)
+        self.addCleanup(upgraded.close)
+        self.assertEqual(schema_of(upgraded), schema_of(fresh))
+        # The comparison is not vacuous: it covers every table and index.
+        dump, master = schema_of(fresh)
+        names = {name for _, name, _, _ in master}
+        self.assertTrue(
+            {"version", "nodes", "events", "connections", "webhooks"} <= names
+        )
+        self.assertIn("connections_node_id", names)
+        self.assertEqual(len(dump), 6)
+
+    def test_upgrade_failure_leaves_v1(self) -> None:
+        """If the upgrade script fails halfway, DBError is raised, the
+        database is still exactly v1 (one transaction) with its backup, and
+        a later open with the real script upgrades it."""
+        self.make_v1_db()
+        before = self.schema_now()
+        real = store_module._read_sql
+
+        def broken(name: str) -> str:
+            if name == "upgrade-to-v2.sql":
+                return real(name) + "\nTHIS IS NOT SQL;\n"
+            return real(name)
+
+        patcher = self.patch(store_module, "_read_sql", broken)
+        e = self.assertRaises(DBError, Store.open, self.data_dir)
+        self.assertIn("upgrading", str(e))
+        self.assertIn("the database is unchanged", str(e))
+        self.assertEqual(read_version(self.db_path), 1)
+        self.assertEqual(self.schema_now(), before)
+        self.assertTrue(os.path.exists(self.db_path + "-backup-v1"))
+        patcher.restore()
+        s = self.open_store()
+        self.assertEqual(read_version(self.db_path), 2)
+        self.assertEqual(s.next_seq(A), 3)
+
+    def test_newer_version_refused(self) -> None:
+        """A database claiming version 99 is refused with a clear DBError,
+        and neither changed nor backed up."""
+        get_db(self.db_path).close()
+        conn = sqlite3.connect(self.db_path, isolation_level=None)
+        conn.execute("UPDATE version SET version = 99")
+        conn.close()
+        e = self.assertRaises(DBError, Store.open, self.data_dir)
+        self.assertEqual(
+            str(e),
+            f"{self.db_path} has schema version 99, newer than the version 2 "
+            "this lnproxy understands; refusing to open it (run a newer "
+            "lnproxy, or restore a backup)",
+        )
+        self.assertEqual(read_version(self.db_path), 99)
+        self.assertEqual([n for n in os.listdir(self.data_dir) if "backup" in n], [])
+
+    def test_corrupt_file_refused(self) -> None:
+        """A file that is not SQLite is a DBError naming it, and is left
+        byte for byte as it was."""
+        junk = b"this is not a database file\n" * 100
+        with open(self.db_path, "wb") as f:
+            f.write(junk)
+        e = self.assertRaises(DBError, Store.open, self.data_dir)
+        self.assertIn(f"cannot read the schema version of {self.db_path}", str(e))
+        self.assertIn("file is not a database", str(e))
+        with open(self.db_path, "rb") as f:
+            self.assertEqual(f.read(), junk)
+
+    def test_foreign_sqlite_file_refused(self) -> None:
+        """A SQLite file without our version table (or an empty file) is a
+        DBError, not silently initialised."""
+        conn = sqlite3.connect(self.db_path)
+        conn.execute("CREATE TABLE other (x)")
+        conn.close()
+        e = self.assertRaises(DBError, get_db, self.db_path)
+        self.assertIn("no such table: version", str(e))
+        os.unlink(self.db_path)
+        open(self.db_path, "wb").close()
+        e = self.assertRaises(DBError, get_db, self.db_path)
+        self.assertIn("no such table: version", str(e))
+
+    def test_malformed_version_table_refused(self) -> None:
+        """Two version rows are a DBError."""
+        get_db(self.db_path).close()
+        conn = sqlite3.connect(self.db_path, isolation_level=None)
+        conn.execute("INSERT INTO version VALUES (2)")
+        conn.close()
+        e = self.assertRaises(DBError, get_db, self.db_path)
+        self.assertIn("malformed version table", str(e))
+
+    def test_failed_create_leaves_nothing(self) -> None:
+        """If creating the schema fails, DBError is raised and nothing (no
+        database, no temp file) is left in the directory."""
+        self.patch(
+            store_module,
+            "_read_sql",
+            lambda name: "CREATE TABLE version (version INTEGER);\nCREATE TABLE (;",
+        )
+        e = self.assertRaises(DBError, get_db, self.db_path)
+        self.assertIn(f"cannot create database {self.db_path}", str(e))
+        self.assertEqual(os.listdir(self.data_dir), [])
+
+
+class EventTests(StoreTestCase):
+    """append_events, events_after, pending_count, next_seq and ack."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = self.open_store()
+
+    def test_append_and_read(self) -> None:
+        """Appended events come back equal, in seq order, honouring
+        after_seq and limit; next_seq and pending_count follow."""
+        rows = [event(A, 1), event(A, 2, "closed", True), event(A, 3)]
+        self.store.append_events(rows[:1])
+        self.store.append_events(rows[1:])
+        self.assertEqual(self.store.events_after(A, 0, 10), rows)
+        self.assertEqual(self.store.events_after(A, 1, 1), rows[1:2])
+        self.assertEqual(self.store.events_after(A, 3, 10), [])
+        self.assertEqual(self.store.next_seq(A), 4)
+        self.assertEqual(self.store.pending_count(A), 3)
+
+    def test_limit_must_be_positive(self) -> None:
+        """limit 0 or negative is a ValueError (SQLite would read -1 as no
+        limit at all)."""
+        self.assertRaises(ValueError, self.store.events_after, A, 0, 0)
+        self.assertRaises(ValueError, self.store.events_after, A, 0, -1)
+
+    def test_empty_append(self) -> None:
+        """Appending no rows changes nothing."""
+        self.store.append_events([])
+        self.assertEqual(self.store.next_seq(A), 1)
+
+    def test_gaps_and_repeats_refused(self) -> None:
+        """A first seq other than 1, a gap, a repeat and a reversed batch are
+        each a StoreError naming the expected seq, and store nothing."""
+        e = self.assertRaises(StoreError, self.store.append_events, [event(A, 2)])
+        self.assertEqual(str(e), f"event seq 2 of node {A} is not its next seq 1")
+        self.assertRaises(StoreError, self.store.append_events, [event(A, 0)])
+        self.assertRaises(
+            StoreError, self.store.append_events, [event(A, 2), event(A, 1)]
+        )
+        self.store.append_events([event(A, 1)])
+        self.assertRaises(StoreError, self.store.append_events, [event(A, 1)])
+        self.assertRaises(
+            StoreError, self.store.append_events, [event(A, 2), event(A, 4)]
+        )
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
+        self.assertEqual(self.store.next_seq(A), 2)
+
+    def test_seq_never_repeats_after_ack(self) -> None:
+        """Acknowledging every event keeps next_seq: the old seqs cannot be
+        appended again, the next one can."""
+        self.store.append_events([event(A, 1), event(A, 2)])
+        self.assertEqual(self.store.ack(A, 2), [])
+        self.assertEqual(self.store.pending_count(A), 0)
+        self.assertEqual(self.store.next_seq(A), 3)
+        self.assertRaises(StoreError, self.store.append_events, [event(A, 1)])
+        self.store.append_events([event(A, 3)])
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 3)])
+
+    def test_batch_spans_nodes(self) -> None:
+        """One batch may interleave several nodes; each node's seqs continue
+        from its own next_seq."""
+        self.store.append_events([event(B, 1)])
+        self.store.append_events([event(A, 1), event(B, 2), event(A, 2)])
+        self.assertEqual(self.store.next_seq(A), 3)
+        self.assertEqual(self.store.next_seq(B), 3)
+        self.assertEqual(self.store.events_after(B, 0, 10), [event(B, 1), event(B, 2)])
+
+    def test_batch_is_all_or_nothing(self) -> None:
+        """A bad row at the end of a batch rejects the whole batch, also the
+        good rows of other nodes before it."""
+        self.assertRaises(
+            StoreError,
+            self.store.append_events,
+            [event(A, 1), event(B, 1), event(A, 3)],
+        )
+        self.assertEqual(self.store.pending_count(A), 0)
+        self.assertEqual(self.store.pending_count(B), 0)
+        self.assertEqual(self.store.next_seq(A), 1)
+        self.assertEqual(self.store.next_seq(B), 1)
+
+    def test_ack_deletes_up_to_seq(self) -> None:
+        """ack(n) deletes events with seq <= n only; acking again or lower is
+        harmless."""
+        self.store.append_events([event(A, s) for s in range(1, 6)])
+        self.store.ack(A, 3)
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 4), event(A, 5)])
+        self.store.ack(A, 2)
+        self.assertEqual(self.store.pending_count(A), 2)
+        self.assertEqual(self.store.next_seq(A), 6)
+
+    def test_ack_deletes_acknowledged_closed_connections(self) -> None:
+        """ack(n) deletes the node's closed connections with closed_seq <= n,
+        returning their ids, and keeps later-closed, open and handshake
+        ones."""
+        self.store.append_events([event(A, s) for s in range(1, 5)])
+        conns = {
+            "c1": connection("c1", A, 1.0, "closed", closed_seq=2),
+            "c2": connection("c2", A, 2.0, "closed", closed_seq=4),
+            "c3": connection("c3", A, 3.0, "open"),
+            "c4": connection("c4", A, 4.0, "handshake"),
+            "c0": connection("c0", A, 0.5, "closed", closed_seq=1),
+        }
+        for c in conns.values():
+            self.store.put_connection(c)
+        self.assertEqual(self.store.ack(A, 3), ["c0", "c1"])
+        self.assertEqual(
+            self.store.connections(A), [conns["c2"], conns["c3"], conns["c4"]]
+        )
+        self.assertEqual(self.store.ack(A, 4), ["c2"])
+        self.assertEqual(self.store.connections(A), [conns["c3"], conns["c4"]])
+
+    def test_tenant_isolation(self) -> None:
+        """Events, connections and acks of one node never touch or show
+        another node's, even with equal seqs."""
+        for n in (A, B):
+            self.store.append_events([event(n, 1), event(n, 2)])
+            self.store.put_connection(
+                connection("conn-" + n[-1], n, 1.0, "closed", closed_seq=1)
+            )
+        self.assertEqual(self.store.ack(A, 2), ["conn-a"])
+        self.assertEqual(self.store.events_after(A, 0, 10), [])
+        self.assertEqual(self.store.events_after(B, 0, 10), [event(B, 1), event(B, 2)])
+        self.assertEqual(
+            self.store.connections(B),
+            [connection("conn-b", B, 1.0, "closed", closed_seq=1)],
+        )
+        self.assertEqual(self.store.connections(A), [])
+        self.assertEqual(self.store.pending_count(B), 2)
+
+    @settings(max_examples=20, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["append", "ack"]),
+                st.integers(0, 1),
+                st.integers(0, 4),
+            ),
+            max_size=12,
+        )
+    )
+    def test_matches_model(self, ops: list[tuple[str, int, int]]) -> None:
+        """After any sequence of appends (0-4 events) and acks (up to a few
+        seqs back from the newest) on two nodes, stored events, next_seq and
+        pending_count match a simple in-memory model."""
+        base = next(self._model_ids) * 2
+        nodes = [node(base), node(base + 1)]
+        model: dict[str, list[int]] = {n: [] for n in nodes}
+        next_seq = {n: 1 for n in nodes}
+        for op, which, k in ops:
+            n = nodes[which]
+            if op == "append":
+                rows = [event(n, next_seq[n] + i) for i in range(k)]
+                self.store.append_events(rows)
+                model[n] += [r.seq for r in rows]
+                next_seq[n] += k
+            else:
+                upto = max(next_seq[n] - 1 - k, 0)
+                self.store.ack(n, upto)
+                model[n] = [s for s in model[n] if s > upto]
+            for m in nodes:
+                got = self.store.events_after(m, 0, 100)
+                self.assertEqual([r.seq for r in got], model[m])
+                self.assertEqual(self.store.next_seq(m), next_seq[m])
+                self.assertEqual(self.store.pending_count(m), len(model[m]))
+
+    # Distinct node ids per hypothesis example: the store is shared.
+    _model_ids = itertools.count(1000)
+
+
+class ConnectionTests(StoreTestCase):
+    """put_connection, close_connection, get_connection and listings."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = self.open_store()
+
+    def test_put_replaces(self) -> None:
+        """put_connection with an existing conn_id replaces the row (here
+        handshake -> open with their_init)."""
+        hs = connection("c1", A, 5.0, "handshake")
+        self.store.put_connection(hs)
+        self.assertEqual(self.store.get_connection("c1"), hs)
+        opened = connection("c1", A, 5.0, "open")
+        self.store.put_connection(opened)
+        self.assertEqual(self.store.connections(A), [opened])
+        self.assertIsNone(self.store.get_connection("nope"))
+
+    def test_close_connection(self) -> None:
+        """close_connection sets state closed and closed_seq; an unknown id
+        is a StoreError."""
+        self.store.put_connection(connection("c1", A, 5.0))
+        self.store.close_connection("c1", 7)
+        self.assertEqual(
+            self.store.get_connection("c1"),
+            connection("c1", A, 5.0, "closed", closed_seq=7),
+        )
+        e = self.assertRaises(StoreError, self.store.close_connection, "zz", 1)
+        self.assertEqual(str(e), "unknown connection 'zz'")
+
+    def test_invalid_rows_refused(self) -> None:
+        """An unknown state, a closed row without closed_seq and an open row
+        with one are StoreErrors and store nothing."""
+        for bad in [
+            connection("c1", A, 1.0, "dead"),
+            connection("c1", A, 1.0, "closed"),
+            connection("c1", A, 1.0, "open", closed_seq=3),
+        ]:
+            self.assertRaises(StoreError, self.store.put_connection, bad)
+        self.assertEqual(self.store.connections(A), [])
+
+    def test_unclosed_connections(self) -> None:
+        """unclosed_connections lists handshake and open rows of every node,
+        ordered by since, and no closed ones."""
+        rows = [
+            connection("c1", A, 3.0, "open"),
+            connection("c2", B, 1.0, "handshake"),
+            connection("c3", A, 2.0, "closed", closed_seq=1),
+        ]
+        for r in rows:
+            self.store.put_connection(r)
+        self.assertEqual(self.store.unclosed_connections(), [rows[1], rows[0]])
+
+
+class WebhookTests(StoreTestCase):
+    """add_webhook, webhooks, remove_webhook and webhook_count."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = self.open_store()
+
+    def test_add_list_remove(self) -> None:
+        """Webhooks are listed oldest first, counted, and removed once; a
+        node cannot see, count or remove another node's webhook."""
+        w1 = WebhookRow(A, "w1", "https://a.example/1", 2.0)
+        w2 = WebhookRow(A, "w2", "https://a.example/2", 1.0)
+        wb = WebhookRow(B, "w1", "https://b.example/1", 1.5)
+        for w in (w1, w2, wb):
+            self.store.add_webhook(w)
+        self.assertEqual(self.store.webhooks(A), [w2, w1])
+        self.assertEqual(self.store.webhook_count(A), 2)
+        self.assertFalse(self.store.remove_webhook(B, "w2"))
+        self.assertTrue(self.store.remove_webhook(A, "w1"))
+        self.assertFalse(self.store.remove_webhook(A, "w1"))
+        self.assertEqual(self.store.webhooks(A), [w2])
+        self.assertEqual(self.store.webhooks(B), [wb])
+        self.assertEqual(self.store.webhook_count(B), 1)
+
+    def test_duplicate_id_refused(self) -> None:
+        """A second webhook with the same id for the same node is a
+        StoreError; the first one stays."""
+        w = WebhookRow(A, "w1", "https://a.example/1", 2.0)
+        self.store.add_webhook(w)
+        e = self.assertRaises(
+            StoreError,
+            self.store.add_webhook,
+            WebhookRow(A, "w1", "https://other.example/", 3.0),
+        )
+        self.assertEqual(str(e), f"node {A} already has a webhook 'w1'")
+        self.assertEqual(self.store.webhooks(A), [w])
+
+
+class TransactionTests(StoreTestCase):
+    """transaction(): atomicity, nesting, visibility, and writable()."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = self.open_store()
+        self.db_path = os.path.join(self.data_dir, DB_FILE)
+
+    def committed_events(self) -> int:
+        """Count events as another connection sees them (committed only)."""
+        conn = sqlite3.connect(self.db_path)
+        try:
+            (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
+            return int(count)
+        finally:
+            conn.close()
+
+    def test_exception_rolls_back_everything(self) -> None:
+        """An exception inside transaction() propagates and undoes every
+        write made in it: events, next_seq, ack, connections, webhooks."""
+        self.store.append_events([event(A, 1)])
+
+        class Boom(Exception):
+            pass
+
+        def body() -> None:
+            with self.store.transaction():
+                self.store.append_events([event(A, 2), event(B, 1)])
+                self.store.ack(A, 2)
+                self.store.put_connection(connection("c1", A, 1.0))
+                self.store.add_webhook(WebhookRow(A, "w", "https://x/", 1.0))
+                raise Boom()
+
+        self.assertRaises(Boom, body)
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
+        self.assertEqual(self.store.next_seq(A), 2)
+        self.assertEqual(self.store.next_seq(B), 1)
+        self.assertEqual(self.store.connections(A), [])
+        self.assertEqual(self.store.webhooks(A), [])
+        self.assertTrue(self.store.writable())
+
+    def test_commit_happens_at_outer_end(self) -> None:
+        """Writes in a transaction, also from nested ones, become visible to
+        other connections only when the outermost block ends."""
+        with self.store.transaction():
+            with self.store.transaction():
+                self.store.append_events([event(A, 1)])
+            self.store.append_events([event(A, 2)])
+            self.assertEqual(self.committed_events(), 0)
+        self.assertEqual(self.committed_events(), 2)
+
+    def test_failed_inner_block_undone_outer_continues(self) -> None:
+        """If a nested block (or a store method, like a duplicate
+        add_webhook) raises and the caller catches it, only that block's
+        writes are undone; the outer transaction commits the rest."""
+        hook = WebhookRow(A, "w", "https://x/", 1.0)
+        self.store.add_webhook(hook)
+        with self.store.transaction():
+            self.store.append_events([event(A, 1)])
+            try:
+                with self.store.transaction():
+                    self.store.append_events([event(A, 2)])
+                    raise KeyError("inner")
+            except KeyError:
+                pass
+            self.assertRaises(StoreError, self.store.add_webhook, hook)
+            self.store.append_events([event(A, 2, kind="closed")])
+        self.assertEqual(
+            self.store.events_after(A, 0, 10), [event(A, 1), event(A, 2, "closed")]
+        )
+        self.assertEqual(self.store.next_seq(A), 3)
+        self.assertEqual(self.store.webhooks(A), [hook])
+
+    def test_outer_failure_undoes_finished_inner(self) -> None:
+        """A nested block that finished is still undone when the outer one
+        raises: inner blocks join the outer transaction."""
+
+        def body() -> None:
+            with self.store.transaction():
+                with self.store.transaction():
+                    self.store.append_events([event(A, 1)])
+                raise ValueError("outer")
+
+        self.assertRaises(ValueError, body)
+        self.assertEqual(self.store.next_seq(A), 1)
+        self.assertEqual(self.committed_events(), 0)
+
+    def test_writable_probe_changes_nothing(self) -> None:
+        """writable() is True on a healthy store, also inside a transaction
+        whose writes it does not disturb, and changes nothing itself."""
+        self.assertTrue(self.store.writable())
+        with self.store.transaction():
+            self.store.append_events([event(A, 1)])
+            self.assertTrue(self.store.writable())
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
+        self.assertEqual(read_version(self.db_path), 2)
+
+    def test_writable_false_when_locked(self) -> None:
+        """writable() is False when another connection holds SQLite's write
+        lock (after a short busy wait), and True again once released."""
+        self.store.close()
+        self.patch(store_module, "BUSY_TIMEOUT", 0.05)
+        s = self.open_store()
+        other = sqlite3.connect(self.db_path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        self.assertFalse(s.writable())
+        other.execute("ROLLBACK")
+        self.assertTrue(s.writable())
