@@ -17,8 +17,12 @@ from __future__ import annotations
 import hashlib
 
 import coincurve
-from coincurve.ecdsa import cdata_to_der, deserialize_compact, serialize_compact
-from coincurve.ecdsa import der_to_cdata
+from coincurve.ecdsa import (
+    cdata_to_der,
+    der_to_cdata,
+    deserialize_compact,
+    serialize_compact,
+)
 
 __all__ = [
     "LOGIN_TAG",

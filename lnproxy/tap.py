@@ -21,7 +21,9 @@ def _positive(name: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise usage.UsageError(f"--{name} must be a number of seconds, not {value!r}")
+        raise usage.UsageError(
+            f"--{name} must be a number of seconds, not {value!r}"
+        ) from None
     if not number > 0:
         raise usage.UsageError(f"--{name} must be greater than 0")
     return number
@@ -31,7 +33,9 @@ def _count(name: str, value: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise usage.UsageError(f"--{name} must be a whole number, not {value!r}")
+        raise usage.UsageError(
+            f"--{name} must be a whole number, not {value!r}"
+        ) from None
     if number < 1:
         raise usage.UsageError(f"--{name} must be at least 1")
     return number
