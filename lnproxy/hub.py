@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lnproxy import noise, wire
-from lnproxy.peer import IPeerListener, PeerFactory, PeerProtocol
+from lnproxy.peer import IPeerListener, PeerFactory, PeerProtocol, PeerState
 from lnproxy.policy import MessageClass, Policy
 from lnproxy.store import ConnectionRow, EventRow, Store
 
@@ -321,10 +321,22 @@ class Connection:
             self.messages_received(early)
 
     def send(self, msg: bytes) -> None:
-        """Encrypt and send one message to the peer."""
-        if self.state != "open" or self.protocol is None:
+        """Encrypt and send one message to the peer.
+
+        :raise HubError: code 6 when the connection is not open, including
+            while it is closing (``disconnect`` was answered but TCP is not
+            gone yet) and when this very frame hit the write buffer cap.
+        """
+        protocol = self.protocol
+        if self.state != "open" or protocol is None:
             raise HubError(NOT_OPEN, f"connection is {self.state}, not open")
-        self.protocol.send_message(msg)
+        if protocol.state is not PeerState.OPEN:
+            raise HubError(NOT_OPEN, "connection is closing, not open")
+        protocol.send_message(msg)
+        if protocol.state is not PeerState.OPEN:
+            # The peer stopped reading and this frame crossed the write
+            # buffer cap: it was not handed to TCP, the connection is aborted.
+            raise HubError(NOT_OPEN, "connection closed: the peer stopped reading")
 
     def close(self, reason: str, client_requested: bool = False) -> None:
         """Close the TCP connection; the closed event says ``reason``."""
@@ -771,6 +783,10 @@ class Hub(service.Service):
                 conn.send(wire.reply_to_query_channel_range(r).encode())
             # pong (ours or not) and gossip_timestamp_filter: consumed.
             self._count("handled")
+        except HubError:
+            # The connection is closing (or our answer hit the write buffer
+            # cap and aborted it): there is no one left to answer.
+            pass
         except wire.WireError as e:
             self._log.info(
                 "ignoring malformed message type {type} on {conn}: {err}",
