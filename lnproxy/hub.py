@@ -174,6 +174,7 @@ class Session:
             return
         self.last_sent = seq
         self.sink.send_event(text)
+        self.hub._count("event_delivered")
 
     def pause(self) -> None:
         """The client is not reading: stop sending; events wait on disk."""
@@ -205,6 +206,7 @@ class Session:
             for row in rows:
                 self.last_sent = row.seq
                 self.sink.send_event(_notification(row.kind, row.params))
+                self.hub._count("event_delivered")
                 if self.paused or self.closed:
                     return
             if len(rows) < REPLAY_CHUNK:
@@ -284,6 +286,9 @@ class Connection:
         """Relay act 2: the connection now exists for the client."""
         self.state = "handshake"
         self.hub._connection_announced(self)
+        relay = self.hub.clock.seconds() - self.since
+        for fn in self.hub.on_handshake_relayed:
+            fn(relay)
         self._set_timer(self.deadline, self._handshake_timed_out)
         self.act2.callback(act2)
 
@@ -443,6 +448,10 @@ class Hub(service.Service):
         self.on_login: list[Callable[[str], None]] = []
         #: Called as ``fn(name)`` for countable happenings (metrics).
         self.on_count: list[Callable[[str], None]] = []
+        #: Called as ``fn(node_id, count)`` after ``count`` events were acked.
+        self.on_acked: list[Callable[[str, int], None]] = []
+        #: Called as ``fn(seconds)`` from ``connect`` to act 2 relayed.
+        self.on_handshake_relayed: list[Callable[[float], None]] = []
         self._table = self.policy.table
 
     # -- service ------------------------------------------------------------
@@ -644,6 +653,7 @@ class Hub(service.Service):
     def send(self, node_id: str, conn_id: str, msg: bytes) -> None:
         """Send a client's message to its peer."""
         self.connection(node_id, conn_id).send(msg)
+        self._count("message_out")
 
     def disconnect(self, node_id: str, conn_id: str) -> None:
         """Close a connection at the client's request."""
@@ -683,7 +693,11 @@ class Hub(service.Service):
             conn = node.connections.pop(conn_id, None)
             if conn is not None:
                 self.connections.pop(conn_id, None)
+        before = node.pending
         node.pending = self.store.pending_count(node_id)
+        if before > node.pending:
+            for fn in self.on_acked:
+                fn(node_id, before - node.pending)
         if node.reading_paused and node.pending < self.limits.events_per_node:
             node.reading_paused = False
             for conn in node.connections.values():
