@@ -62,6 +62,8 @@ MAX_WS_MESSAGE = 256 * 1024
 MAX_HANDSHAKE_BYTES = 16 * 1024
 #: Close codes (private-use range) the proxy uses.
 CLOSE_LOGIN_FAILED = 4002
+#: RFC 6455 "going away": the proxy is stopping.
+CLOSE_GOING_AWAY = 1001
 CLOSE_LOGIN_TIMEOUT = 4001
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
@@ -185,6 +187,7 @@ class ClientProtocol(WebSocketServerProtocol):
         self._challenge_used = False
         self._login_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
+        self._closed_waiters: list[defer.Deferred[None]] = []
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "login": self.rpc_login,
             "connect": self.rpc_connect,
@@ -310,6 +313,9 @@ class ClientProtocol(WebSocketServerProtocol):
         if self.session is not None:
             self.factory.hub.logout(self.session)
             self.session = None
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # -- EventSink -----------------------------------------------------------
 
@@ -317,6 +323,23 @@ class ClientProtocol(WebSocketServerProtocol):
         """Send one event notification."""
         if self.state == self.STATE_OPEN:
             self.sendMessage(text.encode("utf-8"))
+
+    def close_session(self, reason: str) -> defer.Deferred[None]:
+        """Close with 1001 (going away) after what is already queued; fire
+        once the WebSocket is closed (Autobahn drops a client that does not
+        answer the close within its close handshake timeout)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.state == self.STATE_CLOSED:
+            d.callback(None)
+            return d
+        self._closed_waiters.append(d)
+        if self.state == self.STATE_OPEN:
+            # sendClose refuses 1001 (it only takes application codes);
+            # "going away" is the RFC 6455 code for a server shutting down.
+            self.sendCloseFrame(
+                code=CLOSE_GOING_AWAY, reasonUtf8=reason.encode("utf-8"), isReply=False
+            )
+        return d
 
     # -- replies ----------------------------------------------------------------
 

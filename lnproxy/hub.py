@@ -134,6 +134,10 @@ class EventSink(TypingProtocol):
     def send_event(self, text: str) -> None:
         """Send one notification (JSON text) to the client."""
 
+    def close_session(self, reason: str) -> defer.Deferred[None]:
+        """The proxy is stopping: close the client's connection after what
+        was already sent; fire when it is closed."""
+
 
 def _notification(kind: str, params: str) -> str:
     return '{"jsonrpc":"2.0","method":"' + kind + '","params":' + params + "}"
@@ -466,10 +470,14 @@ class Hub(service.Service):
         self._sweeper.start(interval, now=False)
 
     def stopService(self) -> defer.Deferred[None]:
-        """Record ``proxy stopped`` for every connection, then close them.
+        """Record ``proxy stopped`` for every connection, then close them
+        and the logged-in clients' sessions.
 
         The events are committed before any socket is closed, so an operator's
-        SIGTERM loses nothing even if the peers take long to go away.
+        SIGTERM loses nothing even if the peers take long to go away.  The
+        Deferred fires once peers and sessions are gone (peers are aborted
+        after 3 s; a client that ignores the close is dropped by the
+        WebSocket close handshake timeout).
         """
         super().stopService()
         self._stopping = True
@@ -486,6 +494,16 @@ class Hub(service.Service):
                 waits.append(conn.gone)
             conn.close("proxy stopped")
         self.flush()
+        # Close the clients' WebSockets politely (after the closed events
+        # just offered to them): the reactor's shutdown would otherwise drop
+        # them with those events still in their write buffers.
+        for node in self.nodes.values():
+            for session in list(node.sessions):
+                try:
+                    waits.append(session.sink.close_session("proxy stopping"))
+                except Exception:
+                    # Never let one client stop the shutdown.
+                    self._log.failure("could not close a session of {node}", node=node.node_id)
         if not waits:
             return defer.succeed(None)
         dl = defer.DeferredList(waits)
