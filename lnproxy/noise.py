@@ -121,7 +121,15 @@ class BadStaticKeyCiphertextError(BadActTagError):
 
 
 class TransportError(Bolt8Error):
-    """A transport frame was rejected; no resynchronisation is possible."""
+    """A transport frame was rejected; no resynchronisation is possible.
+
+    :ivar messages: whole messages that the same :meth:`Decryptor.feed` call
+        decrypted before the bad frame.  They are authentic; a host should
+        deliver them before it closes the connection (a peer's ``error``
+        followed by garbage in one TCP read must not be lost).
+    """
+
+    messages: list[bytes] = []
 
 
 class BadLengthTagError(TransportError):
@@ -288,6 +296,7 @@ class Initiator:
         """
         if self._step != 2:
             raise RuntimeError("read_act2() called out of order")
+        self._step = -1  # stays so unless the act is accepted
         check_act_shape(act2, 2)
         st = self._state
         re = act2[1:34]
@@ -336,6 +345,7 @@ class Responder:
         """
         if self._step != 1:
             raise RuntimeError("read_act1() called out of order")
+        self._step = -1  # stays so unless the act is accepted
         check_act_shape(act1, 1)
         st = self._state
         re = act1[1:34]
@@ -370,6 +380,7 @@ class Responder:
         """
         if self._step != 3 or self._temp_k2 is None:
             raise RuntimeError("read_act3() called out of order")
+        self._step = -1  # stays so unless the act is accepted
         if len(act3) != ACT3_SIZE:
             raise ShortActError(f"act is {len(act3)} bytes, expected {ACT3_SIZE}", 3)
         if act3[0] != 0:
@@ -473,7 +484,9 @@ class Decryptor(_CipherState):
 
     @property
     def buffered(self) -> int:
-        """Bytes held for an incomplete frame."""
+        """Undecrypted bytes held: a partial header, or (once a header was
+        authenticated, see :attr:`awaiting_body`) the part of its body that
+        has arrived."""
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -517,9 +530,10 @@ class Decryptor(_CipherState):
                     self._rotate()
                     aead = self._aead
                     n = 0
-        except TransportError:
+        except TransportError as e:
             self._failed = True
             self._buf = b""
+            e.messages = out
             raise
         self.nonce = n
         self._body_size = body

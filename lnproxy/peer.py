@@ -129,6 +129,9 @@ class PeerProtocol(Protocol):
             try:
                 messages = self._decrypt(data)
             except noise.TransportError as e:
+                # Authentic messages that came before the bad frame first.
+                if e.messages:
+                    self.listener.messages_received(e.messages)
                 self._fail(f"decryption failure ({e.code})")
                 return
             if messages:

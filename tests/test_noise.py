@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from lnproxy import noise
 from lnproxy.noise import (
     ACT1_SIZE,
     ACT3_SIZE,
@@ -704,3 +705,31 @@ class KeyHygieneTests(SynchronousTestCase):
         self.assertEqual(BadLengthTagError("x").code, "LENGTH_BAD_TAG")
         self.assertEqual(BadBodyTagError("x").code, "BODY_BAD_TAG")
         self.assertEqual(BadActTagError("x", 2).code, "ACT2_BAD_TAG")
+
+
+class FailureKeepsEarlierMessagesTests(SynchronousTestCase):
+    """A bad frame must not take the good frames before it down with it."""
+
+    def test_messages_before_bad_frame_are_attached(self) -> None:
+        """Two valid frames and a tampered one in one feed: the error carries
+        the two messages that authenticated, in order."""
+        enc = noise.Encryptor(bytes(32), bytes(range(32)))
+        dec = noise.Decryptor(bytes(32), bytes(range(32)))
+        good = enc.encrypt(b"\x00\x11one") + enc.encrypt(b"\x00\x11two")
+        bad = bytearray(enc.encrypt(b"three"))
+        bad[0] ^= 1
+        with self.assertRaises(noise.BadLengthTagError) as ctx:
+            dec.feed(good + bytes(bad))
+        self.assertEqual(ctx.exception.messages, [b"\x00\x11one", b"\x00\x11two"])
+
+    def test_rejected_act_leaves_handshake_failed(self) -> None:
+        """After a rejected act 2 the initiator refuses to go on."""
+        init = noise.Initiator(bytes([1] * 32), bytes.fromhex(
+            "028d7500dd4c12685d1f568b4c2b5048e8534b873319f3a8daa612b469132ec7f7"))
+        init.act1()
+        with self.assertRaises(noise.BadVersionError):
+            init.read_act2(b"\x01" + bytes(49))
+        with self.assertRaises(RuntimeError):
+            init.read_act2(b"\x00" + bytes(49))
+        with self.assertRaises(RuntimeError):
+            init.act3()

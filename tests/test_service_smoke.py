@@ -42,3 +42,23 @@ class HappyPathTests(ProxyTestCase):
         self.assertEqual(conns["connections"][0]["state"], "open")
         self.assertEqual(conns["connections"][0]["their_init"], init_event["params"]["msg"])
         yield client.call("ack", seq=ev["params"]["seq"])
+
+    @defer.inlineCallbacks
+    def test_message_before_garbage_is_kept(self) -> defer.Generator:
+        """A valid message and garbage in one TCP write: the message is
+        stored and delivered, then the connection closes with a decryption
+        failure (nothing authentic is lost)."""
+        self.start_proxy()
+        peer, port = self.local_peer()
+        client = yield self.logged_in()
+        opened = peer.wait_open()
+        conn, _ = yield client.open_peer(peer, port)
+        p = yield opened
+        yield client.wait_event(lambda e: e["params"].get("type") == 16)
+        frame = p.transport_cipher.encrypt(bytes.fromhex("0011") + bytes(32) + b"\x00\x00")
+        p.transport.write(frame + b"\xff" * 40)
+        err = yield client.wait_event(lambda e: e["params"].get("type") == 17)
+        self.assertEqual(err["params"]["conn"], conn)
+        closed = yield client.wait_event(lambda e: e["method"] == "closed")
+        self.assertIn("decryption failure", closed["params"]["reason"])
+        self.assertGreater(closed["params"]["seq"], err["params"]["seq"])
