@@ -385,8 +385,16 @@ class Connection:
 
     def _init_timed_out(self) -> None:
         self._timer = None
-        if self.their_init is None:
-            self.close("init timeout")
+        if self.their_init is not None:
+            return
+        if self.protocol is not None and self.protocol.read_paused:
+            # We are not reading this peer (its node's inbox is full): its
+            # init may be waiting in the socket.  Like keepalive, the clock
+            # only runs while we read.
+            now = self.hub.clock.seconds()
+            self._set_timer(now + self.hub.limits.handshake_timeout, self._init_timed_out)
+            return
+        self.close("init timeout")
 
 
 class Node:
@@ -719,7 +727,8 @@ class Hub(service.Service):
         if node.reading_paused and node.pending < self.limits.events_per_node:
             node.reading_paused = False
             for conn in node.connections.values():
-                if conn.protocol is not None:
+                # Not a closing one: its transport may refuse to resume.
+                if conn.protocol is not None and conn.protocol.state is PeerState.OPEN:
                     conn.protocol.resume_reading()
 
     def newest_seq(self, node_id: str) -> int:
@@ -863,7 +872,7 @@ class Hub(service.Service):
                 n=node.pending,
             )
             for conn in node.connections.values():
-                if conn.protocol is not None and conn.state == "open":
+                if conn.protocol is not None and conn.protocol.state is PeerState.OPEN:
                     conn.protocol.pause_reading()
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
