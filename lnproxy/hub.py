@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol as TypingProtocol
+from dataclasses import dataclass
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.application import service
 from twisted.internet import defer
@@ -391,8 +392,8 @@ class Connection:
             # We are not reading this peer (its node's inbox is full): its
             # init may be waiting in the socket.  Like keepalive, the clock
             # only runs while we read.
-            now = self.hub.clock.seconds()
-            self._set_timer(now + self.hub.limits.handshake_timeout, self._init_timed_out)
+            again = self.hub.clock.seconds() + self.hub.limits.handshake_timeout
+            self._set_timer(again, self._init_timed_out)
             return
         self.close("init timeout")
 
@@ -511,7 +512,9 @@ class Hub(service.Service):
                     waits.append(session.sink.close_session("proxy stopping"))
                 except Exception:
                     # Never let one client stop the shutdown.
-                    self._log.failure("could not close a session of {node}", node=node.node_id)
+                    self._log.failure(
+                        "could not close a session of {node}", node=node.node_id
+                    )
         if not waits:
             return defer.succeed(None)
         dl = defer.DeferredList(waits)
