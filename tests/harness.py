@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from lnproxy import keys, noise, wire
@@ -38,13 +41,19 @@ class WsClient(WebSocketClientProtocol):
         self._calls: dict[Any, defer.Deferred[Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.replies: list[dict[str, Any]] = []
+        #: Every frame received, replies and notifications, in order.
+        self.frames: list[dict[str, Any]] = []
         self._event_waiters: list[tuple[Any, defer.Deferred[Any]]] = []
-        self.hello: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        #: The ``hello`` params, once received.
+        self.hello_params: dict[str, Any] | None = None
+        self._hello_waiters: list[defer.Deferred[dict[str, Any]]] = []
         self.closed: defer.Deferred[tuple[int | None, str | None]] = defer.Deferred()
         self.node_secret: bytes | None = None
+        self.login_result: dict[str, Any] | None = None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         obj = json.loads(payload)
+        self.frames.append(obj)
         if "id" in obj:
             self.replies.append(obj)
             d = self._calls.pop(obj["id"], None)
@@ -55,7 +64,10 @@ class WsClient(WebSocketClientProtocol):
                     d.callback(obj["result"])
             return
         if obj.get("method") == "hello":
-            self.hello.callback(obj["params"])
+            self.hello_params = obj["params"]
+            waiters, self._hello_waiters = self._hello_waiters, []
+            for d in waiters:
+                d.callback(obj["params"])
             return
         self.events.append(obj)
         keep = []
@@ -65,6 +77,16 @@ class WsClient(WebSocketClientProtocol):
             else:
                 keep.append((match, d))
         self._event_waiters = keep
+
+    @property
+    def hello(self) -> defer.Deferred[dict[str, Any]]:
+        """A new Deferred firing with the ``hello`` params (each access may
+        be yielded on its own)."""
+        if self.hello_params is not None:
+            return defer.succeed(self.hello_params)
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._hello_waiters.append(d)
+        return d
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if not self.closed.called:
@@ -82,7 +104,9 @@ class WsClient(WebSocketClientProtocol):
         return d
 
     def send_raw(self, text: str | bytes, binary: bool = False) -> None:
-        self.sendMessage(text.encode() if isinstance(text, str) else text, isBinary=binary)
+        self.sendMessage(
+            text.encode() if isinstance(text, str) else text, isBinary=binary
+        )
 
     def next_reply(self) -> defer.Deferred[dict[str, Any]]:
         """Fires with the next reply whatever its id (for raw requests)."""
@@ -124,16 +148,40 @@ class WsClient(WebSocketClientProtocol):
         return result
 
     @defer.inlineCallbacks
+    def start_connect(
+        self, peer: Any, port: int, persist: bool = False, host: str = "127.0.0.1"
+    ) -> Any:
+        """Call ``connect`` only (no finish).
+
+        :return: ``(connect_result, initiator)``; the initiator has written
+            act 1 and can read act 2.
+        """
+        assert self.node_secret is not None
+        node_id = peer if isinstance(peer, bytes) else peer.node_id
+        init = noise.Initiator(self.node_secret, node_id)
+        r = yield self.call(
+            "connect",
+            peer=f"{node_id.hex()}@{host}:{port}",
+            act1=init.act1().hex(),
+            persist=persist,
+        )
+        return r, init
+
+    @defer.inlineCallbacks
     def open_peer(
-        self, peer: LocalPeerFactory | bytes, port: int, persist: bool = False,
-        features: bytes = b"", host: str = "127.0.0.1",
+        self,
+        peer: Any,
+        port: int,
+        persist: bool = False,
+        features: bytes = b"",
+        host: str = "127.0.0.1",
     ) -> Any:
         """Run the client side of the split handshake and send init.
 
         :return: ``(conn_id, transport_keys)``.
         """
         assert self.node_secret is not None
-        node_id = peer.node_id if isinstance(peer, LocalPeerFactory) else peer
+        node_id = peer if isinstance(peer, bytes) else peer.node_id
         init = noise.Initiator(self.node_secret, node_id)
         r = yield self.call(
             "connect",
@@ -144,11 +192,126 @@ class WsClient(WebSocketClientProtocol):
         init.read_act2(bytes.fromhex(r["act2"]))
         act3, tk = init.act3()
         yield self.call(
-            "finish", conn=r["conn"], act3=act3.hex(), sk=tk.sk.hex(),
-            rk=tk.rk.hex(), ck=tk.ck.hex(),
+            "finish",
+            conn=r["conn"],
+            act3=act3.hex(),
+            sk=tk.sk.hex(),
+            rk=tk.rk.hex(),
+            ck=tk.ck.hex(),
         )
-        yield self.call("send", conn=r["conn"], msg=wire.Init(features=features).encode().hex())
+        yield self.call(
+            "send", conn=r["conn"], msg=wire.Init(features=features).encode().hex()
+        )
         return r["conn"], tk
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for subprocesses
+    and for "connection refused")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # type: ignore[no-any-return]
+
+
+@defer.inlineCallbacks
+def eventually(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
+) -> Any:
+    """Poll ``predicate`` on the reactor until it is true.
+
+    :raise AssertionError: when it is still false after ``timeout`` seconds.
+    """
+    waited = 0.0
+    while not predicate():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        yield task.deferLater(reactor, interval, lambda: None)
+        waited += interval
+
+
+class ScriptedPeerProtocol(Protocol):
+    """A BOLT 8 responder that misbehaves on request (see
+    :class:`ScriptedPeerFactory`)."""
+
+    factory: ScriptedPeerFactory
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.step = 1
+        self.responder: noise.Responder | None = None
+        self.cipher: noise.Transport | None = None
+        self.received: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.responder = noise.Responder(self.factory.secret)
+        self.factory.connections.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.cipher is not None:
+            self.received.extend(self.cipher.feed(data))
+            return
+        self.buf += data
+        assert self.responder is not None
+        mode = self.factory.act2
+        if self.step == 1 and len(self.buf) >= noise.ACT1_SIZE:
+            act1, self.buf = self.buf[:50], self.buf[50:]
+            if mode == "close":
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            if mode == "silent":
+                self.step = 0
+                return
+            self.responder.read_act1(act1)
+            act2 = self.responder.act2()
+            if mode == "bad_version":
+                act2 = b"\x01" + act2[1:]
+            self.transport.write(act2)  # type: ignore[union-attr]
+            self.step = 3
+        if self.step == 3 and len(self.buf) >= noise.ACT3_SIZE:
+            act3, self.buf = self.buf[:66], self.buf[66:]
+            keys_ = self.responder.read_act3(act3)
+            self.cipher = noise.Transport.from_keys(keys_)
+            self.step = 4
+            if self.factory.send_init:
+                self.send(wire.Init(features=b"").encode())
+            waiters, self.factory.open_waiters = self.factory.open_waiters, []
+            for d in waiters:
+                d.callback(self)
+
+    def send(self, msg: bytes) -> None:
+        """Encrypt and send one message."""
+        assert self.cipher is not None
+        self.transport.write(self.cipher.encrypt(msg))  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self in self.factory.connections:
+            self.factory.connections.remove(self)
+
+
+class ScriptedPeerFactory(Factory):
+    """A peer for fault tests.
+
+    :param act2: ``"ok"``, ``"close"`` (close on act 1), ``"silent"`` (never
+        answer act 1) or ``"bad_version"`` (act 2 with version byte 1).
+    :param send_init: send ``init`` once the handshake is done.
+    """
+
+    protocol = ScriptedPeerProtocol
+
+    def __init__(self, act2: str = "ok", send_init: bool = True) -> None:
+        self.secret = os.urandom(32)
+        self.node_id = keys.public_key(self.secret)
+        self.act2 = act2
+        self.send_init = send_init
+        self.connections: list[ScriptedPeerProtocol] = []
+        self.open_waiters: list[defer.Deferred[ScriptedPeerProtocol]] = []
+
+    def wait_open(self) -> defer.Deferred[ScriptedPeerProtocol]:
+        """Fires with the next connection that finishes its handshake."""
+        d: defer.Deferred[ScriptedPeerProtocol] = defer.Deferred()
+        self.open_waiters.append(d)
+        return d
 
 
 def proxy_options(data_dir: str, *extra: str) -> Options:
@@ -173,6 +336,16 @@ class ProxyTestCase(TestCase):
         self.addCleanup(self._stop_proxy, svc)
         return svc
 
+    @defer.inlineCallbacks
+    def expect_error(self, d: defer.Deferred[Any], code: int) -> Any:
+        """Wait for ``d`` to fail with an error reply of ``code``.
+
+        :return: the :class:`RpcFailed` (for its message).
+        """
+        err = yield self.assertFailure(d, RpcFailed)
+        self.assertEqual(err.code, code, f"expected code {code}, got {err}")
+        return err
+
     def _stop_proxy(self, svc: ProxyService) -> defer.Deferred[Any] | None:
         if svc.running:
             return svc.stopService()  # type: ignore[no-any-return]
@@ -180,18 +353,25 @@ class ProxyTestCase(TestCase):
 
     @property
     def proxy_port(self) -> int:
-        port: IListeningPort = self.proxy.listeners[0]._waitingForPort.result  # type: ignore[attr-defined]
+        listener = self.proxy.listeners[0]
+        port: IListeningPort = listener._waitingForPort.result  # type: ignore
+
         return port.getHost().port  # type: ignore[no-any-return]
 
     @defer.inlineCallbacks
-    def ws(self, protocols: list[str] | None = None) -> Any:
-        """A connected WebSocket client (not yet logged in)."""
+    def ws(self, protocols: list[str] | None = None, port: int | None = None) -> Any:
+        """A connected WebSocket client (not yet logged in).
+
+        :param protocols: subprotocols to offer (default ``["lnproxy.v1"]``).
+        :param port: the proxy's port (default: the in-process proxy's).
+        """
+        port = port or self.proxy_port
         factory = WebSocketClientFactory(
-            f"ws://127.0.0.1:{self.proxy_port}/",
+            f"ws://127.0.0.1:{port}/",
             protocols=["lnproxy.v1"] if protocols is None else protocols,
         )
         factory.protocol = WsClient
-        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         client = yield ep.connect(factory)
         self.addCleanup(self._close_ws, client)
         return client
@@ -203,9 +383,11 @@ class ProxyTestCase(TestCase):
         return client.closed
 
     @defer.inlineCallbacks
-    def logged_in(self, secret: bytes | None = None) -> Any:
-        client = yield self.ws()
-        yield client.login(secret or os.urandom(32))
+    def logged_in(self, secret: bytes | None = None, port: int | None = None) -> Any:
+        """A WebSocket client logged in as ``secret`` (random by default);
+        ``client.login_result`` holds the login result."""
+        client = yield self.ws(port=port)
+        client.login_result = yield client.login(secret or os.urandom(32))
         return client
 
     def local_peer(self, **kw: Any) -> tuple[LocalPeerFactory, int]:
@@ -215,7 +397,15 @@ class ProxyTestCase(TestCase):
         self.addCleanup(self._stop_peer, factory, port)
         return factory, port.getHost().port
 
-    def _stop_peer(self, factory: LocalPeerFactory, port: Any) -> defer.Deferred[Any]:
+    def scripted_peer(self, **kw: Any) -> tuple[ScriptedPeerFactory, int]:
+        """A misbehaving peer on a free loopback port (see
+        :class:`ScriptedPeerFactory`)."""
+        factory = ScriptedPeerFactory(**kw)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self._stop_peer, factory, port)
+        return factory, port.getHost().port
+
+    def _stop_peer(self, factory: Any, port: Any) -> defer.Deferred[Any]:
         for p in list(factory.connections):
             p.transport.abortConnection()
         return defer.maybeDeferred(port.stopListening)

@@ -1,0 +1,158 @@
+"""The message policy: the default table of PROTOCOL.md for all 65,536
+types, operator overrides, and override parsing."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lnproxy.policy import (
+    HANDLED_TYPES,
+    MessageClass,
+    Policy,
+    PolicyError,
+    parse_override,
+)
+
+H, D, Q, S = (
+    MessageClass.HANDLE,
+    MessageClass.DROP,
+    MessageClass.QUEUE,
+    MessageClass.SUMMON,
+)
+
+
+def contract_class(t: int) -> MessageClass:
+    """The default class of type ``t``, written from PROTOCOL.md's table
+    (independently of lnproxy.policy)."""
+    if t in (18, 19, 261, 263, 265):
+        return H
+    if t in (256, 257, 258, 262, 264):
+        return D
+    if t in (16, 1):
+        return Q
+    if t in (2, 17, 259, 513, 7, 9) or 32 <= t <= 255:
+        return S
+    # Every other type is unknown to the table: odd queue, even summon.
+    return Q if t % 2 else S
+
+
+class DefaultPolicyTests(SynchronousTestCase):
+    """The default table."""
+
+    def test_every_type_matches_the_contract(self) -> None:
+        """All 65,536 types have the class PROTOCOL.md gives them."""
+        policy = Policy()
+        self.assertEqual(len(policy.table), 65536)
+        wrong = [t for t in range(65536) if policy.classify(t) is not contract_class(t)]
+        self.assertEqual(wrong, [])
+
+    def test_spot_checks(self) -> None:
+        """A few rows of the table, spelled out."""
+        policy = Policy()
+        cases = {
+            18: H,
+            19: H,
+            261: H,
+            263: H,
+            265: H,
+            256: D,
+            257: D,
+            258: D,
+            262: D,
+            264: D,
+            16: Q,
+            1: Q,
+            3: Q,
+            5: Q,
+            33: S,
+            32769: Q,
+            65535: Q,
+            2: S,
+            17: S,
+            32: S,
+            128: S,
+            255: S,
+            259: S,
+            513: S,
+            7: S,
+            9: S,
+            0: S,
+            4: S,
+            260: S,
+            512: S,
+            32768: S,
+            65534: S,
+        }
+        self.assertEqual({t: policy.classify(t) for t in cases}, cases)
+
+    def test_handled_types(self) -> None:
+        """The proxy can handle exactly ping, pong, the two gossip queries
+        and the timestamp filter."""
+        self.assertEqual(HANDLED_TYPES, frozenset({18, 19, 261, 263, 265}))
+
+
+class OverrideTests(SynchronousTestCase):
+    """Operator overrides."""
+
+    def test_overrides_change_only_their_types(self) -> None:
+        """Overrides replace the class of their types and nothing else."""
+        policy = Policy({128: Q, 256: S, 18: Q, 19: D, 130: D})
+        changed = {
+            t for t in range(65536) if policy.classify(t) is not contract_class(t)
+        }
+        self.assertEqual(changed, {128, 256, 18, 19, 130})
+        self.assertEqual(
+            [policy.classify(t) for t in (128, 256, 18, 19, 130)], [Q, S, Q, D, D]
+        )
+
+    def test_handle_only_for_handled_types(self) -> None:
+        """``handle`` may be set on a handled type (back to its default) but
+        not on a type the proxy cannot answer."""
+        self.assertIs(Policy({263: H}).classify(263), H)
+        with self.assertRaises(PolicyError) as cm:
+            Policy({128: H})
+        self.assertEqual(str(cm.exception), "the proxy cannot handle type 128")
+
+    def test_from_strings(self) -> None:
+        """``Policy.from_strings`` applies parsed ``--policy`` values."""
+        policy = Policy.from_strings(["32=queue", "259=drop"])
+        self.assertEqual((policy.classify(32), policy.classify(259)), (Q, D))
+        self.assertEqual(policy.overrides, {32: Q, 259: D})
+
+
+class ParseOverrideTests(SynchronousTestCase):
+    """``parse_override`` (the ``--policy`` argument)."""
+
+    def test_valid(self) -> None:
+        """TYPE=CLASS, class case-insensitive, blanks around parts ignored,
+        types 0 and 65535 allowed."""
+        self.assertEqual(parse_override("32=queue"), (32, Q))
+        self.assertEqual(parse_override("259=SUMMON"), (259, S))
+        self.assertEqual(parse_override(" 0 = drop "), (0, D))
+        self.assertEqual(parse_override("65535=summon"), (65535, S))
+        self.assertEqual(parse_override("19=handle"), (19, H))
+
+    def test_invalid(self) -> None:
+        """Each malformed override raises PolicyError naming what is wrong."""
+        cases = {
+            "32": "is not TYPE=CLASS",
+            "queue": "is not TYPE=CLASS",
+            "x=queue": "type 'x' is not an integer",
+            "0x20=queue": "type '0x20' is not an integer",
+            "1.5=queue": "type '1.5' is not an integer",
+            "=queue": "type '' is not an integer",
+            "70000=queue": "type 70000 is outside 0-65535",
+            "65536=drop": "type 65536 is outside 0-65535",
+            "-1=drop": "type -1 is outside 0-65535",
+            "32=wake": "unknown class 'wake' (one of handle, drop, queue, summon)",
+            "32=": "unknown class ''",
+            "128=handle": (
+                "the proxy cannot handle type 128 by itself "
+                "(it handles 18, 19, 261, 263, 265)"
+            ),
+        }
+        for text, message in cases.items():
+            with self.assertRaises(PolicyError) as cm:
+                parse_override(text)
+            self.assertIn(message, str(cm.exception), text)
+            self.assertIn(repr(text), str(cm.exception))
