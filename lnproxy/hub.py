@@ -615,6 +615,9 @@ class Hub(service.Service):
 
         :return: a Deferred firing with ``(conn_id, act2)``, or failing with
             :class:`HubError` code 4 (unreachable) or 5 (handshake failed).
+        :raise HubError: code 7 when a cap is reached: connections or
+            unfinished handshakes of the node, handshakes in all, or the
+            node's inbox (``events_per_node`` unacknowledged events).
         """
         node = self._node(node_id)
         limits = self.limits
@@ -633,6 +636,14 @@ class Hub(service.Service):
             )
         if self._handshakes >= limits.pending_handshakes_total:
             raise HubError(LIMIT_EXCEEDED, "proxy has too many unfinished handshakes")
+        if node.pending >= limits.events_per_node:
+            # The node's peers are not being read; a new one would be paused
+            # at once.  The client is online: it should acknowledge first.
+            raise HubError(
+                LIMIT_EXCEEDED,
+                f"inbox is full ({node.pending} unacknowledged events, the "
+                "limit): acknowledge events first",
+            )
         now = self.clock.seconds()
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         conn = Connection(

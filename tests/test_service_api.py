@@ -445,6 +445,17 @@ class LoginTests(ProxyTestCase):
         self.assertEqual(result["connections"], [])
 
     @defer.inlineCallbacks
+    def test_login_timeout(self) -> Any:
+        """A client that does not log in within ``--login-timeout`` is
+        closed with 4001; one that logged in in time is not."""
+        self.start_proxy("--login-timeout", "0.5")
+        idle = yield self.ws()
+        active = yield self.logged_in()
+        code, reason = yield idle.closed
+        self.assertEqual((code, reason), (4001, "login timeout"))
+        self.assertEqual((yield active.call("connections")), {"connections": []})
+
+    @defer.inlineCallbacks
     def test_sessions_per_node_cap(self) -> Any:
         """With ``--max-sessions-per-node 2`` a third session of the node
         fails with code 7; another node is unaffected; once one session
@@ -609,6 +620,54 @@ class ConnectionErrorTests(ProxyTestCase):
         self.assertIn("connections", err.message)
         other = yield self.logged_in()
         yield other.open_peer(peer, port)
+
+    @defer.inlineCallbacks
+    def test_total_handshakes_cap(self) -> Any:
+        """``--max-handshakes 1``: while one node has an unfinished
+        handshake, another node's connect is code 7; once it is finished,
+        the other node may connect."""
+        self.start_proxy("--max-handshakes", "1")
+        peer, port = self.local_peer()
+        a = yield self.logged_in()
+        b = yield self.logged_in()
+        r, init = yield a.start_connect(peer, port)
+        err = yield self.expect_error(b.start_connect(peer, port), 7)
+        self.assertIn("unfinished handshakes", err.message)
+        init.read_act2(bytes.fromhex(r["act2"]))
+        act3, tk = init.act3()
+        yield a.call(
+            "finish",
+            conn=r["conn"],
+            act3=act3.hex(),
+            sk=tk.sk.hex(),
+            rk=tk.rk.hex(),
+            ck=tk.ck.hex(),
+        )
+        yield b.open_peer(peer, port)
+
+    @defer.inlineCallbacks
+    def test_inbox_cap(self) -> Any:
+        """``--max-events-per-node 3``: once the node holds 3 unacknowledged
+        events, connect is code 7 (its peers are not being read); after an
+        ack it works again, and the paused peer's messages arrive."""
+        self.start_proxy("--max-events-per-node", "3")
+        peer, port = self.local_peer()
+        client = yield self.logged_in()
+        opened = peer.wait_open()
+        conn, _ = yield client.open_peer(peer, port)
+        p = yield opened
+        for i in range(4):
+            p.send(bytes([0, 0x81, i]))
+        yield client.wait_event(lambda e: e["params"]["seq"] == 3)
+        err = yield self.expect_error(client.start_connect(peer, port), 7)
+        self.assertIn("inbox is full", err.message)
+        yield client.call("ack", seq=3)
+        yield client.wait_event(lambda e: e["params"]["seq"] == 5)
+        self.assertEqual(
+            [e["params"]["msg"] for e in client.events[1:]],
+            [f"0081{i:02x}" for i in range(4)],
+        )
+        yield client.open_peer(peer, port)
 
     @defer.inlineCallbacks
     def test_oversize_frame_closes_only_that_client(self) -> Any:
