@@ -168,13 +168,19 @@ class HubCase(SynchronousTestCase):
     def open(self, persist: bool = False, send_init: bool = True) -> tuple[str, Link]:
         """A finished connection whose peer sent init (events flushed)."""
         conn_id, link, init = self.start_connect(persist)
+        self.finish(conn_id, link, init, send_init)
+        return conn_id, link
+
+    def finish(
+        self, conn_id: str, link: Link, init: noise.Initiator, send_init: bool = True
+    ) -> None:
+        """``finish`` a started connection; the peer sends init."""
         act3, tk = init.act3()
         self.hub.finish(NODE, conn_id, act3, tk.sk, tk.rk, tk.ck)
         link.read_act3()
         if send_init:
             link.send(wire.Init(features=b"").encode())
         self.clock.advance(0)
-        return conn_id, link
 
     def advance_to(self, t: float) -> None:
         """Advance the clock to absolute time ``t`` in sweep-sized steps."""
@@ -539,13 +545,18 @@ class InboxCapTests(HubCase):
         init; an ack below the cap resumes them."""
         self.make_hub(events_per_node=3, keepalive=60, handshake_timeout=30)
         conn_id, link = self.open()
+        second_id, second, second_init = self.start_connect()
         link.send(bytes.fromhex("0081aa"))
         self.assertEqual(link.transport.producerState, "producing")
         link.send(bytes.fromhex("0081bb"))
         self.clock.advance(0)
         self.assertEqual(link.transport.producerState, "paused")
         self.assertTrue(link.proto.read_paused)
-        second_id, second = self.open(send_init=False)
+        # A connect now is refused; one already in handshake finishes paused.
+        with self.assertRaises(HubError) as cm:
+            self.start_connect()
+        self.assertEqual(cm.exception.code, 7)
+        self.finish(second_id, second, second_init, send_init=False)
         self.assertEqual(second.transport.producerState, "paused")
         self.advance_to(500)
         self.assertEqual(link.read(), [])
@@ -647,3 +658,31 @@ class SessionTests(HubCase):
         link_b.lose()
         self.successResultOf(d)
         self.assertEqual(self.store.unclosed_connections(), [])
+
+
+class MalformedMessageTests(HubCase):
+    """Messages that are authentic but not Lightning messages."""
+
+    def test_shorter_than_type_closes(self) -> None:
+        """A message of 1 byte (no room for its type) closes the connection
+        after the messages before it were stored."""
+        self.make_hub()
+        _, link = self.open()
+        link.send(bytes.fromhex("0081aa"), b"\x00", bytes.fromhex("0081bb"))
+        self.assertTrue(link.transport.disconnecting)
+        link.lose()
+        self.clock.advance(0)
+        self.assertEqual([e.get("msg") for e in self.events()][1:], ["0081aa", None])
+        self.assertEqual(
+            self.closed_reasons(), ["malformed message (shorter than its type)"]
+        )
+
+    def test_malformed_ping_is_ignored(self) -> None:
+        """A ping whose ignored bytes are truncated gets no pong and does
+        not close the connection."""
+        self.make_hub()
+        _, link = self.open()
+        link.send(wire.Ping(4, bytes(8)).encode()[:-4])
+        link.send(wire.Ping(2).encode())
+        self.assertEqual(link.read(), [wire.Pong(bytes(2)).encode()])
+        self.assertFalse(link.transport.disconnecting)
