@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -686,3 +686,39 @@ class MalformedMessageTests(HubCase):
         link.send(wire.Ping(2).encode())
         self.assertEqual(link.read(), [wire.Pong(bytes(2)).encode()])
         self.assertFalse(link.transport.disconnecting)
+
+
+class UnreachableTests(HubCase):
+    """TCP failures of ``connect`` are code 4."""
+
+    def test_tcp_failures_are_code_4(self) -> None:
+        """Refused, timed out (the connect timeout is passed to the
+        connector) and DNS failures all answer code 4 and leave nothing
+        behind."""
+        self.make_hub(connect_timeout=30.0)
+        seen: list[float] = []
+        for exc in (
+            error.ConnectionRefusedError(),
+            error.TimeoutError(),
+            error.DNSLookupError("no.such.host"),
+        ):
+
+            def fail(
+                host: str,
+                port: int,
+                factory: PeerFactory,
+                timeout: float,
+                exc: Exception = exc,
+            ) -> defer.Deferred[Any]:
+                seen.append(timeout)
+                return defer.fail(exc)
+
+            self.hub.connect_peer = fail
+            d = self.hub.connect(NODE, PEER.hex(), "host", 9735, bytes(50), False)
+            f = self.failureResultOf(d, HubError)
+            self.assertEqual(f.value.code, 4)
+            self.assertTrue(f.value.message.startswith("peer unreachable: "))
+        self.assertEqual(seen, [30.0, 30.0, 30.0])
+        self.assertEqual(self.hub._handshakes, 0)
+        self.assertEqual(self.hub.connections, {})
+        self.assertEqual(self.hub.list_connections(NODE), [])

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.python.failure import Failure
 
 from lnproxy import keys, noise, wire
 from lnproxy.api import RpcError, parse_peer
@@ -107,6 +110,60 @@ class HelloAndSubprotocolTests(ProxyTestCase):
         client = yield self.ws(protocols=["other.v9"])
         yield client.closed
         self.assertIsNone(client.hello_params)
+
+
+class _RawClient(Protocol):
+    """Writes bytes, records what comes back and when the server closes."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = b""
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+class HttpLimitTests(ProxyTestCase):
+    """The HTTP upgrade request is bounded."""
+
+    @defer.inlineCallbacks
+    def test_endless_request_headers_dropped(self) -> Any:
+        """Request headers that go past 16 KiB without ending are dropped at
+        once, without an answer; a normal client still gets in."""
+        self.start_proxy()
+        raw = _RawClient(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 40_000
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)
+        yield endpoint.connect(ClientFactory.forProtocol(lambda: raw))
+        # At once, not after the 5 s opening handshake timeout (which would
+        # drop it too): the cap is what closes it.
+        yield raw.lost.addTimeout(2, reactor)
+        self.assertEqual(raw.received, b"")
+        client = yield self.logged_in()
+        self.assertEqual(client.login_result["inbox"]["pending"], 0)
+
+    @defer.inlineCallbacks
+    def test_wrong_path_refused(self) -> Any:
+        """A WebSocket upgrade on another path than ``/`` is refused with
+        HTTP 404."""
+        self.start_proxy()
+        raw = _RawClient(
+            b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)
+        yield endpoint.connect(ClientFactory.forProtocol(lambda: raw))
+        yield raw.lost.addTimeout(10, reactor)
+        self.assertTrue(raw.received.startswith(b"HTTP/1.1 404"), raw.received[:40])
 
 
 class JsonRpcErrorTests(ProxyTestCase):
