@@ -1,0 +1,75 @@
+"""lnproxy's reference client: the side that holds the node key.
+
+The main class is :class:`Client`; see :mod:`lnproxy.client.session`.  The
+``lnproxy-client`` command line lives in :mod:`lnproxy.client.cli`.
+"""
+
+from lnproxy.client.errors import (
+    ClientError,
+    ClientStopped,
+    ConnectionLost,
+    HandshakeFailed,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    LimitExceeded,
+    LoginFailed,
+    MethodNotFound,
+    NotAllowed,
+    NotLoggedIn,
+    NotOpen,
+    ParseError,
+    PeerUnreachable,
+    ProxyError,
+    ProxyUnreachable,
+    RequestTimeout,
+    ServerMismatch,
+    UnknownConnection,
+    error_for_code,
+)
+from lnproxy.client.keyfile import KeyFileError, generate_key_file, read_key_file
+from lnproxy.client.session import Client, Event, LoginInfo, PeerLink, parse_peer
+from lnproxy.client.state import (
+    ClientState,
+    FileState,
+    MemoryState,
+    StateError,
+    StateStore,
+)
+
+__all__ = [
+    "Client",
+    "Event",
+    "LoginInfo",
+    "PeerLink",
+    "parse_peer",
+    "ClientState",
+    "StateStore",
+    "FileState",
+    "MemoryState",
+    "StateError",
+    "KeyFileError",
+    "generate_key_file",
+    "read_key_file",
+    "ClientError",
+    "ProxyError",
+    "ParseError",
+    "InvalidRequest",
+    "MethodNotFound",
+    "InvalidParams",
+    "InternalError",
+    "NotLoggedIn",
+    "LoginFailed",
+    "UnknownConnection",
+    "PeerUnreachable",
+    "HandshakeFailed",
+    "NotOpen",
+    "LimitExceeded",
+    "NotAllowed",
+    "RequestTimeout",
+    "ConnectionLost",
+    "ProxyUnreachable",
+    "ServerMismatch",
+    "ClientStopped",
+    "error_for_code",
+]
