@@ -4,6 +4,10 @@
 :class:`ProxyService` (a ``MultiService``).  It is pure wiring: every piece
 is built by its own module; observers (metrics, webhooks) are attached here.
 
+The webhook :class:`~lnproxy.webhook.Notifier` is a child service that
+observes the hub; with ``--metrics`` a second listener serves ``/metrics``
+and ``/healthz`` (:mod:`lnproxy.metrics`).
+
 Shutdown order matters and ``MultiService`` does not wait between children,
 so :class:`ProxyService` sequences it: stop accepting clients, let the hub
 record ``proxy stopped`` for every peer connection and close them, then
@@ -19,16 +23,26 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
 
 from lnproxy import keys
 from lnproxy.api import ClientFactory
 from lnproxy.hub import ConnectPeer, Hub, Limits
+from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
 from lnproxy.policy import Policy
 from lnproxy.store import Store, StoreError
+from lnproxy.webhook import Notifier, Resolver, build_http_client, thread_resolver
 
-__all__ = ["ProxyService", "build_service", "tcp_connector", "limits_from_config"]
+__all__ = [
+    "ProxyService",
+    "build_service",
+    "tcp_connector",
+    "limits_from_config",
+    "listening",
+]
 
 
 def tcp_connector(reactor: Any) -> ConnectPeer:
@@ -56,6 +70,19 @@ def limits_from_config(config: Mapping[str, Any]) -> Limits:
     )
 
 
+def listening(listener: StreamServerEndpointService) -> bool:
+    """Whether a listener service is running and its port is bound."""
+    # StreamServerEndpointService keeps the listen() Deferred here; it has
+    # fired with the port once the socket is bound.
+    waiting = getattr(listener, "_waitingForPort", None)
+    return bool(
+        listener.running
+        and waiting is not None
+        and waiting.called
+        and IListeningPort.providedBy(waiting.result)
+    )
+
+
 class ProxyService(service.MultiService):
     """The root service: listeners, hub and store, stopped in order.
 
@@ -63,6 +90,10 @@ class ProxyService(service.MultiService):
     :ivar store: the open :class:`~lnproxy.store.Store`.
     :ivar factory: the WebSocket :class:`~lnproxy.api.ClientFactory`.
     :ivar listeners: the ``StreamServerEndpointService`` of each ``--listen``.
+    :ivar notifier: the webhook :class:`~lnproxy.webhook.Notifier` (or None).
+    :ivar metrics: the :class:`~lnproxy.metrics.Metrics` (None without
+        ``--metrics``).
+    :ivar metrics_listener: the ``--metrics`` listener service, or None.
     """
 
     _log = Logger()
@@ -74,6 +105,23 @@ class ProxyService(service.MultiService):
         self.factory = factory
         self.listeners: list[StreamServerEndpointService] = []
         self.server_id = factory.server_id
+        self.notifier: Notifier | None = None
+        self.metrics: Metrics | None = None
+        self.metrics_listener: StreamServerEndpointService | None = None
+
+    def health(self) -> tuple[bool, str]:
+        """``/healthz``: the store takes writes and every listener is up.
+
+        :return: ``(ok, reason)``.
+        """
+        if not self.running:
+            return False, "stopping"
+        if not self.store.writable():
+            return False, "store is not writable"
+        down = sum(1 for listener in self.listeners if not listening(listener))
+        if down:
+            return False, f"{down} client listener(s) not listening"
+        return True, "ok"
 
     def startService(self) -> None:
         """Start the hub before any listener accepts a client."""
@@ -94,8 +142,19 @@ class ProxyService(service.MultiService):
         self._log.info("lnproxy stopped; every stored event is kept")
 
 
-def build_service(reactor: Any, config: Mapping[str, Any]) -> ProxyService:
+def build_service(
+    reactor: Any,
+    config: Mapping[str, Any],
+    *,
+    resolver: Resolver | None = None,
+) -> ProxyService:
     """Build the whole service from parsed :class:`lnproxy.tap.Options`.
+
+    :param reactor: the reactor (a fake one works: nothing runs until
+        ``startService``).
+    :param config: the parsed options.
+    :param resolver: name resolution for webhook hosts (default: the
+        system's ``getaddrinfo`` in the reactor's thread pool).
 
     :raise SystemExit: with a clear message when the data dir cannot be used
         (locked by another process, unreadable key, unknown schema).
@@ -113,8 +172,17 @@ def build_service(reactor: Any, config: Mapping[str, Any]) -> ProxyService:
         limits=limits,
     )
     server_id = keys.public_key(store.server_secret)
-    factory = ClientFactory(hub, server_id, reactor, login_timeout=config["login-timeout"])
+    notifier = _build_notifier(reactor, config, hub, store, resolver)
+    factory = ClientFactory(
+        hub,
+        server_id,
+        reactor,
+        webhooks=notifier,
+        login_timeout=config["login-timeout"],
+    )
     root = ProxyService(store, hub, factory)
+    root.notifier = notifier
+    notifier.setServiceParent(root)
     for description in config["listen"]:
         endpoint = serverFromString(reactor, description)
         listener = StreamServerEndpointService(endpoint, factory)
@@ -122,4 +190,48 @@ def build_service(reactor: Any, config: Mapping[str, Any]) -> ProxyService:
         listener._raiseSynchronously = True
         listener.setServiceParent(root)
         root.listeners.append(listener)
+    if config.get("metrics"):
+        metrics = Metrics(reactor)
+        metrics.observe_hub(hub)
+        metrics.observe_factory(factory)
+        metrics.observe_notifier(notifier)
+        root.metrics = metrics
+        endpoint = serverFromString(reactor, config["metrics"])
+        site = metrics_site(metrics, root.health)
+        root.metrics_listener = StreamServerEndpointService(endpoint, site)
+        root.metrics_listener._raiseSynchronously = True
+        root.metrics_listener.setServiceParent(root)
     return root
+
+
+def _build_notifier(
+    reactor: Any,
+    config: Mapping[str, Any],
+    hub: Hub,
+    store: Store,
+    resolver: Resolver | None,
+) -> Notifier:
+    """The webhook notifier with its own pooled, SSRF-guarded HTTP client."""
+    allow_private = bool(config.get("webhook-allow-private"))
+    timeout = float(config.get("webhook-timeout", 5.0))
+    resolver = resolver or thread_resolver(reactor)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 4
+    pool.cachedConnectionTimeout = 60
+    pool.retryAutomatically = False
+    http = build_http_client(
+        reactor, resolver, allow_private, pool=pool, connect_timeout=timeout
+    )
+    notifier = Notifier(
+        hub,
+        reactor,
+        store.server_secret,
+        http,
+        resolver,
+        allow_private=allow_private,
+        window=config["webhook-window"],
+        timeout=timeout,
+        pool=pool,
+    )
+    notifier.attach()
+    return notifier

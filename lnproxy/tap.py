@@ -55,6 +55,7 @@ class Options(usage.Options):
         ["handshake-timeout", None, "30", "seconds between connect and finish"],
         ["keepalive", None, "60", "seconds of peer silence before a ping"],
         ["webhook-window", None, "60", "seconds between webhook calls for one node"],
+        ["webhook-timeout", None, "5", "seconds one webhook request may take"],
         ["metrics", None, None, "endpoint for /metrics and /healthz (off by default)"],
         ["max-connections-per-node", None, "200", "peer connections one node may hold"],
         ["max-sessions-per-node", None, "8", "WebSocket sessions one node may hold"],
@@ -90,7 +91,13 @@ class Options(usage.Options):
         """Apply defaults and check numbers."""
         if not self["listen"]:
             self["listen"] = ["tcp:9736:interface=127.0.0.1"]
-        for name in ("handshake-timeout", "keepalive", "webhook-window", "login-timeout"):
+        for name in (
+            "handshake-timeout",
+            "keepalive",
+            "webhook-window",
+            "webhook-timeout",
+            "login-timeout",
+        ):
             self[name] = _positive(name, self[name])
         for name in (
             "max-connections-per-node",

@@ -1,0 +1,924 @@
+"""Waking offline clients: signed webhooks (PROTOCOL.md, "Waking an offline
+client").
+
+:class:`Notifier` is the proxy's webhook registry (``webhook.set`` /
+``webhook.list`` / ``webhook.remove``) and the part that calls those webhooks.
+It observes the hub: when a summon-class event is committed while no session
+of its node is logged in, it POSTs a small signed JSON body to every webhook
+of the node.  The body never carries message content, only
+``{"node_id", "reason", "pending", "seq", "at"}``.
+
+Timing, per node:
+
+- the first call goes out at once (``first_delay``, 0 by default: the next
+  reactor turn, after the whole batch of the turn is committed);
+- then at most one call per ``window`` seconds: later summons in the window
+  are coalesced into one call at the window's end, carrying the newest seq
+  and pending count, and only if the node is still offline;
+- a login of the node resets the window and cancels pending retries.
+
+Each call to one webhook is retried on timeouts, connection errors and 5xx
+after 2, 3, 5 and 10 more seconds (about 2, 5, 10 and 20 s after the first
+attempt when failures are fast), never later than ``retry_budget`` (30 s)
+after the first attempt; a 4xx or 3xx is final (redirects are never
+followed).  Every request has its own timeout and runs asynchronously, so a
+slow receiver delays nobody else.
+
+Reconnect summons (a ``closed`` event with ``reconnect: true``) are also
+rate limited per (node, peer): a peer that keeps dropping would otherwise
+wake the phone over and over.  The first reconnect summon for a peer always
+goes out; after it, further reconnect summons for that peer are dropped
+(not sent; the events themselves are kept and delivered at the next login)
+until ``reconnect_backoff`` seconds have passed; each summon that does go
+out doubles that delay, up to ``reconnect_backoff_cap``.  A peer that has
+been quiet for ``reconnect_backoff_cap`` seconds starts afresh.
+
+SSRF: URLs must be ``https`` and their host must resolve only to globally
+routable unicast addresses (no loopback, private, link-local, multicast,
+reserved, unspecified or shared address space), unless the operator passed
+``--webhook-allow-private``, which also allows ``http``.  The check runs at
+``webhook.set`` and again at every connection (:class:`GuardedEndpointFactory`
+resolves the name, checks every address, then connects to a checked address
+while TLS still verifies the original host name), so a DNS answer that
+changes after ``webhook.set`` cannot point the proxy at an internal service.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
+from typing import Protocol as TypingProtocol
+from urllib.parse import urlsplit
+
+from treq.client import HTTPClient
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
+from zope.interface import implementer
+
+from lnproxy import keys
+from lnproxy.hub import LIMIT_EXCEEDED, NOT_ALLOWED, Hub, HubError
+from lnproxy.store import EventRow, WebhookRow
+
+__all__ = [
+    "Notifier",
+    "Resolver",
+    "WebhookRefused",
+    "GuardedEndpointFactory",
+    "address_problem",
+    "check_url",
+    "thread_resolver",
+    "build_http_client",
+    "MAX_URL_LENGTH",
+    "RETRY_DELAYS",
+]
+
+INVALID_PARAMS = -32602
+
+#: Longest URL ``webhook.set`` accepts.
+MAX_URL_LENGTH = 2048
+#: Seconds between the attempts of one webhook call (after a failure).
+RETRY_DELAYS: tuple[float, ...] = (2.0, 3.0, 5.0, 10.0)
+#: Bytes of a response body we read (and throw away) before closing.
+MAX_RESPONSE_BYTES = 64 * 1024
+#: Addresses of one host name we try at connect time.
+MAX_ADDRESSES_TRIED = 4
+#: Seconds a name resolution at ``webhook.set`` may take.
+RESOLVE_TIMEOUT = 10.0
+
+
+class WebhookRefused(Exception):
+    """A webhook target is not allowed (an SSRF guard refused it)."""
+
+
+class Resolver(TypingProtocol):
+    """Resolves a host name: ``(host, port) -> Deferred[list of IP strings]``.
+
+    The default is :func:`thread_resolver`; tests inject their own.
+    """
+
+    def __call__(self, host: str, port: int) -> defer.Deferred[list[str]]: ...
+
+
+def thread_resolver(reactor: Any) -> Resolver:
+    """A resolver running ``getaddrinfo`` in the reactor's thread pool.
+
+    It returns every address (IPv4 and IPv6), unlike ``getHostByName``, so
+    that all of them can be checked.
+    """
+
+    def lookup(host: str, port: int) -> list[str]:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        out: list[str] = []
+        for _family, _type, _proto, _name, sockaddr in infos:
+            address = str(sockaddr[0])
+            if address not in out:
+                out.append(address)
+        return out
+
+    def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), lookup, host, port)
+
+    return resolve
+
+
+def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def address_problem(address: str) -> str | None:
+    """Why a webhook must not be sent to ``address``, or None when it may.
+
+    IPv6 addresses that embed an IPv4 address (mapped, 6to4, NAT64) are
+    judged by the embedded address as well.
+
+    :param address: an IPv4 or IPv6 address (text).
+    :return: ``"loopback"``, ``"private"``, ``"link-local"``, ... or None.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "not an IP address"
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        # Mapped and NAT64 addresses reach the embedded IPv4 address: judge
+        # that one (the IPv6 ranges themselves count as reserved).
+        if ip.ipv4_mapped is not None:
+            candidates = [ip.ipv4_mapped]
+        elif ip in _NAT64:
+            candidates = [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+        elif ip.sixtofour is not None:
+            candidates.append(ip.sixtofour)
+    for c in candidates:
+        if c.is_unspecified:
+            return "unspecified"
+        if c.is_loopback:
+            return "loopback"
+        if c.is_link_local:
+            return "link-local"
+        if c.is_multicast:
+            return "multicast"
+        if c.is_private:
+            return "private"
+        if c.is_reserved:
+            return "reserved"
+        if not c.is_global:
+            return "not globally routable"
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a webhook URL points: scheme, host (no brackets), port."""
+
+    scheme: str
+    host: str
+    port: int
+
+
+def check_url(url: str, allow_private: bool) -> Target:
+    """Check a webhook URL's form (not its addresses).
+
+    :param url: the URL a client asked for.
+    :param allow_private: whether ``http`` is allowed.
+    :return: its :class:`Target`.
+    :raise HubError: -32602 for a malformed URL, code 8 for a refused one
+        (scheme, user info), each with a message saying why.
+    """
+    if len(url) > MAX_URL_LENGTH:
+        raise HubError(
+            INVALID_PARAMS, f"url is longer than {MAX_URL_LENGTH} characters"
+        )
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise HubError(
+            INVALID_PARAMS, "url must not contain spaces or control characters"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as e:
+        raise HubError(INVALID_PARAMS, f"url is malformed: {e}") from None
+    scheme = parts.scheme.lower()
+    allowed = ("https", "http") if allow_private else ("https",)
+    if scheme not in ("https", "http"):
+        raise HubError(
+            NOT_ALLOWED, f"webhook URL refused: scheme {scheme!r}; use https"
+        )
+    if scheme not in allowed:
+        raise HubError(NOT_ALLOWED, "webhook URL refused: plain http; use https")
+    if not host:
+        raise HubError(INVALID_PARAMS, "url has no host")
+    if parts.username is not None or parts.password is not None:
+        raise HubError(
+            NOT_ALLOWED,
+            "webhook URL refused: user info (user:password@) is not allowed",
+        )
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    if port == 0:
+        raise HubError(INVALID_PARAMS, "url port must be 1-65535")
+    return Target(scheme, host, port)
+
+
+def _refusal(host: str, address: str, problem: str) -> str:
+    if host == address:
+        return f"webhook URL refused: {address} is a {problem} address"
+    return f"webhook URL refused: {host} resolves to {address}, a {problem} address"
+
+
+def _check_addresses(host: str, addresses: Sequence[str]) -> None:
+    """Raise :class:`WebhookRefused` if any address is not allowed."""
+    if not addresses:
+        raise WebhookRefused(f"webhook URL refused: {host} has no address")
+    for address in addresses:
+        problem = address_problem(address)
+        if problem is not None:
+            raise WebhookRefused(_refusal(host, address, problem))
+
+
+def _resolve(resolver: Resolver, host: str, port: int) -> defer.Deferred[list[str]]:
+    if _literal(host) is not None:
+        return defer.succeed([host])
+    return defer.maybeDeferred(resolver, host, port)
+
+
+# -- connect-time guard --------------------------------------------------------
+
+
+@implementer(IStreamClientEndpoint)
+class _GuardedEndpoint:
+    """Resolve, check every address, connect to a checked one (TLS keeps the
+    original host name for SNI and certificate checks)."""
+
+    def __init__(self, owner: GuardedEndpointFactory, target: Target) -> None:
+        self._owner = owner
+        self._target = target
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        """Connect ``factory`` to a checked address of the target."""
+        return defer.Deferred.fromCoroutine(self._connect(factory))
+
+    async def _connect(self, factory: Any) -> Any:
+        owner, target = self._owner, self._target
+        addresses = await _resolve(owner.resolver, target.host, target.port)
+        if not owner.allow_private:
+            _check_addresses(target.host, addresses)
+        elif not addresses:
+            raise WebhookRefused(f"webhook URL refused: {target.host} has no address")
+        creator = None
+        if target.scheme == "https":
+            creator = owner.tls_policy.creatorForNetloc(
+                target.host.encode("idna"), target.port
+            )
+        last: BaseException | None = None
+        for address in addresses[:MAX_ADDRESSES_TRIED]:
+            endpoint: Any
+            if isinstance(ipaddress.ip_address(address), ipaddress.IPv6Address):
+                endpoint = TCP6ClientEndpoint(
+                    owner.reactor, address, target.port, timeout=owner.connect_timeout
+                )
+            else:
+                endpoint = TCP4ClientEndpoint(
+                    owner.reactor, address, target.port, timeout=owner.connect_timeout
+                )
+            if creator is not None:
+                endpoint = wrapClientTLS(creator, endpoint)
+            try:
+                return await endpoint.connect(factory)
+            except defer.CancelledError:
+                raise
+            except Exception as e:  # try the next address
+                last = e
+        assert last is not None
+        raise last
+
+
+@implementer(IAgentEndpointFactory)
+class GuardedEndpointFactory:
+    """An ``IAgentEndpointFactory`` that refuses non-public addresses.
+
+    Use with ``Agent.usingEndpointFactory``.  It checks at every new
+    connection, so it also protects against DNS rebinding.
+
+    :param reactor: for TCP connections.
+    :param resolver: name resolution (see :class:`Resolver`).
+    :param allow_private: skip the address check (``--webhook-allow-private``).
+    :param tls_policy: TLS policy for ``https`` (browser-like by default).
+    :param connect_timeout: seconds for the TCP connection.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: Resolver,
+        allow_private: bool = False,
+        tls_policy: IPolicyForHTTPS | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.reactor = reactor
+        self.resolver = resolver
+        self.allow_private = allow_private
+        self.tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
+        self.connect_timeout = connect_timeout
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        """The guarded endpoint of a request URI (``twisted.web.client.URI``)."""
+        scheme = uri.scheme.decode("ascii")
+        if scheme not in ("https", "http") or (
+            scheme == "http" and not self.allow_private
+        ):
+            raise WebhookRefused(f"webhook URL refused: scheme {scheme!r}")
+        host = uri.host.decode("idna")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return _GuardedEndpoint(self, Target(scheme, host, uri.port))
+
+
+def build_http_client(
+    reactor: Any,
+    resolver: Resolver,
+    allow_private: bool,
+    pool: HTTPConnectionPool | None = None,
+    connect_timeout: float = 10.0,
+) -> HTTPClient:
+    """The notifier's treq client: guarded endpoints, a pool, no cookies.
+
+    Cookies are refused so that one receiver cannot plant a cookie that
+    another node's webhook on the same domain would then send.
+    """
+    factory = GuardedEndpointFactory(
+        reactor, resolver, allow_private, connect_timeout=connect_timeout
+    )
+    agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
+    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return HTTPClient(agent, cookiejar=jar)
+
+
+# -- the notifier -----------------------------------------------------------------
+
+
+class _Discard(Protocol):
+    """Reads a response body up to a bound and throws it away.
+
+    The body is read (not left in the socket) so that the connection can go
+    back to the pool; a body that is too large or too slow is cut off.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, limit: int, timeout: float, live: set[_Discard]
+    ) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._timeout = timeout
+        self._seen = 0
+        self._timer: IDelayedCall | None = None
+        self._live = live
+
+    def connectionMade(self) -> None:
+        self._live.add(self)
+        self._timer = self._clock.callLater(self._timeout, self.stop)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._seen += len(data)
+        if self._seen > self._limit:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop reading (closes the connection)."""
+        self._cancel()
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._cancel()
+        self._live.discard(self)
+
+
+@dataclass
+class _Wake:
+    """Summon state of one node (from its last login on)."""
+
+    last_call: float | None = None
+    timer: IDelayedCall | None = None
+    seq: int = 0
+    at: float = 0.0
+    reason: str = "message"
+    #: The first summon since the node was last online (for metrics).
+    first_at: float | None = None
+    calls: list[_Call] = field(default_factory=list)
+
+
+@dataclass
+class _Backoff:
+    """Reconnect-summon backoff of one (node, peer)."""
+
+    delay: float
+    next_at: float
+    last: float
+
+
+class _Call:
+    """One webhook call (first attempt plus retries) to one URL."""
+
+    def __init__(
+        self, notifier: Notifier, node_id: str, hook: WebhookRow, body: bytes
+    ) -> None:
+        self.notifier = notifier
+        self.node_id = node_id
+        self.hook = hook
+        self.body = body
+        self.attempt = 0
+        self.started = notifier.clock.seconds()
+        self.request: defer.Deferred[Any] | None = None
+        self.retry_timer: IDelayedCall | None = None
+        self.done = False
+
+    def start(self) -> None:
+        """Send the (next) attempt."""
+        self.retry_timer = None
+        n = self.notifier
+        if self.done:
+            return
+        if n.hub.online(self.node_id) and self.attempt > 0:
+            # The node came back while we were retrying: nothing to wake.
+            self.finish()
+            return
+        self.attempt += 1
+        now = n.clock.seconds()
+        timestamp = int(now)
+        signature = keys.sign_digest(
+            n.secret, keys.webhook_digest(timestamp, self.body)
+        )
+        headers = {
+            b"Content-Type": [b"application/json"],
+            b"User-Agent": [b"lnproxy/1"],
+            b"X-Lnproxy-Timestamp": [str(timestamp).encode("ascii")],
+            b"X-Lnproxy-Signature": [signature.hex().encode("ascii")],
+        }
+        n.in_flight += 1
+        try:
+            d = n.http.request(
+                "POST",
+                self.hook.url,
+                data=self.body,
+                headers=headers,
+                timeout=n.timeout,
+                allow_redirects=False,
+                unbuffered=True,
+                reactor=n.clock,
+            )
+        except Exception:
+            d = defer.fail()
+        self.request = d
+        d.addCallbacks(self._response, self._failure, callbackArgs=(now,))
+        d.addErrback(self._bug)
+        d.addBoth(self._settled)
+
+    def _settled(self, _: Any) -> None:
+        self.request = None
+        self.notifier.in_flight -= 1
+
+    def _response(self, response: Any, sent_at: float) -> None:
+        n = self.notifier
+        n._latency(n.clock.seconds() - sent_at)
+        code = int(response.code)
+        try:
+            response.deliverBody(
+                _Discard(n.clock, MAX_RESPONSE_BYTES, n.timeout, n._bodies)
+            )
+        except Exception:
+            pass
+        if 200 <= code < 300:
+            n._count("webhook_sent")
+            n._log.info(
+                "webhook {webhook} of node {node} answered {status}",
+                webhook=self.hook.webhook_id,
+                node=self.node_id,
+                status=code,
+            )
+            self.finish()
+        elif 300 <= code < 500:
+            # 4xx: the receiver says no; 3xx: redirects are never followed.
+            why = "redirects are not followed" if code < 400 else "not retried"
+            self._give_up(f"HTTP {code} ({why})")
+        else:
+            self._retry(f"HTTP {code}")
+
+    def _failure(self, f: Failure) -> None:
+        if self.done:
+            return
+        if f.check(WebhookRefused):
+            self.notifier._count("webhook_refused")
+            self.notifier._log.warn(
+                "webhook {webhook} of node {node} refused at connect time: {why}",
+                webhook=self.hook.webhook_id,
+                node=self.node_id,
+                why=f.getErrorMessage(),
+            )
+            self.finish()
+            return
+        if f.check(defer.CancelledError):
+            why = "timed out"
+        else:
+            why = f.getErrorMessage() or f.type.__name__  # type: ignore[union-attr]
+        self._retry(why)
+
+    def _bug(self, f: Failure) -> None:
+        self.notifier._log.failure("webhook call failed unexpectedly", failure=f)
+
+    def _retry(self, why: str) -> None:
+        n = self.notifier
+        if self.done:
+            return
+        if self.attempt <= len(n.retry_delays):
+            delay = n.retry_delays[self.attempt - 1]
+            now = n.clock.seconds()
+            if now + delay - self.started <= n.retry_budget:
+                n._count("webhook_retried")
+                n._log.info(
+                    "webhook {webhook} of node {node} failed ({why}); "
+                    "retrying in {delay} s",
+                    webhook=self.hook.webhook_id,
+                    node=self.node_id,
+                    why=why,
+                    delay=delay,
+                )
+                self.retry_timer = n.clock.callLater(delay, self.start)
+                return
+        self._give_up(why)
+
+    def _give_up(self, why: str) -> None:
+        n = self.notifier
+        n._count("webhook_failed")
+        n._log.warn(
+            "webhook {webhook} of node {node} failed after {attempts} attempt(s): {why}",
+            webhook=self.hook.webhook_id,
+            node=self.node_id,
+            attempts=self.attempt,
+            why=why,
+        )
+        self.finish()
+
+    def finish(self) -> None:
+        """No more attempts."""
+        self.done = True
+        if self.retry_timer is not None and self.retry_timer.active():
+            self.retry_timer.cancel()
+        self.retry_timer = None
+
+    def cancel(self) -> None:
+        """Stop retrying and abandon the request in flight (shutdown)."""
+        self.finish()
+        if self.request is not None:
+            self.request.cancel()
+
+
+class Notifier(service.Service):
+    """The webhook registry and the summon logic (see the module docstring).
+
+    Build it before the hub starts: :meth:`attach` registers its observers,
+    and the hub's startup recovery already produces summons.
+
+    :param hub: the hub (its store holds the webhooks, its limits the cap).
+    :param clock: the reactor's time interface.
+    :param secret: the server's secret key (signs every call).
+    :param http: a treq ``HTTPClient`` (see :func:`build_http_client`), or a
+        fake with the same ``request(method, url, **kwargs)``.
+    :param resolver: name resolution for the check at ``webhook.set``.
+    :param allow_private: ``--webhook-allow-private``.
+    :param window: ``--webhook-window``: seconds between calls for one node.
+    :param timeout: seconds one request may take.
+    :param first_delay: seconds from the first summon to its call.
+    :param retry_delays: seconds between attempts after a failure.
+    :param retry_budget: no attempt starts later than this after the first.
+    :param reconnect_backoff: first per-peer pause of reconnect summons.
+    :param reconnect_backoff_cap: the longest such pause.
+    :param pool: a connection pool to close when the service stops.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        hub: Hub,
+        clock: IReactorTime,
+        secret: bytes,
+        http: Any,
+        resolver: Resolver,
+        allow_private: bool = False,
+        window: float = 60.0,
+        timeout: float = 5.0,
+        first_delay: float = 0.0,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+        retry_budget: float = 30.0,
+        reconnect_backoff: float = 60.0,
+        reconnect_backoff_cap: float = 3600.0,
+        pool: HTTPConnectionPool | None = None,
+    ) -> None:
+        self.hub = hub
+        self.store = hub.store
+        self.clock = clock
+        self.secret = secret
+        self.http = http
+        self.resolver = resolver
+        self.allow_private = allow_private
+        self.window = window
+        self.timeout = timeout
+        self.first_delay = first_delay
+        self.retry_delays = tuple(retry_delays)
+        self.retry_budget = retry_budget
+        self.reconnect_backoff = reconnect_backoff
+        self.reconnect_backoff_cap = reconnect_backoff_cap
+        self.pool = pool
+        #: Requests currently waiting for an answer (a gauge).
+        self.in_flight = 0
+        #: Called as ``fn(name)``: webhook_sent, webhook_failed,
+        #: webhook_retried, webhook_refused, webhook_suppressed.
+        self.on_count: list[Callable[[str], None]] = []
+        #: Called as ``fn(seconds)`` with the time to each response.
+        self.on_latency: list[Callable[[float], None]] = []
+        #: Called as ``fn(node_id, first_summon_at)`` when a node's webhooks
+        #: are called for the first time since it was last online.
+        self.on_summon: list[Callable[[str, float], None]] = []
+        self._wakes: dict[str, _Wake] = {}
+        self._backoff: dict[tuple[str, str], _Backoff] = {}
+        self._stopped = False
+        self._pruner: LoopingCall | None = None
+        self._bodies: set[_Discard] = set()
+
+    def attach(self) -> None:
+        """Observe the hub (stored events and logins)."""
+        self.hub.on_event_stored.append(self.event_stored)
+        self.hub.on_login.append(self.logged_in)
+
+    # -- service ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Start pruning idle per-node and per-peer state."""
+        super().startService()
+        self._stopped = False
+        self._pruner = LoopingCall(self._prune)
+        self._pruner.clock = self.clock
+        self._pruner.start(max(self.window, 60.0), now=False)
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Cancel timers and requests; close the connection pool."""
+        super().stopService()
+        self._stopped = True
+        if self._pruner is not None and self._pruner.running:
+            self._pruner.stop()
+        for wake in self._wakes.values():
+            if wake.timer is not None and wake.timer.active():
+                wake.timer.cancel()
+            wake.timer = None
+            for call in wake.calls:
+                call.cancel()
+        self._wakes.clear()
+        for body in list(self._bodies):
+            body.stop()
+        if self.pool is not None:
+            return self.pool.closeCachedConnections()  # type: ignore[no-any-return]
+        return defer.succeed(None)
+
+    def _prune(self) -> None:
+        now = self.clock.seconds()
+        for node_id, wake in list(self._wakes.items()):
+            wake.calls = [c for c in wake.calls if not c.done]
+            idle = wake.last_call is None or now - wake.last_call >= self.window
+            if wake.timer is None and not wake.calls and idle:
+                del self._wakes[node_id]
+        cap = self.reconnect_backoff_cap
+        for key, b in list(self._backoff.items()):
+            if now - b.last >= cap:
+                del self._backoff[key]
+
+    # -- WebhookRegistry ---------------------------------------------------------
+
+    def add(self, node_id: str, url: str) -> defer.Deferred[str]:
+        """``webhook.set``: check the URL, resolve and check its host, store it.
+
+        Setting a URL the node already has answers its existing id.
+
+        :return: a Deferred firing with the webhook id, or failing with
+            :class:`HubError` (code 7 beyond the limit, code 8 refused,
+            -32602 malformed).
+        """
+        try:
+            target = check_url(url, self.allow_private)
+        except HubError as e:
+            if e.code == NOT_ALLOWED:
+                self._count("webhook_refused")
+            return defer.fail(e)
+        for row in self.store.webhooks(node_id):
+            if row.url == url:
+                return defer.succeed(row.webhook_id)
+        try:
+            self._check_limit(node_id)
+        except HubError as e:
+            return defer.fail(e)
+        if self.allow_private:
+            return defer.succeed(self._store(node_id, url))
+        d = _resolve(self.resolver, target.host, target.port)
+        d.addTimeout(RESOLVE_TIMEOUT, self.clock)
+
+        def resolved(addresses: list[str]) -> str:
+            try:
+                _check_addresses(target.host, addresses)
+            except WebhookRefused as e:
+                self._count("webhook_refused")
+                raise HubError(NOT_ALLOWED, str(e)) from None
+            self._check_limit(node_id)
+            return self._store(node_id, url)
+
+        def unresolved(f: Failure) -> Failure:
+            if f.check(HubError):
+                return f
+            self._count("webhook_refused")
+            raise HubError(
+                NOT_ALLOWED,
+                f"webhook URL refused: cannot resolve {target.host} "
+                f"({f.getErrorMessage() or f.type.__name__})",  # type: ignore[union-attr]
+            )
+
+        return d.addCallbacks(resolved, unresolved)
+
+    def _check_limit(self, node_id: str) -> None:
+        limit = self.hub.limits.webhooks_per_node
+        if self.store.webhook_count(node_id) >= limit:
+            raise HubError(LIMIT_EXCEEDED, f"node has {limit} webhooks (the limit)")
+
+    def _store(self, node_id: str, url: str) -> str:
+        webhook_id = secrets.token_hex(8)
+        self.store.add_webhook(
+            WebhookRow(node_id, webhook_id, url, self.clock.seconds())
+        )
+        self._log.info(
+            "node {node} set webhook {webhook}", node=node_id, webhook=webhook_id
+        )
+        return webhook_id
+
+    def list(self, node_id: str) -> list[dict[str, str]]:
+        """``webhook.list``: ``[{"id", "url"}]`` of the node, oldest first."""
+        return [
+            {"id": row.webhook_id, "url": row.url}
+            for row in self.store.webhooks(node_id)
+        ]
+
+    def remove(self, node_id: str, webhook_id: str) -> bool:
+        """``webhook.remove``: False when the node has no such webhook."""
+        removed = self.store.remove_webhook(node_id, webhook_id)
+        if removed:
+            wake = self._wakes.get(node_id)
+            for call in wake.calls if wake else ():
+                if call.hook.webhook_id == webhook_id:
+                    call.finish()
+        return removed
+
+    # -- hub observers -------------------------------------------------------------
+
+    def event_stored(self, row: EventRow, online: bool) -> None:
+        """A committed event: schedule a wake-up if it needs one."""
+        if not row.summon or online or self._stopped:
+            return
+        now = self.clock.seconds()
+        reason = "message"
+        if row.kind == "closed":
+            reason = "reconnect"
+            try:
+                peer = str(json.loads(row.params).get("peer", ""))
+            except (ValueError, AttributeError):
+                peer = ""
+            if not self._reconnect_allowed(row.node_id, peer, now):
+                self._count("webhook_suppressed")
+                self._log.info(
+                    "reconnect summon of node {node} for peer {peer} held back "
+                    "(peer keeps dropping)",
+                    node=row.node_id,
+                    peer=peer,
+                )
+                return
+        wake = self._wakes.get(row.node_id)
+        if wake is None:
+            wake = self._wakes[row.node_id] = _Wake()
+        if wake.first_at is None:
+            wake.first_at = row.at
+        wake.seq, wake.at, wake.reason = row.seq, row.at, reason
+        if wake.timer is not None:
+            return  # coalesced into the call already scheduled
+        due = now + self.first_delay
+        if wake.last_call is not None:
+            due = max(due, wake.last_call + self.window)
+        wake.timer = self.clock.callLater(due - now, self._fire, row.node_id)
+
+    def logged_in(self, node_id: str) -> None:
+        """A session of the node logged in: reset its window, stop retries."""
+        wake = self._wakes.pop(node_id, None)
+        if wake is None:
+            return
+        if wake.timer is not None and wake.timer.active():
+            wake.timer.cancel()
+        for call in wake.calls:
+            call.finish()
+
+    def _reconnect_allowed(self, node_id: str, peer: str, now: float) -> bool:
+        key = (node_id, peer)
+        b = self._backoff.get(key)
+        if b is None or now - b.last >= self.reconnect_backoff_cap:
+            base = self.reconnect_backoff
+            self._backoff[key] = _Backoff(delay=base, next_at=now + base, last=now)
+            return True
+        b.last = now
+        if now < b.next_at:
+            return False
+        b.delay = min(self.reconnect_backoff_cap, b.delay * 2)
+        b.next_at = now + b.delay
+        return True
+
+    def _fire(self, node_id: str) -> None:
+        wake = self._wakes.get(node_id)
+        if wake is None:
+            return
+        wake.timer = None
+        if self._stopped or self.hub.online(node_id):
+            return
+        hooks = self.store.webhooks(node_id)
+        if not hooks:
+            return
+        now = self.clock.seconds()
+        if wake.last_call is None and wake.first_at is not None:
+            for fn in self.on_summon:
+                fn(node_id, wake.first_at)
+        wake.last_call = now
+        # A newer call supersedes the retries of older ones.
+        for call in wake.calls:
+            call.finish()
+        body = json.dumps(
+            {
+                "node_id": node_id,
+                "reason": wake.reason,
+                "pending": self._pending(node_id),
+                "seq": wake.seq,
+                "at": wake.at,
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+        wake.calls = [_Call(self, node_id, hook, body) for hook in hooks]
+        self._log.info(
+            "waking node {node} ({reason}, seq {seq}): {n} webhook(s)",
+            node=node_id,
+            reason=wake.reason,
+            seq=wake.seq,
+            n=len(hooks),
+        )
+        for call in wake.calls:
+            call.start()
+
+    def _pending(self, node_id: str) -> int:
+        node = self.hub.nodes.get(node_id)
+        if node is not None:
+            return node.pending
+        return self.store.pending_count(node_id)
+
+    # -- observers ---------------------------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        for fn in self.on_count:
+            fn(name)
+
+    def _latency(self, seconds: float) -> None:
+        for fn in self.on_latency:
+            fn(seconds)
