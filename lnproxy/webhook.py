@@ -504,11 +504,14 @@ class _Call:
         except Exception:
             d = defer.fail()
         self.request = d
+        n._requests.add(d)
         d.addCallbacks(self._response, self._failure, callbackArgs=(now,))
         d.addErrback(self._bug)
         d.addBoth(self._settled)
 
     def _settled(self, _: Any) -> None:
+        if self.request is not None:
+            self.notifier._requests.discard(self.request)
         self.request = None
         self.notifier.in_flight -= 1
 
@@ -679,6 +682,7 @@ class Notifier(service.Service):
         self._stopped = False
         self._pruner: LoopingCall | None = None
         self._bodies: set[_Discard] = set()
+        self._requests: set[defer.Deferred[Any]] = set()
 
     def attach(self) -> None:
         """Observe the hub (stored events and logins)."""
@@ -708,6 +712,9 @@ class Notifier(service.Service):
             for call in wake.calls:
                 call.cancel()
         self._wakes.clear()
+        # Requests of calls no longer tracked by a node (it logged in).
+        for d in list(self._requests):
+            d.cancel()
         for body in list(self._bodies):
             body.stop()
         if self.pool is not None:

@@ -681,6 +681,23 @@ class RetryTests(NotifierCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class StopTests(NotifierCase):
+    """Stopping leaves nothing running."""
+
+    def test_stop_cancels_request_after_login(self) -> None:
+        """A request still in flight when its node logged in is cancelled
+        at stop too."""
+        n = self.make()
+        self.hook(n)
+        self.event()
+        self.clock.advance(0)
+        self.login()
+        self.assertFalse(self.http.requests[0].d.called)
+        self.successResultOf(n.stopService())
+        self.assertTrue(self.http.requests[0].d.called)
+        self.assertEqual(n.in_flight, 0)
+
+
 class ReconnectBackoffTests(NotifierCase):
     """Reconnect summons of a flapping peer are backed off per peer."""
 
