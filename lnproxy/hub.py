@@ -10,7 +10,11 @@ Durability: every event gets its per-node ``seq`` when it happens, is put in
 a batch, and the batch is committed to SQLite at the end of the reactor turn
 (one transaction for everything that arrived in that turn).  Only after the
 commit is an event offered to sessions and observers, so a client never sees
-an event that a crash could lose.
+an event that a crash could lose.  A connection row is written durably
+when act 2 is relayed (before the client learns the conn id, so a crash
+still yields its ``closed`` event); its later changes (``open``, the peer's
+``init``) only matter while the process lives, so they ride along with the
+next batch instead of costing a commit (an fsync) of their own.
 
 Memory: a node's unacknowledged events live on disk, not in memory.  A
 session that cannot keep up (its WebSocket transport paused us) reads its
@@ -366,7 +370,7 @@ class Connection:
         """The peer's init: keep it for ``connections``; stop the init timer."""
         self.their_init = msg
         self._cancel_timer()
-        self.hub.store.put_connection(self.row())
+        self.hub._connection_changed(self)
 
     # -- timers (one-shot; they fire only when a peer misbehaves) -----------
 
@@ -452,6 +456,8 @@ class Hub(service.Service):
         self._handshakes = 0
         self._batch: list[EventRow] = []
         self._closes: list[tuple[str, int]] = []
+        #: Connection rows to write with the next batch, by conn id.
+        self._rows: dict[str, ConnectionRow] = {}
         self._flush_call: IDelayedCall | None = None
         self._sweeper: LoopingCall | None = None
         self._stopping = False
@@ -754,10 +760,17 @@ class Hub(service.Service):
     def _connection_announced(self, conn: Connection) -> None:
         self.store.put_connection(conn.row())
 
+    def _connection_changed(self, conn: Connection) -> None:
+        # Written with the next batch (see the module docstring); every
+        # reader of connection rows (``list_connections``, ``ack``) flushes
+        # first.  No flush is scheduled for it: the finish reply must not
+        # wait for an fsync that nothing needs.
+        self._rows[conn.conn_id] = conn.row()
+
     def _connection_opened(self, conn: Connection) -> None:
         self._handshakes -= 1
         self._open[conn.conn_id] = conn
-        self.store.put_connection(conn.row())
+        self._connection_changed(conn)
         if conn.node.reading_paused and conn.protocol is not None:
             conn.protocol.pause_reading()
 
@@ -896,12 +909,16 @@ class Hub(service.Service):
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
-        if not self._batch:
+        if not self._batch and not self._rows:
             return
-        batch, closes = self._batch, self._closes
-        self._batch, self._closes = [], []
+        batch, closes, rows = self._batch, self._closes, self._rows
+        self._batch, self._closes, self._rows = [], [], {}
         try:
             with self.store.transaction():
+                # Rows before closes: a row queued while open must not
+                # overwrite the closed state recorded in this same batch.
+                for conn_row in rows.values():
+                    self.store.put_connection(conn_row)
                 self.store.append_events(batch)
                 for conn_id, seq in closes:
                     self.store.close_connection(conn_id, seq)
@@ -911,6 +928,7 @@ class Hub(service.Service):
             self._log.failure("could not commit {n} events; retrying", n=len(batch))
             self._batch = batch + self._batch
             self._closes = closes + self._closes
+            self._rows = {**rows, **self._rows}
             if self._flush_call is None:
                 self._flush_call = self.clock.callLater(1.0, self.flush)
             return
