@@ -901,6 +901,20 @@ class Store:
         )
         return int(count)
 
+    def newest_summons(self) -> list[EventRow]:
+        """The newest unacknowledged summon-class event of every node that
+        has a webhook, one row per node (for the notifier at startup: nodes
+        left waiting by a stop or crash are woken again).
+        """
+        cursor = self._db().execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events"
+            " WHERE (node_id, seq) IN ("
+            "   SELECT node_id, max(seq) FROM events WHERE summon = 1"
+            "   AND node_id IN (SELECT node_id FROM webhooks) GROUP BY node_id"
+            " ) ORDER BY node_id"
+        )
+        return [_event_row(row) for row in cursor]
+
     def ack(self, node_id: str, seq: int) -> list[str]:
         """Acknowledge the node's events up to and including ``seq``.
 

@@ -698,6 +698,18 @@ class Notifier(service.Service):
         self._pruner = LoopingCall(self._prune)
         self._pruner.clock = self.clock
         self._pruner.start(max(self.window, 60.0), now=False)
+        self._wake_backlog()
+
+    def _wake_backlog(self) -> None:
+        """Wake nodes whose summon-class events wait from before this start.
+
+        A clean stop records ``proxy stopped`` reconnect summons that nobody
+        could be woken for at the time; a crash may have cut a wake-up short.
+        Nodes already scheduled (by the hub's crash recovery) are left alone.
+        """
+        for row in self.store.newest_summons():
+            if row.node_id not in self._wakes and not self.hub.online(row.node_id):
+                self.event_stored(row, online=False)
 
     def stopService(self) -> defer.Deferred[None]:
         """Cancel timers and requests; close the connection pool."""

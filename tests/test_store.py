@@ -873,6 +873,30 @@ class WebhookTests(StoreTestCase):
         self.assertEqual(self.store.webhooks(A), [w])
 
 
+class NewestSummonsTests(StoreTestCase):
+    """newest_summons: what the notifier wakes at startup."""
+
+    def test_newest_summon_per_node_with_webhook(self) -> None:
+        """One row per node that has a webhook: its newest unacknowledged
+        summon-class event; nodes without webhooks, queue-class events and
+        acknowledged events do not count."""
+        s = self.open_store()
+        c = "0" * 66
+        rows = [
+            EventRow(A, 1, "message", True, 1.0, "{}"),
+            EventRow(A, 2, "closed", True, 2.0, "{}"),
+            EventRow(A, 3, "message", False, 3.0, "{}"),
+            EventRow(B, 1, "message", True, 1.0, "{}"),
+            EventRow(c, 1, "message", True, 1.0, "{}"),
+        ]
+        s.append_events(rows)
+        s.add_webhook(WebhookRow(A, "w", "https://a.example/", 1.0))
+        s.add_webhook(WebhookRow(B, "w", "https://b.example/", 1.0))
+        self.assertEqual(s.newest_summons(), [rows[1], rows[3]])  # A < B
+        s.ack(B, 1)
+        self.assertEqual(s.newest_summons(), [rows[1]])
+
+
 class TransactionTests(StoreTestCase):
     """transaction(): atomicity, nesting, visibility, and writable()."""
 

@@ -483,6 +483,27 @@ class ReconnectTests(WebhookCase):
         )
 
     @defer.inlineCallbacks
+    def test_proxy_restart_after_clean_stop(self) -> Any:
+        """A clean stop records "proxy stopped" reconnect summons while the
+        node is offline; the next start calls the node's webhook for them."""
+        rx = self.receiver()
+        self.data_dir = self.mktemp()
+        svc = self.start("--webhook-allow-private")
+        secret, _, (conn,), _ = yield self.offline_node("/ok", persist=True)
+        yield svc.stopService()
+        self.assertEqual(rx.calls, [])
+        self.start("--webhook-allow-private")
+        yield until(lambda: len(rx.calls) == 1)
+        body = rx.calls[0].json()
+        self.assertEqual((body["reason"], body["seq"]), ("reconnect", 2))
+        client = yield self.logged_in(secret)
+        ev = yield client.wait_event(lambda e: e["method"] == "closed")
+        self.assertEqual(
+            (ev["params"]["conn"], ev["params"]["reason"], ev["params"]["reconnect"]),
+            (conn, "proxy stopped", True),
+        )
+
+    @defer.inlineCallbacks
     def test_flapping_peer_backoff(self) -> Any:
         """A second drop of the same peer soon after the first does not call
         the webhook again, even after the window: it is held back."""
