@@ -696,6 +696,7 @@ class Store:
         self._server_secret = server_secret
         # Nesting depth of transaction(): 0 means autocommit.
         self._depth = 0
+        self._synchronous = "FULL"
 
     @classmethod
     def open(cls, data_dir: str, *, synchronous: str = "FULL") -> Store:
@@ -720,7 +721,39 @@ class Store:
         except BaseException:
             _release_lock(lock_fd)
             raise
-        return cls(data_dir, conn, lock_fd, secret)
+        store = cls(data_dir, conn, lock_fd, secret)
+        store._synchronous = synchronous
+        return store
+
+    def suspend(self) -> None:
+        """Close the database connection; keep the lock and the key.
+
+        ``twistd`` builds the service and then, unless run with ``-n``, forks
+        to daemonize.  A SQLite connection must not cross a ``fork``, so the
+        service checks (and upgrades) the database while it is built, calls
+        this, and calls :meth:`resume` when it starts.  The ``flock`` is
+        inherited by the child and stays held throughout.
+        """
+        conn, self._conn = self._conn, None
+        self._depth = 0
+        if conn is not None:
+            conn.close()
+
+    def resume(self) -> None:
+        """Reopen the database in the process that will use it, and write
+        that process's pid into the lock file.  No-op when already open.
+
+        :raises StoreError: if the store was closed.
+        """
+        if self._lock_fd is None:
+            raise StoreError(f"the store of {self._data_dir} is closed")
+        if self._conn is not None:
+            return
+        self._conn = get_db(
+            os.path.join(self._data_dir, DB_FILE), synchronous=self._synchronous
+        )
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode("ascii"), 0)
 
     def close(self) -> None:
         """Close the database and release the lock. Idempotent.

@@ -213,3 +213,59 @@ class TwistdTests(ProxyTestCase):
             keys.public_key(self.proxy.store.server_secret).hex(),
             client.hello_params["server_id"],
         )
+
+    @defer.inlineCallbacks
+    def test_daemonized_twistd(self) -> Any:
+        """Without ``-n`` twistd forks to daemonize after building the
+        service: the daemon reopens the database itself, writes its own pid
+        into the lock file, stores and replays events, and stops on SIGTERM
+        with every event kept."""
+        data_dir = os.path.abspath(self.mktemp())
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        pidfile = os.path.join(work, "twistd.pid")
+        logfile = os.path.join(work, "twistd.log")
+        port = free_port()
+        launcher = Twistd()
+        args = [
+            sys.executable, "-c", TWISTD, f"--pidfile={pidfile}",
+            f"--logfile={logfile}", "lnproxy",
+            "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", data_dir,
+        ]
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        reactor.spawnProcess(launcher, sys.executable, args, env=env, path=work)
+        yield launcher.ended.addTimeout(CHILD_TIMEOUT, reactor)
+        self.assertEqual(launcher.reason.value.exitCode, 0, launcher.text)
+
+        def log() -> str:
+            with open(logfile, encoding="utf-8") as f:
+                return f.read()
+
+        yield eventually(
+            lambda: os.path.exists(logfile) and "lnproxy started" in log(),
+            timeout=CHILD_TIMEOUT, interval=0.05,
+        )
+        with open(pidfile) as f:
+            daemon_pid = int(f.read())
+        self.addCleanup(self._kill_quietly, daemon_pid)
+        with open(os.path.join(data_dir, "lock")) as f:
+            self.assertEqual(int(f.read()), daemon_pid)
+        peer, peer_port = self.local_peer()
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret, port=port)
+        yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 1)
+
+        os.kill(daemon_pid, signal.SIGTERM)
+        yield eventually(lambda: "Server Shut Down." in log(), timeout=CHILD_TIMEOUT)
+        yield eventually(lambda: not os.path.exists(pidfile), timeout=CHILD_TIMEOUT)
+        self.assertNotIn("Traceback", log())
+        self.start_proxy(data_dir=data_dir)
+        again = yield self.logged_in(secret)
+        self.assertEqual(again.login_result["inbox"]["pending"], 2)
+
+    def _kill_quietly(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
