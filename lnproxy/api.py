@@ -204,6 +204,21 @@ class ClientProtocol(WebSocketServerProtocol):
 
     # -- Autobahn callbacks ---------------------------------------------------
 
+    def connectionMade(self) -> None:
+        """Turn Nagle off on the client's socket.
+
+        Autobahn calls ``setTcpNoDelay(self.tcpNoDelay)`` before it copies
+        the factory's options onto the protocol, and a bare ``except`` hides
+        the AttributeError, so Nagle stays on: an event written right after
+        a reply then waits for the client's delayed ACK (40 ms on Linux).
+        """
+        super().connectionMade()
+        try:
+            self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            # Not a TCP transport (a test's memory transport, a UNIX socket).
+            pass
+
     def processHandshake(self) -> None:
         """Refuse an HTTP request whose headers never end (Autobahn reads
         them without a bound)."""
