@@ -285,6 +285,10 @@ class PeerProtocol(Protocol):
 class PeerFactory(ClientFactory):
     """Builds the one :class:`PeerProtocol` of one outbound connection."""
 
+    #: One factory per connection: Twisted's "Starting factory" / "Stopping
+    #: factory" lines would be two log events per peer connection.
+    noisy = False
+
     def __init__(
         self,
         listener: IPeerListener,
