@@ -817,6 +817,10 @@ class Hub(service.Service):
         conn.ping_sent_at = None
         conn.body_since = None
         table = self._table
+        # Every message of one read shares ``at``, ``conn`` and ``peer``: the
+        # params text up to the type is built once per call, not per message
+        # (the float repr alone cost as much as the rest of the line).
+        head = f',"at":{now!r},"conn":"{conn.conn_id}","peer":"{conn.peer}","type":'
         for msg in messages:
             if conn.state != "open":
                 return
@@ -827,10 +831,9 @@ class Hub(service.Service):
             cls = table[msg_type]
             if msg_type == wire.INIT and conn.their_init is None:
                 conn.init_received(msg)
-            if cls >= MessageClass.QUEUE:
-                summon = cls is MessageClass.SUMMON
-                self._emit_message(conn, msg_type, msg, summon, now)
-            elif cls is MessageClass.HANDLE:
+            if cls >= _QUEUE:
+                self._emit_message(conn, msg_type, msg, cls is _SUMMON, now, head)
+            elif cls is _HANDLE:
                 self._handle(conn, msg_type, msg)
             else:
                 self._count("dropped")
@@ -866,17 +869,28 @@ class Hub(service.Service):
     # -- events -------------------------------------------------------------------
 
     def _emit_message(
-        self, conn: Connection, msg_type: int, msg: bytes, summon: bool, now: float
+        self,
+        conn: Connection,
+        msg_type: int,
+        msg: bytes,
+        summon: bool,
+        now: float,
+        head: str,
     ) -> None:
         node = conn.node
         seq = node.next_seq
         node.next_seq = seq + 1
         # Formatted by hand: every field is a number, a bool or hex we made,
-        # and this runs once per relayed message.
+        # and this runs once per relayed message.  ``head`` is
+        # ``,"at":..,"conn":"..","peer":"..","type":`` (see the caller).
         params = (
-            f'{{"seq":{seq},"at":{now!r},"conn":"{conn.conn_id}",'
-            f'"peer":"{conn.peer}","type":{msg_type},"msg":"{msg.hex()}",'
-            f'"summon":{"true" if summon else "false"}}}'
+            '{"seq":'
+            + str(seq)
+            + head
+            + str(msg_type)
+            + ',"msg":"'
+            + msg.hex()
+            + ('","summon":true}' if summon else '","summon":false}')
         )
         self._queue(node, EventRow(node.node_id, seq, "message", summon, now, params))
 
@@ -986,6 +1000,11 @@ class Hub(service.Service):
         for fn in self.on_count:
             fn(name)
 
+
+#: Policy classes as plain module constants for the per-message loop.
+_HANDLE = MessageClass.HANDLE
+_QUEUE = MessageClass.QUEUE
+_SUMMON = MessageClass.SUMMON
 
 #: The proxy's own keepalive ping: asks for an empty pong.
 _KEEPALIVE_PING = wire.Ping(num_pong_bytes=0).encode()
