@@ -15,7 +15,6 @@ This module knows nothing of nodes, sessions or storage.  It reports to an
 from __future__ import annotations
 
 import enum
-import socket
 from typing import Any
 
 from twisted.internet import error as ierror
@@ -43,6 +42,9 @@ MAX_PAUSED_WRITE_BYTES = 1024 * 1024
 #: Bytes a peer may send between act 2 and our act 3.  A well-behaved
 #: responder sends nothing before it has act 3; a little slack costs nothing.
 MAX_EARLY_BYTES = 4096
+
+
+_CONNECTION_DONE = Failure(ierror.ConnectionDone())
 
 
 class PeerState(enum.Enum):
@@ -114,7 +116,7 @@ class PeerProtocol(Protocol):
         """Write act 1 and start waiting for act 2."""
         try:
             self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
-        except (AttributeError, OSError, socket.error):
+        except (AttributeError, OSError):
             pass
         # Streaming producer: Twisted tells us when the peer stops reading.
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
@@ -158,7 +160,7 @@ class PeerProtocol(Protocol):
         if len(self._early) > MAX_EARLY_BYTES:
             self._fail("peer sent data before the handshake finished")
 
-    def connectionLost(self, reason: Failure = ierror.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:  # type: ignore[assignment]
         """Report the end once, with the most useful reason we have."""
         self._cancel_timer()
         was = self.state
