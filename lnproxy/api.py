@@ -185,6 +185,9 @@ class ClientProtocol(WebSocketServerProtocol):
         self.node_id: str | None = None
         self.session: Session | None = None
         self._challenge = b""
+        #: The request token bucket (see _over_rate); filled in onOpen.
+        self._tokens = 0.0
+        self._tokens_at = 0.0
         self._challenge_used = False
         self._login_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
@@ -250,6 +253,8 @@ class ClientProtocol(WebSocketServerProtocol):
         try:
             f = self.factory
             self._challenge = os.urandom(32)
+            self._tokens = f.request_burst
+            self._tokens_at = f.clock.seconds()
             self.transport.registerProducer(_SessionFlow(self), True)
             self._notify(
                 "hello",
@@ -267,6 +272,7 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Parse one JSON-RPC request and dispatch it."""
+        limited = self._over_rate()
         if isBinary:
             self._reply_error(None, RpcError(INVALID_REQUEST, "binary frames are not accepted"))
             return
@@ -285,6 +291,17 @@ class ClientProtocol(WebSocketServerProtocol):
             isinstance(req_id, bool) or not isinstance(req_id, (int, str))
         ):
             self._reply_error(None, RpcError(INVALID_REQUEST, "id must be an integer or a string"))
+            return
+        if limited:
+            self._answer_error(
+                has_id,
+                req_id,
+                RpcError(
+                    LIMIT_EXCEEDED,
+                    f"rate limit exceeded ({self.factory.request_rate:g} "
+                    "requests per second per session)",
+                ),
+            )
             return
         method = request.get("method")
         if request.get("jsonrpc") != "2.0" or not isinstance(method, str):
@@ -332,6 +349,26 @@ class ClientProtocol(WebSocketServerProtocol):
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(None)
+
+    def _over_rate(self) -> bool:
+        """Spend a token of this session's request bucket; True when empty.
+
+        A token bucket: ``request_rate`` tokens per second, at most
+        ``request_burst`` saved up.  One flooding client must not take the
+        reactor (and its peers' bandwidth) from everyone else.
+        """
+        f = self.factory
+        rate = f.request_rate
+        if not rate:
+            return False
+        now = f.clock.seconds()
+        tokens = min(f.request_burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return True
+        self._tokens = tokens - 1.0
+        return False
 
     # -- EventSink -----------------------------------------------------------
 
@@ -538,6 +575,10 @@ class ClientFactory(WebSocketServerFactory):
     :param clock: the reactor (also Autobahn's).
     :param webhooks: the webhook registry, or None when webhooks are off.
     :param login_timeout: seconds a client has to log in.
+    :param request_rate: requests per second one session may make on
+        average (0: no limit); beyond it requests answer code 7.
+    :param request_burst: requests a session may make at once after a quiet
+        spell (the bucket's size).
     """
 
     protocol = ClientProtocol
@@ -550,6 +591,8 @@ class ClientFactory(WebSocketServerFactory):
         webhooks: WebhookRegistry | None = None,
         login_timeout: float = 30.0,
         failed_login_close_delay: float = 1.0,
+        request_rate: float = 5000.0,
+        request_burst: float = 10000.0,
     ) -> None:
         super().__init__(reactor=clock, protocols=[SUBPROTOCOL])
         self.hub = hub
@@ -558,6 +601,8 @@ class ClientFactory(WebSocketServerFactory):
         self.webhooks = webhooks
         self.login_timeout = login_timeout
         self.failed_login_close_delay = failed_login_close_delay
+        self.request_rate = request_rate
+        self.request_burst = max(1.0, request_burst)
         #: Called as ``fn(code)`` for every error reply (metrics).
         self.on_error: list[Callable[[int], None]] = []
         self.setProtocolOptions(

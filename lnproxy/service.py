@@ -198,6 +198,8 @@ def build_service(
         reactor,
         webhooks=notifier,
         login_timeout=config["login-timeout"],
+        request_rate=config.get("max-requests-per-second", 5000.0),
+        request_burst=2 * config.get("max-requests-per-second", 5000.0),
     )
     root = ProxyService(store, hub, factory)
     root.notifier = notifier

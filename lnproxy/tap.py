@@ -63,6 +63,12 @@ class Options(usage.Options):
         ["max-handshakes-per-node", None, "16", "unfinished handshakes per node"],
         ["max-handshakes", None, "1024", "unfinished handshakes in all"],
         ["login-timeout", None, "30", "seconds a client has to log in"],
+        [
+            "max-requests-per-second",
+            None,
+            "5000",
+            "requests per second one session may make on average (0: no limit)",
+        ],
     ]
     optFlags: list[list[Any]] = [
         ["webhook-allow-private", None, "allow http and private/loopback webhook URLs"],
@@ -107,6 +113,17 @@ class Options(usage.Options):
             "max-handshakes",
         ):
             self[name] = _count(name, self[name])
+        rate = self["max-requests-per-second"]
+        try:
+            self["max-requests-per-second"] = float(rate)
+        except ValueError:
+            raise usage.UsageError(
+                f"--max-requests-per-second must be a number, not {rate!r}"
+            ) from None
+        if not 0 <= self["max-requests-per-second"] < float("inf"):
+            raise usage.UsageError(
+                "--max-requests-per-second must be 0 (no limit) or a positive number"
+            )
 
 
 def makeService(config: Options) -> IService:

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from lnproxy import keys, noise, wire
@@ -829,3 +830,32 @@ class MethodTests(ProxyTestCase):
             with self.assertRaises(RpcError) as cm:
                 parse_peer(bad)
             self.assertEqual(cm.exception.code, -32602)
+
+
+class RateLimitTests(ProxyTestCase):
+    """The per-session request rate limit (code 7)."""
+
+    @defer.inlineCallbacks
+    def test_flood_gets_code_7_and_others_are_served(self) -> Any:
+        """With --max-requests-per-second 5 (burst 10), a session that sends
+        30 requests at once gets code 7 for those beyond its bucket, with a
+        message naming the rate; another session of the same node is not
+        affected, and the limited session is served again a moment later."""
+        self.start_proxy("--max-requests-per-second", "5")
+        secret = os.urandom(32)
+        flood = yield self.logged_in(secret)
+        other = yield self.logged_in(secret)
+        results = yield defer.DeferredList(
+            [flood.call("connections") for _ in range(30)], consumeErrors=True
+        )
+        refused = [r for ok, r in results if not ok]
+        self.assertGreaterEqual(len(refused), 15)
+        self.assertLessEqual(len(refused), 21)
+        for f in refused:
+            self.assertEqual(f.value.code, 7)
+            self.assertIn("rate limit exceeded (5 requests per second", f.value.message)
+        r = yield other.call("connections")
+        self.assertEqual(r, {"connections": []})
+        yield deferLater(reactor, 0.5, lambda: None)
+        r = yield flood.call("connections")
+        self.assertEqual(r, {"connections": []})

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "max-handshakes-per-node": 16,
     "max-handshakes": 1024,
     "login-timeout": 30.0,
+    "max-requests-per-second": 5000.0,
     "policy": {},
 }
 
@@ -79,6 +80,8 @@ class OptionsTests(SynchronousTestCase):
             "9",
             "--login-timeout",
             "10",
+            "--max-requests-per-second",
+            "0",
             "--policy",
             "32=queue",
             "--policy",
@@ -103,6 +106,7 @@ class OptionsTests(SynchronousTestCase):
                 "max-handshakes-per-node": 4,
                 "max-handshakes": 9,
                 "login-timeout": 10.0,
+                "max-requests-per-second": 0.0,
                 "policy": {32: MessageClass.DROP, 259: MessageClass.SUMMON},
             },
         )
@@ -170,6 +174,13 @@ class BadOptionsTests(SynchronousTestCase):
             )
             self.assertUsage(f"--{name} must be at least 1", f"--{name}", "0")
             self.assertUsage(f"--{name} must be at least 1", f"--{name}", "-3")
+
+    def test_bad_request_rate(self) -> None:
+        """The request rate is 0 (no limit) or a finite positive number."""
+        name = "--max-requests-per-second"
+        self.assertUsage(f"{name} must be a number, not 'fast'", name, "fast")
+        for bad in ("-1", "nan", "inf"):
+            self.assertUsage(f"{name} must be 0 (no limit) or a positive", name, bad)
 
     def test_unknown_option(self) -> None:
         """An unknown option is refused."""
