@@ -24,7 +24,9 @@ the proxy stops reading that node's peers until the client acknowledges.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +86,28 @@ class HubError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+#: errno values that mean "this process (or the system) has no descriptor
+#: left": a limit of the proxy, not a fault of the peer.
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+def _unreachable(err: BaseException) -> HubError:
+    """The error a failed TCP connect gives the client.
+
+    Out of file descriptors is code 7 (a limit), and says so: Twisted
+    reports it as ``ConnectBindError`` ("Couldn't bind"), which would send
+    an operator looking at the peer instead of at ``LimitNOFILE``.
+    """
+    code = getattr(err, "osError", None)
+    if code is None:
+        code = getattr(err, "errno", None)
+    if code in _NO_DESCRIPTORS:
+        return HubError(
+            LIMIT_EXCEEDED, f"proxy is out of file descriptors ({os.strerror(code)})"
+        )
+    return HubError(PEER_UNREACHABLE, f"peer unreachable: {err}")
 
 
 @dataclass(frozen=True)
@@ -662,9 +686,7 @@ class Hub(service.Service):
 
         def tcp_failed(f: Failure) -> Failure:
             if not conn.act2.called:
-                conn.act2.errback(
-                    HubError(PEER_UNREACHABLE, f"peer unreachable: {f.getErrorMessage()}")
-                )
+                conn.act2.errback(self._connect_error(f.value))
                 self._forget(conn)
             return f
 
@@ -672,13 +694,24 @@ class Hub(service.Service):
             tcp = self.connect_peer(host, port, factory, limits.connect_timeout)
         except Exception as e:
             self._forget(conn)
-            raise HubError(PEER_UNREACHABLE, f"peer unreachable: {e}") from e
+            raise self._connect_error(e) from e
         tcp.addErrback(tcp_failed).addErrback(lambda _: None)
 
         def handed(act2: bytes) -> tuple[str, bytes]:
             return conn.conn_id, act2
 
         return conn.act2.addCallback(handed)
+
+    def _connect_error(self, err: BaseException) -> HubError:
+        refusal = _unreachable(err)
+        if refusal.code == LIMIT_EXCEEDED:
+            # The operator's problem, not the client's: say what to raise.
+            self._log.warn(
+                "{message}: refused a peer connection; raise the process's "
+                "RLIMIT_NOFILE (LimitNOFILE= under systemd)",
+                message=refusal.message,
+            )
+        return refusal
 
     def connection(self, node_id: str, conn_id: str) -> Connection:
         """A connection of this node, or code 3 exactly as if it did not exist."""
