@@ -216,8 +216,9 @@ class ClientProtocol(WebSocketServerProtocol):
         a reply then waits for the client's delayed ACK (40 ms on Linux).
         """
         super().connectionMade()
+        transport: Any = self.transport
         try:
-            self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+            transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             # Not a TCP transport (a test's memory transport, a UNIX socket).
             pass
@@ -255,7 +256,8 @@ class ClientProtocol(WebSocketServerProtocol):
             self._challenge = os.urandom(32)
             self._tokens = f.request_burst
             self._tokens_at = f.clock.seconds()
-            self.transport.registerProducer(_SessionFlow(self), True)
+            transport: Any = self.transport
+            transport.registerProducer(_SessionFlow(self), True)
             self._notify(
                 "hello",
                 {
@@ -581,7 +583,7 @@ class ClientFactory(WebSocketServerFactory):
         spell (the bucket's size).
     """
 
-    protocol = ClientProtocol
+    protocol = ClientProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

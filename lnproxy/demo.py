@@ -327,7 +327,7 @@ def run_demo(
         yield bounded(proxy_ping, "a keepalive ping from the proxy")
         n.say("peer: got a ping from the proxy and answered with a pong")
         yield task.deferLater(reactor, 0.3, lambda: None)
-        if p.transport is None or not p.transport.connected:
+        if p.transport is None or not p.transport.connected:  # type: ignore[attr-defined]
             raise DemoFailed(n.current, "the connection did not survive the keepalive")
         n.ok("the proxy consumed the pong; the connection stays up")
 

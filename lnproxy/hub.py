@@ -686,7 +686,7 @@ class Hub(service.Service):
 
         def tcp_failed(f: Failure) -> Failure:
             if not conn.act2.called:
-                conn.act2.errback(self._connect_error(f.value))
+                conn.act2.errback(self._connect_error(f.value or Exception()))
                 self._forget(conn)
             return f
 

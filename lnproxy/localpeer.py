@@ -40,8 +40,9 @@ class LocalPeerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """Start the responder handshake."""
+        transport: Any = self.transport
         try:
-            self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+            transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass
         self._responder = noise.Responder(self.factory.secret)
@@ -115,7 +116,7 @@ class LocalPeerFactory(Factory):
     :param answer_pings: answer pings with pongs (BOLT 1 behaviour).
     """
 
-    protocol = LocalPeerProtocol
+    protocol = LocalPeerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -380,7 +380,7 @@ def build_http_client(
     )
     agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
     jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(agent, cookiejar=jar)
+    return HTTPClient(agent, cookiejar=jar)  # type: ignore[arg-type]
 
 
 # -- the notifier -----------------------------------------------------------------
@@ -416,7 +416,7 @@ class _Discard(Protocol):
         """Stop reading (closes the connection)."""
         self._cancel()
         if self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def _cancel(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -730,7 +730,7 @@ class Notifier(service.Service):
         for body in list(self._bodies):
             body.stop()
         if self.pool is not None:
-            return self.pool.closeCachedConnections()  # type: ignore[no-any-return]
+            return self.pool.closeCachedConnections()
         return defer.succeed(None)
 
     def _prune(self) -> None:

@@ -547,7 +547,7 @@ class Client(service.Service):
         self._halt(ClientStopped("the client was aborted"))
         proto = self._protocol
         if proto is not None and proto.transport is not None:
-            proto.transport.abortConnection()
+            proto.transport.abortConnection()  # type: ignore[attr-defined]
         return self._stop_connecting()
 
     def _stop_connecting(self) -> defer.Deferred[None]:
