@@ -1376,6 +1376,9 @@ def orchestrate(args: argparse.Namespace) -> int:
             vias: list[dict[str, Any]] = []
             directs: list[dict[str, Any]] = []
             for round_no in range(args.setups_rounds):
+                waited = _wait_quiet(args.quiet_percent, (proxy, clients, peers))
+                if waited >= 1:
+                    report.say(f"  waited {waited:.0f} s for other processes to calm")
                 if round_no == 0:
                     profiler.start(f"setups-{conc}")
                 cpu0 = _cpu_of(proxy, clients, peers)
@@ -1442,6 +1445,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         time.sleep(2.0)
 
         # -- 6. reconnect storm --------------------------------------------------------------
+        waited = _wait_quiet(args.quiet_percent, (proxy, clients, peers))
+        if waited >= 1:
+            report.say(f"waited {waited:.0f} s for other processes to calm")
         clients.call("arm_storm", expect=n)
         cpu0 = _cpu_of(proxy, clients, peers)
         if args.storm == "restart":
@@ -1459,7 +1465,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         storm = clients.call(
             "storm_wait", limit=args.storm_timeout, timeout=args.storm_timeout + 60
         )
-        storm["cpu_percent"] = _cpu_percent(cpu0, _cpu_of(proxy, clients, peers))
+        cpu1 = _cpu_of(proxy, clients, peers)
+        storm["cpu_percent"] = _cpu_percent(cpu0, cpu1)
+        storm["foreign_percent"] = _foreign_percent(cpu0, cpu1)
         end = storm["last_open_at"] or time.monotonic()
         took = end - t_drop
         report.say(
@@ -1467,7 +1475,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             f"events with reconnect true; {storm['reopened']} reopened, "
             f"{storm['failed']} failed, {storm['retries']} retried "
             f"{storm['errors']}; open now {storm['open_now']}; CPU % "
-            f"{storm['cpu_percent']}"
+            f"{storm['cpu_percent']}, other processes {storm['foreign_percent']}%"
         )
         report.figure(
             "storm",
@@ -1625,6 +1633,18 @@ def _cpu_of(*children: Child) -> dict[str, Any]:
     return snap
 
 
+def _wait_quiet(threshold: float, children: tuple[Child, ...], limit: float = 120) -> float:
+    """Wait (up to ``limit`` s) for a second in which processes other than
+    ours use less than ``threshold`` percent of a core; return the wait."""
+    t0 = time.monotonic()
+    while threshold > 0 and time.monotonic() - t0 < limit:
+        before = _cpu_of(*children)
+        time.sleep(1.0)
+        if _foreign_percent(before, _cpu_of(*children)) < threshold:
+            break
+    return time.monotonic() - t0 - (1.0 if threshold > 0 else 0.0)
+
+
 def _foreign_percent(before: dict[str, Any], after: dict[str, Any]) -> float:
     """Percent of one core used by processes other than the snapshot's."""
     ours = sum(after[k] - before[k] for k in before if not k.startswith("_"))
@@ -1711,6 +1731,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="set-ups at 64 concurrent per round (2000 full, 1000 quick)")
     p.add_argument("--setups-rounds", type=int, default=3,
                    help="rounds of each set-up benchmark (median reported)")
+    p.add_argument("--quiet-percent", type=float, default=10.0,
+                   help="before each set-up round, wait (up to 2 min) until other "
+                   "processes use less than this much of a core (0: do not wait)")
     p.add_argument("--storm", choices=["abort", "restart"], default="abort",
                    help="drop every link by RST from the peers process (abort) or "
                    "by killing and restarting it (restart)")
