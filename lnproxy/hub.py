@@ -10,11 +10,14 @@ Durability: every event gets its per-node ``seq`` when it happens, is put in
 a batch, and the batch is committed to SQLite at the end of the reactor turn
 (one transaction for everything that arrived in that turn).  Only after the
 commit is an event offered to sessions and observers, so a client never sees
-an event that a crash could lose.  A connection row is written durably
-when act 2 is relayed (before the client learns the conn id, so a crash
-still yields its ``closed`` event); its later changes (``open``, the peer's
-``init``) only matter while the process lives, so they ride along with the
-next batch instead of costing a commit (an fsync) of their own.
+an event that a crash could lose.  A connection row is committed when act
+2 is relayed (before the client learns the conn id, so a crash of the
+process still yields its ``closed`` event), without an fsync of its own: it
+sits on every set-up's critical path, and only a power cut in the
+milliseconds before the next event's fsync'd commit (normally the peer's
+``init``) could lose it, costing that connection its ``closed`` event.  Its
+later changes (``open``, the peer's ``init``) only matter while the process
+lives, so they ride along with the next batch.
 
 Memory: a node's unacknowledged events live on disk, not in memory.  A
 session that cannot keep up (its WebSocket transport paused us) reads its
@@ -791,7 +794,8 @@ class Hub(service.Service):
     # -- peer events -------------------------------------------------------------
 
     def _connection_announced(self, conn: Connection) -> None:
-        self.store.put_connection(conn.row())
+        # Committed now, fsync'd by the next event batch (module docstring).
+        self.store.put_connection(conn.row(), fsync=False)
 
     def _connection_changed(self, conn: Connection) -> None:
         # Written with the next batch (see the module docstring); every

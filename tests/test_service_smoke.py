@@ -62,3 +62,28 @@ class HappyPathTests(ProxyTestCase):
         closed = yield client.wait_event(lambda e: e["method"] == "closed")
         self.assertIn("decryption failure", closed["params"]["reason"])
         self.assertGreater(closed["params"]["seq"], err["params"]["seq"])
+
+    @defer.inlineCallbacks
+    def test_frames_of_every_length_class(self) -> defer.Generator:
+        """Replies and events are written as WebSocket frames by the proxy
+        itself: a short reply (7-bit length), a medium event (16-bit length)
+        and an event of a 65535-byte message (64-bit length) all arrive whole
+        at a real Autobahn client, byte for byte."""
+        self.start_proxy()
+        peer, port = self.local_peer()
+        client = yield self.logged_in()
+        opened = peer.wait_open()
+        conn, _ = yield client.open_peer(peer, port)
+        p = yield opened
+        result = yield client.call("ack", seq=0)  # a 37-byte reply frame
+        self.assertEqual(result, {})
+        medium = bytes.fromhex("8001") + bytes(range(256)) * 4
+        large = bytes.fromhex("8003") + b"\xab" * 65533
+        for msg in (medium, large):
+            p.send(msg)
+        for msg in (medium, large):
+            ev = yield client.wait_event(
+                lambda e, m=msg: e["params"].get("type") == wire.message_type(m)
+            )
+            self.assertEqual(bytes.fromhex(ev["params"]["msg"]), msg)
+            self.assertEqual(ev["params"]["conn"], conn)

@@ -873,6 +873,42 @@ class WebhookTests(StoreTestCase):
         self.assertEqual(self.store.webhooks(A), [w])
 
 
+class RelaxedCommitTests(StoreTestCase):
+    """put_connection(fsync=False): committed, without its own fsync."""
+
+    def synchronous(self, s: Store) -> int:
+        (mode,) = s._db().execute("PRAGMA synchronous").fetchone()
+        return int(mode)
+
+    def test_committed_and_setting_restored(self) -> None:
+        """The row is committed (another connection sees it), the
+        connection is back at synchronous=FULL (2) afterwards, also when the
+        row is refused; inside a transaction the flag changes nothing."""
+        s = self.open_store()
+        row = ConnectionRow("c1", A, B, "127.0.0.1:9735", False, 1.0, "handshake")
+        statements: list[str] = []
+        s._db().set_trace_callback(statements.append)
+        s.put_connection(row, fsync=False)
+        s._db().set_trace_callback(None)
+        pragmas = [x for x in statements if x.startswith("PRAGMA synchronous")]
+        self.assertEqual(pragmas, ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"])
+        self.assertLess(
+            statements.index("PRAGMA synchronous=NORMAL"),
+            [i for i, x in enumerate(statements) if x.startswith("INSERT")][0],
+        )
+        self.assertEqual(self.synchronous(s), 2)
+        other = sqlite3.connect(os.path.join(self.data_dir, "lnproxy.sqlite"))
+        self.addCleanup(other.close)
+        (count,) = other.execute("SELECT count(*) FROM connections").fetchone()
+        self.assertEqual(count, 1)
+        bad = ConnectionRow("c2", A, B, "127.0.0.1:9735", False, 1.0, "closed")
+        self.assertRaises(StoreError, s.put_connection, bad, fsync=False)
+        self.assertEqual(self.synchronous(s), 2)
+        with s.transaction():
+            s.put_connection(row, fsync=False)
+            self.assertEqual(self.synchronous(s), 2)
+
+
 class NewestSummonsTests(StoreTestCase):
     """newest_summons: what the notifier wakes at startup."""
 
