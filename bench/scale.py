@@ -193,6 +193,8 @@ def run_child(app: Any) -> None:
     from twisted.protocols.basic import LineReceiver
 
     class Control(LineReceiver):
+        """One JSON command per line in, one JSON reply per line out."""
+
         delimiter = b"\n"
         MAX_LENGTH = 64 * 1024 * 1024
 
@@ -297,6 +299,7 @@ class Child:
 
 
 def _python_argv(core: int | None, *args: str) -> list[str]:
+    """argv running this script (a child role) pinned to ``core``."""
     prefix = ["taskset", "-c", str(core)] if core is not None else []
     return [*prefix, sys.executable, "-u", str(Path(__file__).resolve()), *args]
 
@@ -319,11 +322,11 @@ class PeersApp:
         self._ticker: Any = None
         self._rr = 0
 
-    def cmd_listen(self, secrets: list[str], ports: list[int] | None = None) -> list[int]:
+    def cmd_listen(
+        self, secrets: list[str], ports: list[int] | None = None
+    ) -> list[int]:
         """Listen as each node secret; ``ports`` to reuse (restart) or None."""
         from twisted.internet.protocol import Factory
-
-        from lnproxy import keys
 
         out = []
         for i, hex_secret in enumerate(secrets):
@@ -331,7 +334,6 @@ class PeersApp:
             factory.protocol = _peer_protocol_class()
             factory.app = self  # type: ignore[attr-defined]
             factory.secret = bytes.fromhex(hex_secret)  # type: ignore[attr-defined]
-            factory.node_id = keys.public_key(factory.secret)  # type: ignore[attr-defined]
             port = self.reactor.listenTCP(
                 ports[i] if ports else 0, factory, backlog=4096, interface="127.0.0.1"
             )
@@ -415,6 +417,7 @@ def _peer_protocol_class() -> type:
         """Responder: acts 1-3, sends init, answers pings, counts."""
 
         def connectionMade(self) -> None:
+            """Start the responder handshake."""
             self.transport.setTcpNoDelay(True)
             self.responder: Any = noise.Responder(self.factory.secret)
             self.buf = b""
@@ -467,9 +470,11 @@ def _peer_protocol_class() -> type:
                 self.transport.abortConnection()
 
         def send(self, msg: bytes) -> None:
+            """Encrypt and write one message."""
             self.transport.write(self.cipher.encrypt(msg))
 
         def connectionLost(self, reason: Any = None) -> None:
+            """Forget the link."""
             self.factory.app.open.discard(self)
             self.cipher = None
 
@@ -506,6 +511,8 @@ class FloorApp:
         state = {"started": 0, "up": 0}
 
         class Holder(Protocol):
+            """Holds a connection and its two cipher states; nothing else."""
+
             def connectionMade(self) -> None:
                 self.enc = noise.Encryptor(os.urandom(32), os.urandom(32))
                 self.dec = noise.Decryptor(os.urandom(32), os.urandom(32))
@@ -517,6 +524,8 @@ class FloorApp:
                     start_one()
 
         class Factory(ClientFactory):
+            """Builds holders; any failed connect fails the command."""
+
             protocol = Holder
 
             def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
@@ -594,6 +603,7 @@ class ClientsApp:
         )
 
     def _login(self, secret: bytes) -> Any:
+        """Open one node's WebSocket and log in; fires when logged in."""
         from autobahn.twisted.websocket import WebSocketClientFactory
         from twisted.internet import defer
         from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -803,6 +813,7 @@ class ClientsApp:
                     self._reconnect(node, peer)
 
     def _reconnect(self, node: Any, peer: int) -> None:
+        """Queue a storm re-handshake of ``node`` to ``peer``."""
         storm = self.storm
         if storm["first_closed_at"] is None:
             storm["first_closed_at"] = time.monotonic()
@@ -918,12 +929,14 @@ class ClientsApp:
 
 
 def _error_key(f: Any) -> str:
+    """How a failed set-up is counted: ``code N`` or the exception's name."""
     if f.check(RpcFailed):
         return f"code {f.value.code}"
     return f.type.__name__
 
 
 def _strip_conns(r: dict[str, Any]) -> dict[str, Any]:
+    """Drop the connection list from a result (not JSON, not needed)."""
     r.pop("conns", None)
     return r
 
@@ -965,13 +978,19 @@ class _Node:
         self._calls[self._next] = d
         self.ws.sendMessage(
             json.dumps(
-                {"jsonrpc": "2.0", "id": self._next, "method": method, "params": params},
+                {
+                    "jsonrpc": "2.0",
+                    "id": self._next,
+                    "method": method,
+                    "params": params,
+                },
                 separators=(",", ":"),
             ).encode()
         )
         return d
 
     def reply(self, obj: dict[str, Any]) -> None:
+        """Fire the Deferred of the request this reply answers."""
         d = self._calls.pop(obj["id"], None)
         if d is None:
             return
@@ -986,6 +1005,7 @@ class _Node:
             self._ack_call = self.app.reactor.callLater(1.0, self.ack_now)
 
     def ack_now(self) -> Any:
+        """Acknowledge everything received so far; fires when answered."""
         from twisted.internet import defer
 
         if self._ack_call is not None and self._ack_call.active():
@@ -1011,6 +1031,7 @@ class _Node:
             self._attempt(peer, 0)
 
     def _attempt(self, peer: int, tries: int) -> None:
+        """One re-handshake attempt; refusals are retried with a backoff."""
         app = self.app
         d = app.open_one(self, peer, persist=True)
 
@@ -1046,6 +1067,8 @@ def _ws_protocol_class() -> type:
     _INIT_HEX = wire.Init(features=b"").encode().hex()
 
     class WsProtocol(WebSocketClientProtocol):
+        """A node's WebSocket: replies to its calls, events to the app."""
+
         def connectionMade(self) -> None:
             super().connectionMade()
             # Autobahn tries to set TCP_NODELAY before it has copied the
@@ -1188,7 +1211,10 @@ class Report:
         if reference is not None:
             ratio = value / reference if reference else float("inf")
             self.figures[key]["ratio"] = ratio
-            text += f"  (reference {ref_label}: {reference:,.2f} {unit}; ratio {ratio:.2f})"
+            text += (
+                f"  (reference {ref_label}: {reference:,.2f} {unit}; "
+                f"ratio {ratio:.2f})"
+            )
         if target:
             text += f"  target {target}: {'MET' if met else 'MISSED'}"
         self.lines.append(text)
@@ -1283,7 +1309,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         clients = Child("clients", _python_argv(1, "--role", "clients"), workdir, env)
         children.append(clients)
         node_secrets = [os.urandom(32).hex() for _ in range(nodes + BENCH_NODES)]
-        login = clients.call("login", port=proxy_port, secrets=node_secrets, peers=peer_list)
+        login = clients.call(
+            "login", port=proxy_port, secrets=node_secrets, peers=peer_list
+        )
         report.say(f"{login['nodes']} sessions logged in in {login['seconds']:.2f} s")
         time.sleep(2.0)
         proxy_base = rss_kib(proxy.pid)
@@ -1366,7 +1394,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         report.figures["idle_cpu"]["pings"] = pings
         report.figures["idle_cpu"]["window"] = t1 - t0
 
-        # -- 5. set-ups per second --------------------------------------------------------
+        # -- 5. set-ups per second ----------------------------------------------
         spec_base = {"peers": peer_list}
         for label, count, conc in (
             ("sequential", args.setups_seq, 1),
@@ -1402,7 +1430,9 @@ def orchestrate(args: argparse.Namespace) -> int:
                 vias.append(via)
                 cpu0 = _cpu_of(peers)
                 own0 = own_cpu_seconds()
-                direct = _pyln(workdir, env, dict(spec_base, count=count, concurrency=conc))
+                direct = _pyln(
+                    workdir, env, dict(spec_base, count=count, concurrency=conc)
+                )
                 cpu1 = _cpu_of(peers)
                 # The pyln process is reaped: its CPU is in our children's.
                 cpu0["pyln"], cpu1["pyln"] = own0, own_cpu_seconds()
@@ -1446,7 +1476,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 )
         time.sleep(2.0)
 
-        # -- 6. reconnect storm --------------------------------------------------------------
+        # -- 6. reconnect storm -------------------------------------------------
         waited = _wait_quiet(args.quiet_percent, (proxy, clients, peers))
         if waited >= 1:
             report.say(f"waited {waited:.0f} s for other processes to calm")
@@ -1496,11 +1526,15 @@ def orchestrate(args: argparse.Namespace) -> int:
             ),
         )
         report.figures["storm"].update(
-            {k: v for k, v in storm.items() if k not in ("first_closed_at", "last_open_at")}
+            {
+                k: v
+                for k, v in storm.items()
+                if k not in ("first_closed_at", "last_open_at")
+            }
         )
         clients.call("settle")
 
-        # -- 7. soak -----------------------------------------------------------------------
+        # -- 7. soak -------------------------------------------------------------
         soak = args.soak_seconds
         warm = args.warmup_seconds if args.warmup_seconds is not None else soak / 10
         peers.call("soak", interval=args.soak_interval)
@@ -1589,7 +1623,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         print(line)
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"n": n, "machine": _machine(), "figures": report.figures}, indent=1)
+            json.dumps(
+                {"n": n, "machine": _machine(), "figures": report.figures}, indent=1
+            )
         )
     return 0
 
@@ -1635,7 +1671,9 @@ def _cpu_of(*children: Child) -> dict[str, Any]:
     return snap
 
 
-def _wait_quiet(threshold: float, children: tuple[Child, ...], limit: float = 120) -> float:
+def _wait_quiet(
+    threshold: float, children: tuple[Child, ...], limit: float = 120
+) -> float:
     """Wait (up to ``limit`` s) for a second in which processes other than
     ours use less than ``threshold`` percent of a core; return the wait."""
     t0 = time.monotonic()
@@ -1665,6 +1703,7 @@ def _cpu_percent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, flo
 
 
 def _wait_listening(proxy: Child, port: int, timeout: float) -> None:
+    """Wait until the proxy accepts TCP on ``port``; fail if it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proxy.proc.poll() is not None:
@@ -1696,6 +1735,7 @@ def _pyln(workdir: Path, env: dict[str, str], spec: dict[str, Any]) -> Any:
 
 
 def _machine() -> str:
+    """One line naming the CPU, kernel, Python and cryptography versions."""
     import cryptography
 
     model = "?"
