@@ -51,6 +51,12 @@ class WsClient(WebSocketClientProtocol):
         self.node_secret: bytes | None = None
         self.login_result: dict[str, Any] | None = None
 
+    def connectionMade(self) -> None:
+        # Autobahn's own tcpNoDelay option never takes effect (see
+        # lnproxy.api.ClientProtocol.connectionMade): turn Nagle off here.
+        super().connectionMade()
+        self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         obj = json.loads(payload)
         self.frames.append(obj)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -131,6 +132,17 @@ class OpenPeerTests(ClientTestCase):
         self.assertEqual(
             [(c["conn"], c["state"]) for c in conns], [(link.conn, "open")]
         )
+
+    @defer.inlineCallbacks
+    def test_nagle_off_on_the_client_socket(self) -> Any:
+        """The client library's socket to the proxy has TCP_NODELAY set
+        (Autobahn's own option never takes effect), so back-to-back requests
+        do not wait for delayed ACKs."""
+        self.start_proxy()
+        client = self.make_client()
+        yield client.when_logged_in()
+        sock = client._protocol.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
 
     @defer.inlineCallbacks
     def test_wss(self) -> Any:

@@ -250,6 +250,15 @@ class _ProxyProtocol(WebSocketClientProtocol):
     def connectionMade(self) -> None:
         """TCP is up: the login must follow within the request timeout."""
         super().connectionMade()
+        # Autobahn applies its tcpNoDelay option before it copies the
+        # factory's options onto the protocol (and hides the error), so
+        # Nagle would stay on: a request written right after another would
+        # wait for the proxy's delayed ACK (40 ms on Linux).
+        transport: Any = self.transport
+        try:
+            transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass  # not TCP (a test's memory transport, a UNIX socket)
         self.client._tcp_connected(self)
 
     def onOpen(self) -> None:
