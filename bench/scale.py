@@ -1024,7 +1024,6 @@ class _Node:
     def pump_reconnects(self) -> None:
         """Re-handshake queued peers, PER_NODE_CONCURRENCY at a time; retry
         refusals (code 4 or 7) with a backoff, count them."""
-        app = self.app
         while self.reconnect_queue and self.reconnecting < PER_NODE_CONCURRENCY:
             peer = self.reconnect_queue.pop(0)
             self.reconnecting += 1
