@@ -770,7 +770,9 @@ class Hub(service.Service):
         """
         self.flush()
         node = self._node(node_id)
-        gone = self.store.ack(node_id, seq)
+        # An ack lost to a power cut only means redelivery (clients dedup by
+        # seq), so it does not pay an fsync of its own.
+        gone = self.store.ack(node_id, seq, fsync=False)
         for conn_id in gone:
             conn = node.connections.pop(conn_id, None)
             if conn is not None:

@@ -805,6 +805,25 @@ class Store:
         return self._conn
 
     @contextmanager
+    def _maybe_without_fsync(self, fsync: bool) -> Iterator[None]:
+        """Run one commit without its fsync when ``fsync`` is False.
+
+        Only outside an open transaction (an outer one decides) and only when
+        the store runs at ``FULL``: ``synchronous=NORMAL`` for the commit,
+        then back.  The commit survives a crash of the process, not a power
+        cut until the next fsync'd commit, which also makes it durable.
+        """
+        relaxed = not fsync and self._depth == 0 and self._synchronous == "FULL"
+        db = self._db()
+        if relaxed:
+            db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            if relaxed:
+                db.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         """Run the block in one transaction; commit at the end, roll back on
         any exception (which then propagates).
@@ -948,7 +967,7 @@ class Store:
         )
         return [_event_row(row) for row in cursor]
 
-    def ack(self, node_id: str, seq: int) -> list[str]:
+    def ack(self, node_id: str, seq: int, *, fsync: bool = True) -> list[str]:
         """Acknowledge the node's events up to and including ``seq``.
 
         Deletes those events and the node's closed connections whose
@@ -959,9 +978,12 @@ class Store:
 
         :param node_id: the node.
         :param seq: the highest acknowledged seq.
+        :param fsync: see :meth:`_maybe_without_fsync`; an ack lost to a
+            power cut only makes those events be delivered again, which
+            clients recognise by their ``seq``.
         :return: the ids of the deleted connections, ordered by ``since``.
         """
-        with self.transaction():
+        with self._maybe_without_fsync(fsync), self.transaction():
             db = self._db()
             db.execute(
                 "DELETE FROM events WHERE node_id = ? AND seq <= ?", (node_id, seq)
@@ -1002,29 +1024,22 @@ class Store:
                 f"closed_seq {row.closed_seq!r})"
             )
         db = self._db()
-        relaxed = not fsync and self._depth == 0 and self._synchronous == "FULL"
-        if relaxed:
-            db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self.transaction():
-                db.execute(
-                    f"INSERT OR REPLACE INTO connections ({_CONNECTION_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        row.conn_id,
-                        row.node_id,
-                        row.peer,
-                        row.address,
-                        1 if row.persist else 0,
-                        row.since,
-                        row.state,
-                        row.their_init,
-                        row.closed_seq,
-                    ),
-                )
-        finally:
-            if relaxed:
-                db.execute("PRAGMA synchronous=FULL")
+        with self._maybe_without_fsync(fsync), self.transaction():
+            db.execute(
+                f"INSERT OR REPLACE INTO connections ({_CONNECTION_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.conn_id,
+                    row.node_id,
+                    row.peer,
+                    row.address,
+                    1 if row.persist else 0,
+                    row.since,
+                    row.state,
+                    row.their_init,
+                    row.closed_seq,
+                ),
+            )
 
     def close_connection(self, conn_id: str, closed_seq: int) -> None:
         """Mark a connection closed by the event ``closed_seq``.

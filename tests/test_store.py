@@ -908,6 +908,20 @@ class RelaxedCommitTests(StoreTestCase):
             s.put_connection(row, fsync=False)
             self.assertEqual(self.synchronous(s), 2)
 
+    def test_ack_without_fsync(self) -> None:
+        """ack(fsync=False) deletes under synchronous=NORMAL and restores
+        FULL; the deletion is committed."""
+        s = self.open_store()
+        s.append_events([event(A, 1), event(A, 2)])
+        statements: list[str] = []
+        s._db().set_trace_callback(statements.append)
+        s.ack(A, 1, fsync=False)
+        s._db().set_trace_callback(None)
+        pragmas = [x for x in statements if x.startswith("PRAGMA synchronous")]
+        self.assertEqual(pragmas, ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"])
+        self.assertEqual(self.synchronous(s), 2)
+        self.assertEqual([r.seq for r in s.events_after(A, 0, 10)], [2])
+
 
 class NewestSummonsTests(StoreTestCase):
     """newest_summons: what the notifier wakes at startup."""
