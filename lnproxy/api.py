@@ -188,6 +188,8 @@ class ClientProtocol(WebSocketServerProtocol):
         self.node_id: str | None = None
         self.session: Session | None = None
         self._challenge = b""
+        #: Whether _write_text may write frames itself (set in onOpen).
+        self._plain_frames = False
         #: The request token bucket (see _over_rate); filled in onOpen.
         self._tokens = 0.0
         self._tokens_at = 0.0
@@ -256,6 +258,13 @@ class ClientProtocol(WebSocketServerProtocol):
         """Send ``hello`` and start the login timer."""
         try:
             f = self.factory
+            # Decided once the opening handshake is done (compression is
+            # negotiated by then): may _write_text frame messages itself?
+            # Autobahn copies these options onto the protocol at run time.
+            options = ("maskServerFrames", "logFrames", "logOctets", "trackedTimings")
+            self._plain_frames = self._perMessageCompress is None and not any(
+                getattr(self, name, None) for name in options
+            )
             self._challenge = os.urandom(32)
             self._tokens = f.request_burst
             self._tokens_at = f.clock.seconds()
@@ -394,13 +403,9 @@ class ClientProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         if (
-            self._perMessageCompress is not None
+            not self._plain_frames
             or self.send_state != self.SEND_STATE_GROUND
             or self.send_queue
-            or self.maskServerFrames
-            or self.logFrames
-            or self.logOctets
-            or self.trackedTimings
         ):
             self.sendMessage(payload)
             return
