@@ -240,6 +240,41 @@ class _SymmetricState:
         self.mix_hash(c)
         return c
 
+    def write_ephemeral_act(
+        self, e: coincurve.PrivateKey, remote: bytes
+    ) -> tuple[bytes, bytes]:
+        """Act 1 or act 2 from the sending side.
+
+        :param e: our ephemeral key.
+        :param remote: the key to run ECDH with (the responder's static key
+            for act 1, the initiator's ephemeral key for act 2).
+        :return: the 50-byte act and the temporary key it was sealed with.
+        """
+        e_pub = e.public_key.format()
+        self.mix_hash(e_pub)
+        temp_k = self.mix_key(_ecdh(e, remote))
+        return b"\x00" + e_pub + self.encrypt(temp_k, 0, b""), temp_k
+
+    def read_ephemeral_act(
+        self, act: bytes, act_no: int, secret: coincurve.PrivateKey
+    ) -> tuple[bytes, bytes]:
+        """Act 1 or act 2 from the receiving side.
+
+        :param secret: our key to run ECDH with (static for act 1, ephemeral
+            for act 2).
+        :return: the sender's ephemeral key and the temporary key.
+        :raise HandshakeError: when the act is malformed or its MAC fails.
+        """
+        check_act_shape(act, act_no)
+        re = act[1:34]
+        self.mix_hash(re)
+        temp_k = self.mix_key(_ecdh(secret, re))
+        try:
+            self.decrypt(temp_k, 0, act[34:])
+        except InvalidTag:
+            raise BadActTagError(f"act {act_no} MAC check failed", act_no) from None
+        return re, temp_k
+
     def decrypt(self, key: bytes, nonce: int, ciphertext: bytes) -> bytes:
         """Decrypt with the handshake hash as associated data.
 
@@ -280,13 +315,9 @@ class Initiator:
         """Return act 1 (50 bytes)."""
         if self._step != 1:
             raise RuntimeError("act1() called out of order")
-        st = self._state
-        e_pub = self._e.public_key.format()
-        st.mix_hash(e_pub)
-        temp_k1 = st.mix_key(_ecdh(self._e, self._rs))
-        c = st.encrypt(temp_k1, 0, b"")
+        act1, _ = self._state.write_ephemeral_act(self._e, self._rs)
         self._step = 2
-        return b"\x00" + e_pub + c
+        return act1
 
     def read_act2(self, act2: bytes) -> None:
         """Process act 2 from the responder.
@@ -297,16 +328,7 @@ class Initiator:
         if self._step != 2:
             raise RuntimeError("read_act2() called out of order")
         self._step = -1  # stays so unless the act is accepted
-        check_act_shape(act2, 2)
-        st = self._state
-        re = act2[1:34]
-        st.mix_hash(re)
-        temp_k2 = st.mix_key(_ecdh(self._e, re))
-        try:
-            st.decrypt(temp_k2, 0, act2[34:])
-        except InvalidTag:
-            raise BadActTagError("act 2 MAC check failed", 2) from None
-        self._temp_k2, self._re = temp_k2, re
+        self._re, self._temp_k2 = self._state.read_ephemeral_act(act2, 2, self._e)
         self._step = 3
 
     def act3(self) -> tuple[bytes, TransportKeys]:
@@ -346,29 +368,16 @@ class Responder:
         if self._step != 1:
             raise RuntimeError("read_act1() called out of order")
         self._step = -1  # stays so unless the act is accepted
-        check_act_shape(act1, 1)
-        st = self._state
-        re = act1[1:34]
-        st.mix_hash(re)
-        temp_k1 = st.mix_key(_ecdh(self._ls, re))
-        try:
-            st.decrypt(temp_k1, 0, act1[34:])
-        except InvalidTag:
-            raise BadActTagError("act 1 MAC check failed", 1) from None
-        self._re = re
+        self._re, _ = self._state.read_ephemeral_act(act1, 1, self._ls)
         self._step = 2
 
     def act2(self) -> bytes:
         """Return act 2 (50 bytes)."""
         if self._step != 2 or self._re is None:
             raise RuntimeError("act2() called out of order")
-        st = self._state
-        e_pub = self._e.public_key.format()
-        st.mix_hash(e_pub)
-        self._temp_k2 = st.mix_key(_ecdh(self._e, self._re))
-        c = st.encrypt(self._temp_k2, 0, b"")
+        act2, self._temp_k2 = self._state.write_ephemeral_act(self._e, self._re)
         self._step = 3
-        return b"\x00" + e_pub + c
+        return act2
 
     def read_act3(self, act3: bytes) -> TransportKeys:
         """Process act 3 and return the transport keys.
