@@ -12,6 +12,7 @@ under test here).
 from __future__ import annotations
 
 import json
+import sqlite3
 import os
 from typing import Any
 
@@ -722,3 +723,42 @@ class UnreachableTests(HubCase):
         self.assertEqual(self.hub._handshakes, 0)
         self.assertEqual(self.hub.connections, {})
         self.assertEqual(self.hub.list_connections(NODE), [])
+
+
+class CommitFailureTests(HubCase):
+    """A failed commit loses nothing and shows nothing early."""
+
+    def test_failed_commit_is_retried_and_offered_once(self) -> None:
+        """When the store refuses a batch (disk full, I/O error), no event of
+        it reaches a session; a second later the same events are committed
+        with the same seqs, in order, and offered exactly once."""
+        self.make_hub()
+        sink = Sink()
+        session, _ = self.hub.login(NODE, sink)
+        session.start()
+        _, link = self.open()
+        self.assertEqual([e["params"]["seq"] for e in sink.events], [1])
+        real = self.store.append_events
+        failures = [sqlite3.OperationalError("database or disk is full")]
+
+        def append_events(rows: Any) -> None:
+            if failures:
+                raise failures.pop()
+            real(rows)
+
+        self.store.append_events = append_events  # type: ignore[method-assign]
+        link.send(bytes.fromhex("0081aa"), bytes.fromhex("0081bb"))
+        self.clock.advance(0)
+        self.assertEqual(len(sink.events), 1)
+        self.assertEqual([e["seq"] for e in self.events()], [1])
+        errors = self.flushLoggedErrors(sqlite3.OperationalError)
+        self.assertEqual(len(errors), 1)
+        link.send(bytes.fromhex("0081cc"))
+        self.clock.advance(0)
+        self.assertEqual(len(sink.events), 1)  # waits behind the retry
+        self.clock.advance(1.0)
+        self.assertEqual([e["seq"] for e in self.events()], [1, 2, 3, 4])
+        self.assertEqual(
+            [(e["params"]["seq"], e["params"]["msg"]) for e in sink.events[1:]],
+            [(2, "0081aa"), (3, "0081bb"), (4, "0081cc")],
+        )
