@@ -12,8 +12,8 @@ under test here).
 from __future__ import annotations
 
 import json
-import sqlite3
 import os
+import sqlite3
 from typing import Any
 
 from twisted.internet import defer, error
