@@ -1,6 +1,6 @@
 """Tests for :mod:`lnproxy.noise`: the BOLT 8 spec vectors and properties.
 
-Every vector of ``shared/bolt8_vectors.json`` (the BOLT 8 appendix plus the
+Every vector of ``tests/vectors/bolt8_vectors.json`` (the BOLT 8 appendix plus the
 derived transport cases) becomes one test method, attached to its class by a
 loop at import time, so a failure names the vector that failed.
 
@@ -54,7 +54,7 @@ from lnproxy.noise import (
     hkdf2,
 )
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "bolt8_vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "bolt8_vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 
 MESSAGE = VECTORS["message"]

@@ -1,7 +1,7 @@
 """Tests for :mod:`lnproxy.wire`.
 
 Every vector of BOLT 1's appendices (BigSize, TLV, message extension, signed
-integers), taken from ``../shared/bolt1_vectors.json``, runs as its own test
+integers), taken from ``tests/vectors/bolt1_vectors.json``, runs as its own test
 method. Hypothesis then checks round trips of every codec and dataclass, and
 that malformed input only ever raises :class:`lnproxy.wire.WireError`.
 """
@@ -59,7 +59,7 @@ from lnproxy.wire import (
     reply_to_query_short_channel_ids,
 )
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "bolt1_vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "bolt1_vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text())
 
 # Hypothesis budget: enough examples to find edge cases, small enough that the
