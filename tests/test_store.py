@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 import lnproxy
-from lnproxy import store as store_module
 from lnproxy.store import (
     DB_FILE,
     KEY_FILE,
@@ -34,6 +33,7 @@ from lnproxy.store import (
     dump_db,
     get_db,
 )
+from lnproxy.store import schema as schema_module
 
 # secp256k1 group order: not a valid secret key.
 CURVE_ORDER_HEX = "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"
@@ -102,7 +102,8 @@ def connection(
 
 def schema_sql(name: str) -> str:
     """Return a shipped schema file, read independently of lnproxy.store."""
-    resource = importlib.resources.files("lnproxy.schema").joinpath(name)
+    sql = importlib.resources.files("lnproxy.store.sql")
+    resource = sql.joinpath("sqlite").joinpath(name)
     return resource.read_text(encoding="utf-8")
 
 
@@ -529,14 +530,14 @@ class DatabaseTests(StoreTestCase):
         a later open with the real script upgrades it."""
         self.make_v1_db()
         before = self.schema_now()
-        real = store_module._read_sql
+        real = schema_module._read_sql
 
         def broken(name: str) -> str:
             if name == "upgrade-to-v2.sql":
                 return real(name) + "\nTHIS IS NOT SQL;\n"
             return real(name)
 
-        patcher = self.patch(store_module, "_read_sql", broken)
+        patcher = self.patch(schema_module, "_read_sql", broken)
         e = self.assertRaises(DBError, Store.open, self.data_dir)
         self.assertIn("upgrading", str(e))
         self.assertIn("the database is unchanged", str(e))
@@ -603,7 +604,7 @@ class DatabaseTests(StoreTestCase):
         """If creating the schema fails, DBError is raised and nothing (no
         database, no temp file) is left in the directory."""
         self.patch(
-            store_module,
+            schema_module,
             "_read_sql",
             lambda name: "CREATE TABLE version (version INTEGER);\nCREATE TABLE (;",
         )
@@ -1048,7 +1049,7 @@ class TransactionTests(StoreTestCase):
         """writable() is False when another connection holds SQLite's write
         lock (after a short busy wait), and True again once released."""
         self.store.close()
-        self.patch(store_module, "BUSY_TIMEOUT", 0.05)
+        self.patch(schema_module, "BUSY_TIMEOUT", 0.05)
         s = self.open_store()
         other = sqlite3.connect(self.db_path, isolation_level=None)
         self.addCleanup(other.close)
