@@ -23,6 +23,7 @@ from lnproxy.store.interface import (
     DBError,
     EventRow,
     IStore,
+    NodeLost,
     StoreError,
     WebhookRow,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "StoreError",
     "DBError",
     "DataDirLocked",
+    "NodeLost",
     "EventRow",
     "ConnectionRow",
     "WebhookRow",
