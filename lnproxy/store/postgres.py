@@ -142,6 +142,10 @@ class Claim:
         or None (a new node, a released one, or already ours).
     :param unclosed: connections a previous owner left not closed; the new
         owner must write their ``closed`` events.
+    :param webhooks: the node's webhooks (the owner keeps them in memory).
+    :param newest_summon: its newest unacknowledged summon-class event, if
+        any (a node taken over is woken with it even when no connection
+        was open).
     """
 
     node_id: str
@@ -152,6 +156,8 @@ class Claim:
     pending: int = 0
     failed_owner: str | None = None
     unclosed: list[ConnectionRow] = field(default_factory=list)
+    webhooks: list[WebhookRow] = field(default_factory=list)
+    newest_summon: EventRow | None = None
 
 
 def _event_row(row: tuple[Any, ...]) -> EventRow:
@@ -1055,6 +1061,22 @@ class PostgresStore:
         (pending,) = conn.execute(
             "SELECT count(*) FROM events WHERE node_id = %s", (node_id,)
         ).fetchone() or (0,)
+        hooks = [
+            WebhookRow(n, w, u, float(c))
+            for n, w, u, c in conn.execute(
+                f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks"
+                " WHERE node_id = %s ORDER BY created, webhook_id",
+                (node_id,),
+            ).fetchall()
+        ]
+        summon = None
+        if hooks and pending:
+            found = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE node_id = %s"
+                " AND summon ORDER BY seq DESC LIMIT 1",
+                (node_id,),
+            ).fetchone()
+            summon = None if found is None else _event_row(found)
         if self._checked:
             # The row is locked and ours at this epoch: writes in this same
             # transaction need not check it again.
@@ -1067,6 +1089,8 @@ class PostgresStore:
             pending=int(pending),
             failed_owner=failed_owner,
             unclosed=unclosed,
+            webhooks=hooks,
+            newest_summon=summon,
         )
 
     def take_over(self, limit: int = 200) -> list[Claim]:
