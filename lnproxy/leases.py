@@ -18,7 +18,7 @@ on that one thread). It:
 - claims nodes for logins (:meth:`claim`) and, on the same period, takes
   over the nodes of processes whose lease expired (:attr:`on_taken`, which
   writes their ``closed`` events and so wakes their clients);
-- at a clean stop, releases everything (:meth:`unregister`).
+- at a clean stop, ends its lease at once (:meth:`unregister`).
 
 Nothing here depends on LISTEN/NOTIFY: the periodic checks are the
 mechanism, and correctness rests on the epoch fencing in the store.
@@ -129,9 +129,10 @@ class LeaseKeeper(service.Service):
         return defer.succeed(None)
 
     def unregister(self) -> defer.Deferred[None]:
-        """Release every node and remove this process's row (a clean stop,
-        after the hub wrote its ``closed`` events): other processes claim
-        the nodes at the next login, at once."""
+        """End this process's lease now (a clean stop, after the hub wrote
+        its ``closed`` events): another process claims a node at once at
+        its next login, and the others' next take-over round gets the rest
+        and wakes the clients waiting for a summon."""
         self.nodes.clear()
         return self.executor.write(lambda s: s.unregister())
 

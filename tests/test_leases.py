@@ -151,13 +151,16 @@ class LeaseKeeperTests(SynchronousTestCase):
         self.assertEqual(rec1.lost, [node(1)])
         self.assertEqual(k1.nodes, set())
 
-    def test_unregister_releases(self) -> None:
-        """A clean stop releases the nodes: the other keeper claims them at
-        once, as new (no failed owner)."""
+    def test_unregister_hands_over(self) -> None:
+        """A clean stop ends the lease: the other keeper claims a node at
+        once at a login, and takes the rest over at its next tick."""
         k1, _, _ = self.keeper(1)
-        k2, _, _ = self.keeper(2)
+        k2, _, rec2 = self.keeper(2)
         self.successResultOf(k1.claim(node(1)))
+        self.successResultOf(k1.claim(node(2)))
+        k1.stopService()
         self.successResultOf(k1.unregister())
         claim = self.successResultOf(k2.claim(node(1)))
         self.assertTrue(claim.owned)
-        self.assertIsNone(claim.failed_owner)
+        self.successResultOf(k2.tick())
+        self.assertEqual([c.node_id for c in rec2.taken], [node(2)])

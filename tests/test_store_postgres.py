@@ -386,16 +386,20 @@ class OwnershipTests(PgCase):
         self.assertEqual(p1.owned(), {})
 
     def test_unregister_hands_nodes_over_at_once(self) -> None:
-        """A clean stop releases the nodes: another process claims them at
-        once, not as a failover (no failed owner)."""
+        """A clean stop ends the lease at once: another process claims a
+        node at its login right away, and its next take-over round gets the
+        rest (with nothing to close) and removes the stopped process."""
         p1, p2 = self.two()
         p1.claim(A)
+        p1.claim(B)
         p1.append_events([event(A, 1)])
         p1.unregister()
         c = p2.claim(A)
         self.assertTrue(c.owned)
-        self.assertIsNone(c.failed_owner)
-        self.assertEqual(c.next_seq, 2)
+        self.assertEqual((c.next_seq, c.unclosed), (2, []))
+        self.assertRaises(NodeLost, p1.append_events, [event(B, 1)])
+        rest = p2.take_over()
+        self.assertEqual([r.node_id for r in rest], [B])
         self.assertEqual(len(p2.processes()), 1)
 
     def test_claim_waits_for_the_owners_open_write(self) -> None:

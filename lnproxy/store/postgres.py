@@ -1211,13 +1211,19 @@ class PostgresStore:
             self._epochs.pop(node_id, None)
 
     def unregister(self) -> None:
-        """A clean stop: release every node this process owns and remove
-        its ``processes`` row, in one transaction. Fencing stays on (with
-        nothing owned) until :meth:`register`."""
+        """A clean stop (after this process wrote its ``closed`` events):
+        end this process's lease now. Its nodes stay owned by it, so that
+        another process claims each one at once at its next login, and the
+        others' next take-over round picks the rest up and wakes the
+        clients that wait for a summon (the row goes when the last node is
+        taken). Fencing stays on, with nothing owned."""
         me = self._registered()
         with self._write() as conn:
-            conn.execute("UPDATE nodes SET owner = NULL WHERE owner = %s", (me,))
-            conn.execute("DELETE FROM processes WHERE process_id = %s", (me,))
+            conn.execute(
+                "UPDATE processes SET expires = now() - interval '1 second'"
+                " WHERE process_id = %s",
+                (me,),
+            )
         self._epochs = {}
 
     def processes(self) -> list[tuple[str, str, bool]]:
