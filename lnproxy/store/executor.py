@@ -138,7 +138,8 @@ class DatabaseExecutor(Generic[S]):
         self._alive -= 1
         if self._alive == 0 and self._stopped is not None:
             for thread in self._threads:
-                thread.join(1.0)
+                if thread is not threading.current_thread():
+                    thread.join(1.0)
             self._stopped.callback(None)
 
     # -- queueing (reactor thread) ------------------------------------------
@@ -207,6 +208,17 @@ class DatabaseExecutor(Generic[S]):
     ) -> list[tuple[_Job[S], bool, Any]]:
         """Run one group in one transaction (writer thread)."""
         results: list[tuple[_Job[S], bool, Any]] = []
+        if len(group) == 1:
+            # Alone in its group: its own transaction, no savepoint.
+            job = group[0]
+            try:
+                with store.transaction():
+                    value = job.fn(store)
+            except Exception:
+                return [(job, False, _last())]
+            self.commits += 1
+            self.jobs += 1
+            return [(job, True, value)]
         try:
             with store.transaction():
                 for job in group:

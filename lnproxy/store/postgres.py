@@ -565,6 +565,34 @@ class PostgresStore:
         if self._checked:
             self._checked[-1].update(wanted)
 
+    def _lock_owned(
+        self, conn: psycopg.Connection[Any], node_ids: list[str]
+    ) -> dict[str, int]:
+        """Lock the nodes' rows, check this process owns them at its epoch
+        (fencing on), and return their next_seq.
+
+        :raises NodeLost: naming the nodes this process no longer owns.
+        """
+        rows = conn.execute(
+            "SELECT node_id, owner, epoch, next_seq FROM nodes"
+            " WHERE node_id = ANY(%s) ORDER BY node_id FOR NO KEY UPDATE",
+            (node_ids,),
+        ).fetchall()
+        found = {n: (owner, epoch, next_seq) for n, owner, epoch, next_seq in rows}
+        lost = []
+        for node_id in node_ids:
+            owner, epoch, _ = found.get(node_id, (None, None, 1))
+            held = self._epochs.get(node_id)
+            if held is None or owner != self._process_id or epoch != held:
+                lost.append(node_id)
+        if lost:
+            for node_id in lost:
+                self._epochs.pop(node_id, None)
+            raise NodeLost(lost)
+        if self._checked:
+            self._checked[-1].update(node_ids)
+        return {n: int(v[2]) for n, v in found.items()}
+
     # -- events -------------------------------------------------------------
 
     def next_seq(self, node_id: str) -> int:
@@ -595,42 +623,48 @@ class PostgresStore:
         node_ids = sorted({r.node_id for r in rows})
         with self._write() as conn:
             if self._process_id is None:
-                conn.cursor().executemany(
-                    "INSERT INTO nodes (node_id, next_seq) VALUES (%s, 1)"
-                    " ON CONFLICT (node_id) DO NOTHING",
-                    [(n,) for n in node_ids],
-                )
-            self._guard(conn, node_ids)
-            current = dict(
-                conn.execute(
-                    "SELECT node_id, next_seq FROM nodes WHERE node_id = ANY(%s)"
-                    " ORDER BY node_id FOR NO KEY UPDATE",
+                # Create missing node rows and lock all of them, in node
+                # order, in one statement.
+                found = conn.execute(
+                    "INSERT INTO nodes (node_id, next_seq)"
+                    " SELECT unnest(%s::text[]), 1 ON CONFLICT (node_id)"
+                    " DO UPDATE SET next_seq = nodes.next_seq"
+                    " RETURNING node_id, next_seq",
                     (node_ids,),
                 ).fetchall()
-            )
+                current = {n: int(q) for n, q in found}
+            else:
+                current = self._lock_owned(conn, node_ids)
             expected: dict[str, int] = {}
             for row in rows:
                 want = expected.get(row.node_id)
                 if want is None:
-                    want = int(current.get(row.node_id, 1))
+                    want = current.get(row.node_id, 1)
                 if row.seq != want:
                     raise StoreError(
                         f"event seq {row.seq} of node {row.node_id} is not "
                         f"its next seq {want}"
                     )
                 expected[row.node_id] = want + 1
-            cur = conn.cursor()
-            cur.executemany(
-                "UPDATE nodes SET next_seq = %s WHERE node_id = %s",
-                [(seq, node_id) for node_id, seq in expected.items()],
+            conn.execute(
+                "UPDATE nodes SET next_seq = v.seq FROM"
+                " unnest(%s::text[], %s::bigint[]) AS v(node_id, seq)"
+                " WHERE nodes.node_id = v.node_id",
+                (list(expected), list(expected.values())),
             )
-            with cur.copy(
-                f"COPY events ({_EVENT_COLUMNS}) FROM STDIN"
-            ) as copy:
-                for r in rows:
-                    copy.write_row(
-                        (r.node_id, r.seq, r.kind, r.summon, r.at, r.params)
-                    )
+            conn.execute(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT * FROM unnest("
+                "%s::text[], %s::bigint[], %s::text[], %s::boolean[],"
+                " %s::double precision[], %s::text[])",
+                (
+                    [r.node_id for r in rows],
+                    [r.seq for r in rows],
+                    [r.kind for r in rows],
+                    [r.summon for r in rows],
+                    [r.at for r in rows],
+                    [r.params for r in rows],
+                ),
+            )
 
     def events_after(self, node_id: str, after_seq: int, limit: int) -> list[EventRow]:
         """Return up to ``limit`` stored events of the node with seq >
