@@ -26,12 +26,12 @@ from zope.interface import implementer
 
 from lnproxy import keys, noise, wire
 from lnproxy.hub import Hub, HubError, Limits
+from lnproxy.lifecycle import ConnState
 from lnproxy.peer import (
     MAX_EARLY_BYTES,
     IPeerListener,
     PeerFactory,
     PeerProtocol,
-    PeerState,
 )
 from lnproxy.policy import Policy
 from lnproxy.store import Store
@@ -160,7 +160,7 @@ class HubCase(SynchronousTestCase):
         init = noise.Initiator(NODE_SECRET, PEER)
         d = self.hub.connect(NODE, PEER.hex(), "127.0.0.1", 9735, init.act1(), persist)
         link = self.links[-1]
-        self.assertEqual(link.proto.state, PeerState.ACT1_SENT)
+        self.assertEqual(link.proto.state, ConnState.ACT1_SENT)
         link.answer_act1()
         conn_id, act2 = self.successResultOf(d)
         init.read_act2(act2)
@@ -413,7 +413,7 @@ class PeerProtocolTests(SynchronousTestCase):
         for i in range(len(act2)):
             self.link.proto.dataReceived(act2[i : i + 1])
         self.assertEqual(self.listener.calls[1:], [("act2", act2)])
-        self.assertEqual(self.link.proto.state, PeerState.AWAITING_ACT3)
+        self.assertEqual(self.link.proto.state, ConnState.HANDSHAKE)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_bad_act2(self) -> None:
@@ -481,7 +481,7 @@ class PeerProtocolTests(SynchronousTestCase):
         proto.send_message(big)
         self.assertTrue(transport.aborted)
         self.assertEqual(len(transport.value()), 30 * frame)
-        self.assertIs(proto.state, PeerState.CLOSING)
+        self.assertIs(proto.state, ConnState.CLOSING)
         self.link.lose()
         self.assertEqual(
             self.listener.calls[-1],
