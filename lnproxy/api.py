@@ -28,6 +28,7 @@ from zope.interface import implementer
 from lnproxy import keys, protocol
 from lnproxy.hub import Hub, HubError, Session
 from lnproxy.protocol import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     LIMIT_EXCEEDED,
@@ -314,7 +315,7 @@ class ClientProtocol(WebSocketServerProtocol):
             return
         except Exception:
             self._log.failure("error in {method}", method=method)
-            self._answer_error(has_id, req_id, RpcError(-32603, "internal error"))
+            self._answer_error(has_id, req_id, RpcError(INTERNAL_ERROR, "internal error"))
             return
         if isinstance(result, defer.Deferred):
             result.addCallbacks(
@@ -441,7 +442,7 @@ class ClientProtocol(WebSocketServerProtocol):
             self._answer_error(has_id, req_id, RpcError(f.value.code, f.value.message))
         else:
             self._log.failure("error in {method}", failure=f, method=method)
-            self._answer_error(has_id, req_id, RpcError(-32603, "internal error"))
+            self._answer_error(has_id, req_id, RpcError(INTERNAL_ERROR, "internal error"))
 
     # -- login -------------------------------------------------------------------
 
