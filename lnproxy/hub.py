@@ -510,6 +510,44 @@ class Connection:
 
     # -- snapshots ------------------------------------------------------------
 
+    @classmethod
+    def from_snapshot(
+        cls,
+        owner: ConnectionOwner,
+        node: Node,
+        snap: ConnectionSnapshot,
+        clock: IReactorTime,
+        handshake_timeout: float,
+    ) -> Connection:
+        """Rebuild an open connection; its :attr:`protocol` is ready to be
+        attached to the TCP transport it lives on now.
+
+        :raise ValueError: when ``snap`` is not of an open connection.
+        """
+        conn = cls(
+            owner,
+            node,
+            snap.conn_id,
+            snap.peer,
+            snap.address,
+            snap.persist,
+            snap.since,
+            clock,
+            handshake_timeout,
+            state=snap.state,
+        )
+        conn.act2.callback(b"")  # the handshake is long over
+        conn.their_init = snap.their_init
+        conn.last_rx = snap.last_rx
+        conn.ping_sent_at = snap.ping_sent_at
+        conn.body_since = snap.body_since
+        conn.protocol = PeerProtocol.resume(
+            conn, clock, conn.life, noise.Transport.from_snapshot(snap.transport)
+        )
+        if snap.init_deadline is not None and snap.their_init is None:
+            conn._await_init(snap.init_deadline)
+        return conn
+
     def snapshot(self) -> ConnectionSnapshot:
         """The complete state of this open connection, as a value.
 
@@ -981,31 +1019,13 @@ class Hub(service.Service):
                 f"node has {self.limits.connections_per_node} connections "
                 "(the limit)",
             )
-        conn = Connection(
-            self,
-            node,
-            snap.conn_id,
-            snap.peer,
-            snap.address,
-            snap.persist,
-            snap.since,
-            self.clock,
-            self.limits.handshake_timeout,
-            state=_OPEN,
+        conn = Connection.from_snapshot(
+            self, node, snap, self.clock, self.limits.handshake_timeout
         )
-        conn.act2.callback(b"")  # the handshake is long over
-        conn.their_init = snap.their_init
-        conn.last_rx = snap.last_rx
-        conn.ping_sent_at = snap.ping_sent_at
-        conn.body_since = snap.body_since
-        protocol = PeerProtocol.resume(
-            conn, self.clock, conn.life, noise.Transport.from_snapshot(snap.transport)
-        )
-        conn.protocol = protocol
+        protocol = conn.protocol
+        assert protocol is not None
         self._register(conn)
         self._open[conn.conn_id] = conn
-        if snap.init_deadline is not None and snap.their_init is None:
-            conn._await_init(snap.init_deadline)
         self.journal.stage_connection(conn.row())
         return protocol
 

@@ -181,12 +181,6 @@ class Journal:
             for fn in observers:
                 fn(row, online)
 
-    def stop(self) -> None:
-        """Cancel a scheduled commit (what is pending stays pending)."""
-        call, self._flush_call = self._flush_call, None
-        if call is not None and call.active():
-            call.cancel()
-
 
 def event_text(row: EventRow) -> str:
     """The notification of a stored event (JSON text)."""
