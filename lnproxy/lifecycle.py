@@ -42,8 +42,13 @@ __all__ = [
 ]
 
 
-class ConnState(enum.Enum):
-    """Where a peer connection is in its life (values are for messages)."""
+class ConnState(enum.StrEnum):
+    """Where a peer connection is in its life.
+
+    A ``str`` enum: a state equals its value (``ConnState.CLOSED ==
+    "closed"``), so code that compared the hub's old bare strings still
+    works; new code compares members with ``is``.
+    """
 
     #: ``connect`` was asked; TCP is being opened.
     CONNECTING = "connecting"
