@@ -215,8 +215,11 @@ class HealthProbe:
 class Deployment(service.Service):
     """The database side of one process of a deployment on PostgreSQL.
 
+    The executor and the lease keeper exist from construction (the hub is
+    built with them); :meth:`prepare` connects and registers, at start.
+
     :param reactor: the reactor (time and ``callFromThread``).
-    :param store: the opened writer store (fencing once registered).
+    :param store: the opened writer store (suspended is fine).
     :param public_url: ``--public-url``.
     :param lease_timeout: ``--lease-timeout``.
     :param readers: reader threads (each with its own connection).
@@ -236,33 +239,34 @@ class Deployment(service.Service):
         self.lease_timeout = lease_timeout
         self._reader_count = readers
         self._readers: list[PostgresStore] = []
-        self.executor: DatabaseExecutor[PostgresStore] | None = None
-        self.keeper: LeaseKeeper | None = None
-        self.probe: HealthProbe | None = None
+        from_threads: IReactorFromThreads = reactor
+        self.executor: DatabaseExecutor[PostgresStore] = DatabaseExecutor(
+            from_threads, store
+        )
         #: Set before start: called with nodes lost / claims taken over.
         self.on_lost: Callable[[Sequence[str]], None] = lambda ids: None
         self.on_taken: Callable[[list[Claim]], None] = lambda claims: None
-
-    def prepare(self) -> None:
-        """Connect the readers, build the executor, keeper and probe, and
-        register this process (synchronously: at start-up, before any
-        client is accepted).
-
-        :raises DBError: if the database cannot be reached.
-        """
-        self.store.resume()
-        self._readers = [self.store.clone() for _ in range(self._reader_count)]
-        reactor: IReactorFromThreads = self.reactor
-        self.executor = DatabaseExecutor(reactor, self.store, self._readers)
         self.keeper = LeaseKeeper(
             self.executor,
-            self.reactor,
-            self.public_url,
-            self.lease_timeout,
+            reactor,
+            public_url,
+            lease_timeout,
             lambda ids: self.on_lost(ids),
             lambda claims: self.on_taken(claims),
         )
-        self.probe = HealthProbe(self.executor, self.reactor)
+        self.probe = HealthProbe(self.executor, reactor)
+
+    def prepare(self) -> None:
+        """Connect (writer and readers) and register this process,
+        synchronously: at start-up, before any client is accepted.
+
+        :raises StoreError: if the database cannot be reached.
+        """
+        self.store.resume()
+        self._readers = [self.store.clone() for _ in range(self._reader_count)]
+        for reader in self._readers:
+            reader.resume()
+        self.executor.set_readers(self._readers)
         self.keeper.register_now(self.store)
         _log.info(
             "registered as process {pid} at {url} (lease {timeout} s)",
@@ -274,18 +278,11 @@ class Deployment(service.Service):
     @property
     def healthy(self) -> bool:
         """The database answers writable and the lease is held."""
-        return bool(
-            self.probe is not None
-            and self.probe.ok
-            and self.keeper is not None
-            and self.keeper.valid
-        )
+        return self.probe.ok and self.keeper.valid
 
     def startService(self) -> None:
         """Start the threads, the renewals and the probe."""
         super().startService()
-        assert self.executor is not None and self.keeper is not None
-        assert self.probe is not None
         self.executor.start()
         self.keeper.startService()
         self.probe.start()
@@ -295,15 +292,13 @@ class Deployment(service.Service):
         """After the hub stopped: end the lease, finish queued work, close
         every connection."""
         try:
-            if self.probe is not None:
-                self.probe.stop()
-            if self.keeper is not None:
-                yield self.keeper.stopService()
+            self.probe.stop()
+            yield self.keeper.stopService()
+            if self.executor._running:
                 try:
                     yield self.keeper.unregister()
                 except Exception as e:
                     _log.warn("could not end the lease at stop: {e}", e=str(e))
-            if self.executor is not None:
                 yield self.executor.stop()
         finally:
             for reader in self._readers:

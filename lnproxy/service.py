@@ -12,12 +12,20 @@ Shutdown order matters and ``MultiService`` does not wait between children,
 so :class:`ProxyService` sequences it: stop accepting clients, let the hub
 record ``proxy stopped`` for every peer connection and close them, then
 close the store.
+
+With ``--database postgresql://...`` (docs/protocol.md, "Running several
+processes (scale-out)") the store is a
+:class:`~lnproxy.store.postgres.PostgresStore` behind a
+:class:`~lnproxy.scaleout.Deployment` (database threads, lease keeper,
+health probe); the hub and the notifier see a
+:class:`~lnproxy.scaleout.ReactorStore` and never wait on the network.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -33,13 +41,15 @@ from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
-from lnproxy import keys
+from lnproxy import keys, protocol
 from lnproxy.api import ClientFactory
 from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
 from lnproxy.policy import Policy
-from lnproxy.store import Store, StoreError
+from lnproxy.scaleout import Deployment, ReactorStore
+from lnproxy.store import IStore, Store, StoreError, datadir
+from lnproxy.store.postgres import PostgresStore
 from lnproxy.webhook import Notifier, Resolver, build_http_client, thread_resolver
 
 __all__ = [
@@ -114,9 +124,17 @@ class ProxyService(service.MultiService):
 
     _log = Logger()
 
-    def __init__(self, store: Store, hub: Hub, factory: ClientFactory) -> None:
+    def __init__(
+        self,
+        store: IStore,
+        hub: Hub,
+        factory: ClientFactory,
+        deployment: Deployment | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
+        #: The PostgreSQL side (None with SQLite).
+        self.deployment = deployment
         self.hub = hub
         self.factory = factory
         self.listeners: list[StreamServerEndpointService] = []
@@ -132,7 +150,14 @@ class ProxyService(service.MultiService):
         """
         if not self.running:
             return False, "stopping"
-        if not self.store.writable():
+        if self.deployment is not None:
+            if not self.deployment.probe.ok:
+                return False, "database is unreachable or not writable"
+            if not self.deployment.keeper.valid:
+                return False, "lease lapsed: this process serves no nodes"
+            if self.hub.journal.failures:
+                return False, "commits are failing (retrying)"
+        elif not self.store.writable():
             return False, "store is not writable"
         down = sum(1 for listener in self.listeners if not listening(listener))
         if down:
@@ -143,7 +168,14 @@ class ProxyService(service.MultiService):
         """Reopen the database, then start the hub before any listener
         accepts a client."""
         # After twistd's daemonizing fork, if any: see Store.suspend.
-        self.store.resume()
+        if self.deployment is not None:
+            try:
+                self.deployment.prepare()
+            except StoreError as e:
+                raise SystemExit(f"lnproxy: {e}") from None
+            self.deployment.startService()
+        else:
+            self.store.resume()
         self.hub.startService()
         super().startService()
         self._log.info(
@@ -157,7 +189,10 @@ class ProxyService(service.MultiService):
         try:
             yield self.hub.stopService()
         finally:
-            self.store.close()
+            if self.deployment is not None:
+                yield self.deployment.shutdown()
+            else:
+                self.store.close()
         self._log.info("lnproxy stopped; every stored event is kept")
 
 
@@ -178,20 +213,69 @@ def build_service(
     :raise SystemExit: with a clear message when the data dir cannot be used
         (locked by another process, unreadable key, unknown schema).
     """
+    database = config.get("database") or "sqlite"
+    key_path = config.get("server-key")
+    deployment: Deployment | None = None
+    store: IStore
     try:
-        store = Store.open(config["data-dir"])
+        if database == "sqlite":
+            store = Store.open(config["data-dir"], key_path=key_path)
+        else:
+            data_dir = config["data-dir"]
+            pg = PostgresStore.open(
+                database,
+                key_path=key_path or datadir.default_key_path(
+                    os.path.abspath(data_dir)
+                ),
+                data_dir=data_dir,
+            )
     except StoreError as e:
         raise SystemExit(f"lnproxy: {e}") from None
     limits = limits_from_config(config)
+    if database != "sqlite":
+        deployment = Deployment(
+            reactor, pg, config["public-url"], config.get("lease-timeout", 15.0)
+        )
+        hub_ref: list[Hub] = []
+
+        def pending(node_id: str) -> int:
+            node = hub_ref[0].nodes.get(node_id)
+            return 0 if node is None else node.pending
+
+        def healthy() -> bool:
+            assert deployment is not None
+            return deployment.healthy
+
+        reactor_store = ReactorStore(
+            deployment.executor,
+            pg.server_secret,
+            pending,
+            healthy,
+            lambda ids: hub_ref[0]._lost(ids),
+        )
+        # Only what the reactor thread may ask (see ReactorStore).
+        store = cast(IStore, reactor_store)
     hub = Hub(
         store,
         reactor,
         tcp_connector(reactor),
         policy=Policy(config["policy"]),
         limits=limits,
+        executor=deployment.executor if deployment is not None else None,
     )
+    features: list[str] = []
+    if deployment is not None:
+        hub_ref.append(hub)
+        hub.leases = deployment.keeper
+        deployment.on_lost = hub.drop_nodes
+        deployment.on_taken = hub.adopt_claims
+        hub.on_claimed.append(reactor_store.load)
+        hub.on_dropped.append(reactor_store.forget)
+        features.append(protocol.FEATURE_REDIRECT)
     server_id = keys.public_key(store.server_secret)
     notifier = _build_notifier(reactor, config, hub, store, resolver)
+    if deployment is not None:
+        hub.on_wake.append(lambda row: notifier.event_stored(row, online=False))
     factory = ClientFactory(
         hub,
         server_id,
@@ -200,8 +284,9 @@ def build_service(
         login_timeout=config["login-timeout"],
         request_rate=config.get("max-requests-per-second", 5000.0),
         request_burst=2 * config.get("max-requests-per-second", 5000.0),
+        features=features,
     )
-    root = ProxyService(store, hub, factory)
+    root = ProxyService(store, hub, factory, deployment)
     root.notifier = notifier
     notifier.setServiceParent(root)
     for description in config["listen"]:
@@ -224,7 +309,10 @@ def build_service(
         root.metrics_listener.setServiceParent(root)
     # The database was checked (and upgraded) by Store.open; it is reopened
     # in startService, in the process that runs (twistd may fork between).
-    store.suspend()
+    if deployment is not None:
+        deployment.store.suspend()
+    else:
+        store.suspend()
     return root
 
 
@@ -232,7 +320,7 @@ def _build_notifier(
     reactor: Any,
     config: Mapping[str, Any],
     hub: Hub,
-    store: Store,
+    store: IStore,
     resolver: Resolver | None,
 ) -> Notifier:
     """The webhook notifier with its own pooled, SSRF-guarded HTTP client."""

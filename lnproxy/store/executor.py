@@ -99,6 +99,13 @@ class DatabaseExecutor(Generic[S]):
 
     # -- lifecycle ----------------------------------------------------------
 
+    def set_readers(self, readers: Sequence[S]) -> None:
+        """Give the reader threads their stores (before :meth:`start`)."""
+        if self._running:
+            raise RuntimeError("set_readers after start")
+        self.readers = list(readers)
+        self._reads = queue.SimpleQueue() if self.readers else self._writes
+
     def start(self) -> None:
         """Start the threads (idempotent)."""
         if self._running:
