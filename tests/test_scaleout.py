@@ -1,0 +1,298 @@
+"""Several lnproxy processes on one PostgreSQL database (docs/protocol.md,
+"Running several processes (scale-out)").
+
+Real ``twistd -n lnproxy`` children on one throwaway database (see
+tests/pg.py), a WebSocket client, a local Lightning peer and a loopback
+webhook receiver in the test process: redirects (code 9) and both devices
+of a node at the owner, events replayed at another process once ownership
+moved, ``kill -9`` of an owner (closed events ``proxy failed`` and a signed
+webhook within the lease timeout plus a few seconds, no event missing or
+duplicated), SIGTERM handing nodes over at once, and bad start-ups (the
+database down, a wrong URL, a newer schema). Lease timeouts are 2 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import psycopg
+from twisted.internet import defer, reactor, task
+from twisted.web.server import Site
+
+from lnproxy import keys
+from lnproxy.store import KEY_FILE
+
+from .harness import ProxyTestCase, RpcFailed, eventually, free_port
+from .pg import new_database
+from .test_service_twistd import CHILD_TIMEOUT, REPO_ROOT, TWISTD, Twistd
+from .test_webhook_e2e import Receiver
+
+#: Lease timeout of the children (seconds).
+LEASE = 2.0
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class Child:
+    """One ``twistd`` child of the deployment."""
+
+    def __init__(self, proto: Twistd, transport: Any, port: int) -> None:
+        self.proto = proto
+        self.transport = transport
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        """Its ``--public-url``."""
+        return f"ws://127.0.0.1:{self.port}"
+
+
+class ScaleOutCase(ProxyTestCase):
+    """A database, a shared server key, and twistd children on it."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.db = new_database()
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        self.work = work
+        self.key_path = os.path.join(work, KEY_FILE)
+
+    def spawn(self, *extra: str, database: str | None = None) -> Child:
+        """Start ``twistd -n lnproxy`` on the database with its own data
+        dir, the shared key and a 2 s lease."""
+        proto = Twistd()
+        port = free_port()
+        data_dir = os.path.join(self.work, f"data-{port}")
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        args = [
+            sys.executable,
+            "-c",
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "lnproxy",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            data_dir,
+            "--database",
+            database or self.db,
+            "--public-url",
+            f"ws://127.0.0.1:{port}",
+            "--lease-timeout",
+            str(LEASE),
+            "--server-key",
+            self.key_path,
+            "--webhook-allow-private",
+            *extra,
+        ]
+        transport = reactor.spawnProcess(
+            proto, sys.executable, args, env=env, path=self.work
+        )
+        self.addCleanup(self._reap, proto, transport)
+        return Child(proto, transport, port)
+
+    def _reap(self, proto: Twistd, transport: Any) -> defer.Deferred[Any] | None:
+        if proto.ended.called:
+            return None
+        transport.signalProcess("KILL")
+        return proto.ended
+
+    @defer.inlineCallbacks
+    def started(self, *children: Child) -> Any:
+        """Wait until every child serves."""
+        for child in children:
+            proto = child.proto
+            yield eventually(
+                lambda p=proto: "lnproxy started" in p.text or p.ended.called,
+                timeout=CHILD_TIMEOUT,
+                interval=0.05,
+            )
+            self.assertIn("lnproxy started", proto.text, proto.text)
+
+    @defer.inlineCallbacks
+    def ended(self, child: Child) -> Any:
+        """Wait for a child to exit."""
+        yield child.proto.ended.addTimeout(CHILD_TIMEOUT, reactor)
+
+    def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        """One statement on the deployment's database."""
+        with psycopg.connect(self.db, autocommit=True) as conn:
+            cur = conn.execute(query, args or None)
+            return cur.fetchall() if cur.description else []
+
+    def receiver(self) -> tuple[Receiver, int]:
+        """A loopback webhook receiver."""
+        rx = Receiver()
+        port = reactor.listenTCP(0, Site(rx), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return rx, port.getHost().port
+
+
+class RedirectTests(ScaleOutCase):
+    """Login at the owner or elsewhere."""
+
+    @defer.inlineCallbacks
+    def test_redirect_and_devices_at_the_owner(self) -> Any:
+        """Both processes present the same server_id and announce
+        ``redirect``. The first login claims the node; a second device
+        logging in at the other process gets code 9 with the owner's URL,
+        its session stays open but not logged in; logged in at the owner,
+        both devices get the same events."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        first = yield self.logged_in(secret, port=p1.port)
+        self.assertIn("redirect", first.hello_params["features"])
+        other = yield self.ws(port=p2.port)
+        hello = yield other.hello
+        self.assertEqual(hello["server_id"], first.hello_params["server_id"])
+        err = yield self.expect_error(other.login(secret), 9)
+        self.assertIsInstance(err, RpcFailed)
+        reply = [f for f in other.frames if "error" in f][-1]
+        self.assertEqual(reply["error"]["data"], {"url": p1.url})
+        not_logged = yield self.expect_error(other.call("connections"), 1)
+        self.assertIn("not logged in", not_logged.message)
+        second = yield self.logged_in(secret, port=p1.port)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield first.open_peer(peer, peer_port)
+        yield eventually(lambda: len(first.events) == 1 and len(second.events) == 1)
+        self.assertEqual(first.events, second.events)
+        self.assertEqual(first.events[0]["params"]["seq"], 1)
+        listed = yield second.call("connections")
+        self.assertEqual([c["conn"] for c in listed["connections"]], [conn])
+
+
+class HandOverTests(ScaleOutCase):
+    """Ownership moves: SIGTERM at once, kill -9 within the lease."""
+
+    @defer.inlineCallbacks
+    def test_sigterm_hands_over_at_once(self) -> Any:
+        """SIGTERM: the owner writes ``proxy stopped`` for its connections
+        and ends its lease; a login at the other process succeeds at once
+        (no redirect, no waiting for the lease) and replays every event
+        stored through the first one, seqs 1.. without a gap."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret, port=p1.port)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield client.open_peer(peer, peer_port, persist=True)
+        yield eventually(lambda: len(client.events) == 1)
+        os.kill(p1.transport.pid, signal.SIGTERM)
+        yield self.ended(p1)
+        stopped = time.monotonic()
+        again = yield self.logged_in(secret, port=p2.port)
+        self.assertLess(time.monotonic() - stopped, LEASE)
+        self.assertEqual(again.login_result["inbox"], {"next_seq": 3, "pending": 2})
+        yield eventually(lambda: len(again.events) == 2)
+        self.assertEqual([e["params"]["seq"] for e in again.events], [1, 2])
+        closed = again.events[1]["params"]
+        self.assertEqual(
+            (closed["conn"], closed["reason"], closed["reconnect"]),
+            (conn, "proxy stopped", True),
+        )
+
+    @defer.inlineCallbacks
+    def test_kill9_failover(self) -> Any:
+        """kill -9 of the owner: within the lease timeout plus a few
+        seconds the survivor writes ``closed`` (``proxy failed``,
+        reconnect = persist) for every connection the dead one held and
+        calls the node's webhook once, signed with the deployment's
+        server_id; the client logs in there, gets every committed event
+        exactly once (seqs 1..n), re-handshakes its persist peer."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        rx, rx_port = self.receiver()
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret, port=p1.port)
+        rx.server_id = bytes.fromhex(client.hello_params["server_id"])
+        yield client.call("webhook.set", url=f"http://127.0.0.1:{rx_port}/hook")
+        peer, peer_port = self.local_peer()
+        keep, _ = yield client.open_peer(peer, peer_port, persist=True)
+        plain, _ = yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 2)
+        for p in list(peer.connections):
+            p.send(bytes.fromhex("0080") + b"channel update")
+        yield eventually(lambda: len(client.events) == 4)
+        client.dropConnection(abort=True)
+        yield client.closed
+        os.kill(p1.transport.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        yield self.ended(p1)
+        yield eventually(lambda: len(rx.calls) >= 1, timeout=LEASE + 8)
+        took = time.monotonic() - killed
+        self.assertLess(took, LEASE + 5)
+        print(f"failover: webhook {took:.2f} s after kill -9 (lease {LEASE} s)")
+        call = rx.calls[0]
+        self.assertEqual(rx.bad_signatures, 0)
+        self.assertEqual(call.json()["reason"], "reconnect")
+        again = yield self.logged_in(secret, port=p2.port)
+        self.assertEqual(again.login_result["inbox"]["next_seq"], 7)
+        yield eventually(lambda: len(again.events) == 6)
+        seqs = [e["params"]["seq"] for e in again.events]
+        self.assertEqual(seqs, [1, 2, 3, 4, 5, 6])
+        closed = {
+            e["params"]["conn"]: (e["params"]["reason"], e["params"]["reconnect"])
+            for e in again.events
+            if e["method"] == "closed"
+        }
+        self.assertEqual(
+            closed, {keep: ("proxy failed", True), plain: ("proxy failed", False)}
+        )
+        # Only one process took the node over: one webhook call, also after
+        # another lease period of the survivor's take-over checks.
+        yield task.deferLater(reactor, LEASE, lambda: None)
+        self.assertEqual(len(rx.calls), 1)
+        again_conn, _ = yield again.open_peer(peer, peer_port, persist=True)
+        self.assertNotIn(again_conn, closed)
+
+
+class BadStartTests(ScaleOutCase):
+    """A process that cannot use its database refuses to start."""
+
+    @defer.inlineCallbacks
+    def check_refused(self, database: str, message: str) -> Any:
+        """twistd exits non-zero at once, saying ``message``, never the
+        password."""
+        child = self.spawn(database=database)
+        yield self.ended(child)
+        self.assertNotEqual(child.proto.reason.value.exitCode, 0, child.proto.text)
+        self.assertIn(message, child.proto.text)
+        self.assertNotIn("sekrit", child.proto.text)
+        self.assertNotIn("Traceback", child.proto.text)
+        print(child.proto.text.strip().splitlines()[-1])
+
+    def test_database_down(self) -> Any:
+        """Nothing listens at the database's address."""
+        return self.check_refused(
+            f"postgresql://u:sekrit@127.0.0.1:{closed_port()}/lnproxy",
+            "cannot connect to the database",
+        )
+
+    def test_wrong_url(self) -> Any:
+        """A database that does not exist on the server."""
+        return self.check_refused(
+            self.db.rsplit("/", 1)[0] + "/no_such_database", "no_such_database"
+        )
+
+    def test_newer_schema(self) -> Any:
+        """A database whose schema is newer than this code."""
+        from lnproxy.store.postgres import PostgresStore
+
+        PostgresStore.open(self.db, key_path=self.key_path).close()
+        self.sql("UPDATE version SET version = 99")
+        return self.check_refused(self.db, "schema version 99")
