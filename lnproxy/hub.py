@@ -1017,10 +1017,10 @@ class Hub(service.Service):
             self.journal.record_close(row.conn_id, seq, row.node_id)
         if claim.unclosed:
             self._log.info(
-                "took node {node} over from process {owner}: {count} "
-                "connections closed",
+                "now serving node {node} (previous owner: {owner}): {count} "
+                "connections it left open closed ('proxy failed')",
                 node=claim.node_id,
-                owner=claim.failed_owner,
+                owner=claim.failed_owner or "this process, before its lease lapsed",
                 count=len(claim.unclosed),
             )
             self.flush()
@@ -1058,7 +1058,8 @@ class Hub(service.Service):
                 if protocol is not None and protocol.transport is not None:
                     protocol.transport.abortConnection()  # type: ignore[attr-defined]
         self._log.warn(
-            "stopped serving {count} nodes taken over by another process",
+            "stopped serving {count} nodes (lease lapsed, or another process "
+            "took them over)",
             count=len(dropped),
         )
         for fn in self.on_dropped:

@@ -86,6 +86,7 @@ class TemporaryPostgres:
         self._user: pwd.struct_passwd | None = None
         self.url: str | None = os.environ.get(ENV_URL) or None
         self._external = self.url is not None
+        self._options = ""
 
     def _cmd(self, argv: Sequence[str], timeout: float = 60.0) -> None:
         user = self._user
@@ -146,6 +147,7 @@ class TemporaryPostgres:
             f"-c synchronous_commit={'on' if self._fsync else 'off'} "
             "-c full_page_writes=off -c max_connections=200"
         )
+        self._options = options
         self._cmd(
             [
                 os.path.join(bindir, "pg_ctl"),
@@ -188,6 +190,27 @@ class TemporaryPostgres:
         assert self.url is not None
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def halt(self) -> None:
+        """Stop the private server at once (as a crash would), keeping its
+        files; :meth:`restart` brings it back on the same port."""
+        assert self._dir is not None and self._bindir is not None
+        data = os.path.join(self._dir, "data")
+        self._cmd(
+            [os.path.join(self._bindir, "pg_ctl"), "-D", data, "-m", "immediate",
+             "-w", "stop"],
+            timeout=60,
+        )
+
+    def restart(self) -> None:
+        """Start the server :meth:`halt` stopped, on the same port."""
+        assert self._dir is not None and self._bindir is not None
+        data = os.path.join(self._dir, "data")
+        self._cmd(
+            [os.path.join(self._bindir, "pg_ctl"), "-D", data, "-o", self._options,
+             "-l", os.path.join(self._dir, "log"), "-w", "-t", "60", "start"],
+            timeout=90,
+        )
 
     def stop(self) -> None:
         """Stop the private cluster and delete its files (no-op if external)."""

@@ -22,13 +22,15 @@ from typing import Any
 
 import psycopg
 from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import SkipTest
 from twisted.web.server import Site
 
 from lnproxy import keys
 from lnproxy.store import KEY_FILE
+from lnproxy.testing_postgres import PostgresUnavailable, TemporaryPostgres
 
 from .harness import ProxyTestCase, RpcFailed, eventually, free_port
-from .pg import new_database
+from .pg import new_database, shared_postgres
 from .test_service_twistd import CHILD_TIMEOUT, REPO_ROOT, TWISTD, Twistd
 from .test_webhook_e2e import Receiver
 
@@ -296,3 +298,80 @@ class BadStartTests(ScaleOutCase):
         PostgresStore.open(self.db, key_path=self.key_path).close()
         self.sql("UPDATE version SET version = 99")
         return self.check_refused(self.db, "schema version 99")
+
+
+class DatabaseOutageTests(ProxyTestCase):
+    """The database goes away under a running process (its own throwaway
+    server, which this test stops and starts again)."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        # fsync on: an immediate stop is a crash, and what was committed
+        # must still be there after it.
+        self.pg = TemporaryPostgres(fsync=True)
+        try:
+            self.pg.start()
+        except PostgresUnavailable as e:
+            shared_postgres()  # skips (or fails under CI) the same way
+            raise AssertionError(str(e)) from e
+        self.addCleanup(self.pg.stop)
+        if self.pg._external:
+            raise SkipTest("needs a private server it can stop (not an external one)")
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        self.work = work
+
+    @defer.inlineCallbacks
+    def test_outage_shorter_then_longer_than_the_lease(self) -> Any:
+        """Down for less than the lease: health goes red, a peer's message
+        is not offered while its commit fails, and is delivered (next seq)
+        once the database is back. Down for longer than the lease: the
+        process stops serving the node at once (session and peer link
+        closed); when the database is back the client logs in again and
+        gets every event, the connection's ``closed`` (``proxy failed``)
+        last."""
+        url = self.pg.create_database()
+        svc = self.start_proxy(
+            "--database",
+            url,
+            "--public-url",
+            "ws://127.0.0.1:1",
+            "--lease-timeout",
+            "6",
+            "--server-key",
+            os.path.join(self.work, KEY_FILE),
+            data_dir=os.path.join(self.work, "data"),
+        )
+        yield eventually(lambda: svc.health()[0], timeout=10)
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 1)
+        (link,) = list(peer.connections)
+
+        self.pg.halt()
+        link.send(bytes.fromhex("0080") + b"during the outage")
+        yield eventually(lambda: not svc.health()[0], timeout=5)
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual(len(client.events), 1, "offered before it was committed")
+        self.pg.restart()
+        yield eventually(lambda: len(client.events) == 2, timeout=10)
+        self.assertEqual(client.events[1]["params"]["seq"], 2)
+        yield eventually(lambda: svc.health()[0], timeout=10)
+
+        self.pg.halt()
+        # The local deadline passes: the node is given up at once.
+        yield client.closed.addTimeout(15, reactor)
+        yield eventually(lambda: not peer.connections, timeout=5)
+        self.pg.restart()
+        yield eventually(lambda: svc.health()[0], timeout=15)
+        again = yield self.logged_in(secret)
+        yield eventually(lambda: len(again.events) == 3, timeout=10)
+        self.assertEqual([e["params"]["seq"] for e in again.events], [1, 2, 3])
+        closed = again.events[2]["params"]
+        self.assertEqual(
+            (again.events[2]["method"], closed["conn"], closed["reason"]),
+            ("closed", conn, "proxy failed"),
+        )
