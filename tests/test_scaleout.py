@@ -162,6 +162,9 @@ class RedirectTests(ScaleOutCase):
         other = yield self.ws(port=p2.port)
         hello = yield other.hello
         self.assertEqual(hello["server_id"], first.hello_params["server_id"])
+        with open(self.key_path) as f:
+            shared = keys.public_key(bytes.fromhex(f.read().strip()))
+        self.assertEqual(hello["server_id"], shared.hex())
         err = yield self.expect_error(other.login(secret), 9)
         self.assertIsInstance(err, RpcFailed)
         reply = [f for f in other.frames if "error" in f][-1]
