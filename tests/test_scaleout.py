@@ -341,7 +341,7 @@ class DatabaseOutageTests(ProxyTestCase):
             "--public-url",
             "ws://127.0.0.1:1",
             "--lease-timeout",
-            "6",
+            "8",
             "--server-key",
             os.path.join(self.work, KEY_FILE),
             data_dir=os.path.join(self.work, "data"),
@@ -366,7 +366,7 @@ class DatabaseOutageTests(ProxyTestCase):
 
         self.pg.halt()
         # The local deadline passes: the node is given up at once.
-        yield client.closed.addTimeout(15, reactor)
+        yield client.closed.addTimeout(20, reactor)
         yield eventually(lambda: not peer.connections, timeout=5)
         self.pg.restart()
         yield eventually(lambda: svc.health()[0], timeout=15)
