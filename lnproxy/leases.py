@@ -242,6 +242,16 @@ class LeaseKeeper(service.Service):
                 LeaseLapsed("this process's lease has lapsed; try again shortly")
             )
 
+        me = self.executor.writer.process_id or ""
+
+        def check(url: str | None) -> Claim | defer.Deferred[Claim]:
+            if url is not None:
+                # Served by a live process: redirect without writing.
+                return Claim(node_id, owned=False, url=url)
+            return self.executor.write(lambda s: s.claim(node_id)).addCallback(
+                claimed
+            )
+
         def claimed(claim: Claim) -> Claim:
             if claim.owned:
                 if not self.valid:
@@ -252,7 +262,9 @@ class LeaseKeeper(service.Service):
                 self.nodes.add(node_id)
             return claim
 
-        return self.executor.write(lambda s: s.claim(node_id)).addCallback(claimed)
+        return self.executor.read(
+            lambda s: s.other_live_owner(node_id, me)
+        ).addCallback(check)
 
     def release(self, node_ids: Sequence[str]) -> defer.Deferred[None]:
         """Give nodes up (no owner) so that any process claims them next."""

@@ -1205,6 +1205,24 @@ class PostgresStore:
             )
         return [r[0] for r in rows]
 
+    def other_live_owner(self, node_id: str, me: str) -> str | None:
+        """The public URL of the node's owner if it is a live process other
+        than ``me``, else None; reads only (a reader connection may ask:
+        a login for a node served elsewhere is redirected without a write
+        transaction)."""
+        with self._errors():
+            row = (
+                self._db()
+                .execute(
+                    "SELECT p.public_url FROM nodes n JOIN processes p ON"
+                    " p.process_id = n.owner WHERE n.node_id = %s"
+                    " AND n.owner <> %s AND p.expires > now()",
+                    (node_id, me),
+                )
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
+
     def owner_url(self, node_id: str) -> str | None:
         """The public URL of the node's live owner, or None."""
         with self._errors():
