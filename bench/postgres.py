@@ -557,7 +557,7 @@ def section_failover(
             setup = time.perf_counter() - t
             with psycopg.connect(url, autocommit=True) as conn:
                 (opened,) = conn.execute(
-                    "SELECT count(*) FROM connections WHERE state = 'open'"
+                    "SELECT count(*) FROM connections WHERE state <> 'closed'"
                 ).fetchone()
             for c in clients:
                 c.dropConnection(abort=True)
