@@ -377,6 +377,7 @@ class ProxySession:
         self._calls.clear()
         if self._hello_future is not None and not self._hello_future.done():
             self._hello_future.set_exception(ConnectionError(reason))
+            self._hello_future.exception()  # whoever waits gets it; no warning
         for t in list(self._transports.values()):
             t._detach(reason)
         self._outgoing.put_nowait(None)
