@@ -222,6 +222,12 @@ class ProxySession:
         for t in list(self._transports.values()):
             t._detach("the session with the proxy was closed")
         self._outgoing.put_nowait(None)
+        if len(self._tasks) == 2 and not self.closed.is_set():
+            # Let the frames already queued (acks, sends) go out first.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._tasks[1]), 5)
+            except (asyncio.TimeoutError, Exception):
+                pass
         if self._ws is not None and not self._ws.closed:
             try:
                 await asyncio.wait_for(self._ws.close(), 5)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -223,7 +224,8 @@ class ScriptedPeer(Peer):  # type: ignore[misc]
     def process_message(self, message: bytes) -> None:
         """Report, then let Electrum process it."""
         msg_type = int.from_bytes(message[:2], "big")
-        emit("recv", type=msg_type, size=len(message))
+        extra = {"hex": message.hex()} if len(message) <= 1024 else {}
+        emit("recv", type=msg_type, size=len(message), **extra)
         if msg_type == 263 and self.lnworker.answer_queries:
             self.send_message(
                 "reply_channel_range",
@@ -437,6 +439,10 @@ def main(argv: list[str] | None = None) -> None:
         help="a JSON command to run at start (repeatable)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    # Electrum's own log (disconnect reasons, ...) on stderr.
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+    )
     try:
         asyncio.run(amain(args))
     except KeyboardInterrupt:
