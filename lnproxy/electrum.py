@@ -226,12 +226,12 @@ class ProxySession:
             # Let the frames already queued (acks, sends) go out first.
             try:
                 await asyncio.wait_for(asyncio.shield(self._tasks[1]), 5)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 pass
         if self._ws is not None and not self._ws.closed:
             try:
                 await asyncio.wait_for(self._ws.close(), 5)
-            except (asyncio.TimeoutError, OSError):
+            except (TimeoutError, OSError):
                 pass
         for task in self._tasks:
             task.cancel()
@@ -285,12 +285,16 @@ class ProxySession:
 
     # -- transports --------------------------------------------------------------
 
-    def transport(self, peer_addr: LNPeerAddr, *, persist: bool = False) -> ProxyTransport:
+    def transport(
+        self, peer_addr: LNPeerAddr, *, persist: bool = False
+    ) -> ProxyTransport:
         """A transport for a new connection to ``peer_addr`` (Electrum's
         ``Peer`` runs the handshake through it)."""
         return ProxyTransport(self, peer_addr, persist=persist)
 
-    def resume(self, conn: str, connection: dict[str, Any] | None = None) -> ProxyTransport:
+    def resume(
+        self, conn: str, connection: dict[str, Any] | None = None
+    ) -> ProxyTransport:
         """A transport on connection ``conn``, which the proxy kept open.
 
         :param connection: its connection object (default: from the login
@@ -369,7 +373,7 @@ class ProxySession:
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     continue
                 self._dispatch(json.loads(frame.data))
-        except (ConnectionError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, ConnectionError, ValueError) as e:
             reason = f"the WebSocket failed: {e}"
         self._lost(reason)
 
@@ -396,7 +400,9 @@ class ProxySession:
             if "error" in obj:
                 err = obj["error"]
                 fut.set_exception(
-                    ProxyError(err.get("code", 0), err.get("message", ""), err.get("data"))
+                    ProxyError(
+                        err.get("code", 0), err.get("message", ""), err.get("data")
+                    )
                 )
             else:
                 fut.set_result(obj["result"])
@@ -428,7 +434,7 @@ def _log_failure(what: str) -> Any:
     return done
 
 
-class ProxyTransport(LNTransport):  # type: ignore[misc]
+class ProxyTransport(LNTransport):
     """Electrum's ``LNTransport`` interface over an lnproxy session.
 
     Made by :meth:`ProxySession.transport` (a new connection; Electrum's
@@ -561,7 +567,11 @@ class ProxyTransport(LNTransport):  # type: ignore[misc]
         if self._closing:
             return
         self._closing = True
-        if not self._ended and self.conn is not None and not self.session.closed.is_set():
+        if (
+            not self._ended
+            and self.conn is not None
+            and not self.session.closed.is_set()
+        ):
             fut = self.session.call_nowait("disconnect", conn=self.conn)
             fut.add_done_callback(_log_failure("disconnect"))
         self._push(None, "closed", "closed by Electrum")

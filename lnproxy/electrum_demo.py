@@ -105,7 +105,9 @@ class ElectrumNode(ProcessProtocol):
         self.events: list[dict[str, Any]] = []
         self.stderr = b""
         self._buf = b""
-        self._waiters: list[tuple[Callable[[dict[str, Any]], bool], defer.Deferred[Any]]] = []
+        self._waiters: list[
+            tuple[Callable[[dict[str, Any]], bool], defer.Deferred[Any]]
+        ] = []
         self.ended: defer.Deferred[int | None] = defer.Deferred()
         self.on_event: Callable[[dict[str, Any]], None] | None = None
 
@@ -130,8 +132,16 @@ class ElectrumNode(ProcessProtocol):
         }
         if key is not None:
             env["LNPROXY_NODE_KEY"] = key.hex()
-        argv = [python, "-m", "lnproxy.electrum_node", role, "--user-dir", user_dir, *args]
-        node.process = reactor.spawnProcess(node, python, argv, env=env, path=user_dir)
+        argv = [
+            python,
+            "-m",
+            "lnproxy.electrum_node",
+            role,
+            "--user-dir",
+            user_dir,
+            *args,
+        ]
+        reactor.spawnProcess(node, python, argv, env=env, path=user_dir)
         return node
 
     def outReceived(self, data: bytes) -> None:
@@ -180,7 +190,9 @@ class ElectrumNode(ProcessProtocol):
         ``match`` (already seen or future); fails after ``timeout``."""
 
         def matches(e: dict[str, Any]) -> bool:
-            return e.get("event") == event and all(e.get(k) == v for k, v in match.items())
+            return e.get("event") == event and all(
+                e.get(k) == v for k, v in match.items()
+            )
 
         for e in self.events:
             if matches(e):
@@ -278,14 +290,18 @@ def run_electrum_demo(
                 raise DemoFailed(step, f"{what}: {f.value}")
             return f
 
-        return d.addTimeout(step_timeout, reactor, onTimeoutCancel=timed_out).addErrback(
-            failed
-        )
+        return d.addTimeout(
+            step_timeout, reactor, onTimeoutCancel=timed_out
+        ).addErrback(failed)
 
-    def node(name: str, role: str, *args: str, key: bytes | None = None) -> ElectrumNode:
+    def node(
+        name: str, role: str, *args: str, key: bytes | None = None
+    ) -> ElectrumNode:
         user_dir = os.path.join(work, name)
         os.makedirs(user_dir, exist_ok=True)
-        proc = ElectrumNode.spawn(reactor, name, role, *args, key=key, user_dir=user_dir)
+        proc = ElectrumNode.spawn(
+            reactor, name, role, *args, key=key, user_dir=user_dir
+        )
         cleanups.append(proc.stop)
         return proc
 
@@ -333,7 +349,9 @@ def run_electrum_demo(
         )  # fmt: skip
         yield bounded(client.wait("logged_in"), "the login")
         n.say(f"client: logged in as {node_id} (signature by Electrum's ecc)")
-        shake = yield bounded(peer.wait("handshake"), "the peer's side of the handshake")
+        shake = yield bounded(
+            peer.wait("handshake"), "the peer's side of the handshake"
+        )
         if shake["peer"] != node_id:
             raise DemoFailed(n.current, "the peer authenticated another node id")
         n.say("client: act 1 -> connect, act 2 checked, act 3 + sk/rk/ck -> finish")
@@ -372,10 +390,14 @@ def run_electrum_demo(
         login = yield bounded(woken.wait("logged_in"), "the second login")
         n.say(f"client: logged in; {login['pending']} events pending")
         yield bounded(woken.wait("resumed"), "resuming the connection")
-        n.say("client: resumed the connection the proxy kept (peer's init from connections)")
+        n.say(
+            "client: resumed the connection the proxy kept (peer's init from connections)"
+        )
         yield bounded(woken.wait("recv", type=32), "open_channel from the inbox")
         n.say("client: open_channel from the inbox -> Electrum's on_open_channel")
-        accepted = yield bounded(peer.wait("recv", type=33), "accept_channel at the peer")
+        accepted = yield bounded(
+            peer.wait("recv", type=33), "accept_channel at the peer"
+        )
         wake = accepted["t"] - sent["t"]
         n.ok(f"accept_channel reached the peer {wake:.2f} s after its open_channel")
 
@@ -386,7 +408,9 @@ def run_electrum_demo(
         ours = yield bounded(woken.wait("channel"), "the client's channel")
         if theirs["channel_id"] != ours["channel_id"]:
             raise DemoFailed(n.current, "the two sides hold different channels")
-        n.say(f"channel {ours['channel_id']}, {ours['capacity']} sat, state {ours['state']}")
+        n.say(
+            f"channel {ours['channel_id']}, {ours['capacity']} sat, state {ours['state']}"
+        )
         n.ok("funding_created and funding_signed verified by Electrum on both sides")
     finally:
         for fn in reversed(cleanups):
@@ -408,8 +432,13 @@ def _poll(reactor: Any, check: Callable[[], bool]) -> defer.Deferred[None]:
             loop.stop()
             d.callback(None)
 
+    def stop(f: Failure) -> Failure:
+        if loop.running:
+            loop.stop()
+        return f
+
     loop = task.LoopingCall(tick)
     loop.clock = reactor
     loop.start(0.05, now=True)
-    d.addErrback(lambda f: (loop.running and loop.stop(), f)[1])
+    d.addErrback(stop)
     return d

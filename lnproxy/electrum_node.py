@@ -211,12 +211,13 @@ class MockLNWallet:
 
     def peer_closed(self, peer: Peer) -> None:
         """Forget the peer."""
-        if self._peers.get(peer.pubkey) is peer:
-            del self._peers[peer.pubkey]
-        emit("closed", peer=peer.pubkey.hex())
+        pubkey = peer.pubkey
+        if self._peers.get(pubkey) is peer:
+            del self._peers[pubkey]
+        emit("closed", peer=pubkey.hex())
 
 
-class ScriptedPeer(Peer):  # type: ignore[misc]
+class ScriptedPeer(Peer):
     """Electrum's Peer, reporting every message, answering gossip queries."""
 
     DELAY_INC_MSG_PROCESSING_SLEEP = 0
@@ -301,7 +302,9 @@ class Node:
     async def session_start(self) -> ProxySession:
         """Log in to the proxy (once)."""
         if self.session is None or self.session.closed.is_set():
-            self.session = ProxySession(self.args.proxy, self.privkey, request_timeout=15)
+            self.session = ProxySession(
+                self.args.proxy, self.privkey, request_timeout=15
+            )
             result = await self.session.start()
             emit(
                 "logged_in",
@@ -317,7 +320,9 @@ class Node:
     async def listen(self) -> None:
         """Peer role: accept BOLT 8 connections on TCP."""
 
-        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def accepted(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
             transport = LNResponderTransport(self.privkey, reader, writer)
             try:
                 rs = await asyncio.wait_for(transport.handshake(), 20)
@@ -336,10 +341,14 @@ class Node:
         """Carry out one command."""
         name = cmd["cmd"]
         if name == "connect":
-            addr = LNPeerAddr(cmd["host"], int(cmd["port"]), bytes.fromhex(cmd["node_id"]))
+            addr = LNPeerAddr(
+                cmd["host"], int(cmd["port"]), bytes.fromhex(cmd["node_id"])
+            )
             if cmd.get("via", "proxy") == "proxy":
                 session = await self.session_start()
-                transport: Any = session.transport(addr, persist=bool(cmd.get("persist")))
+                transport: Any = session.transport(
+                    addr, persist=bool(cmd.get("persist"))
+                )
             else:
                 transport = LNTransport(self.privkey, addr, proxy=None)
             self.start_peer(addr.pubkey, transport)
@@ -370,7 +379,9 @@ class Node:
         elif name == "query_channel_range":
             peer = self._peer()
             await asyncio.wait_for(peer.initialized, 20)
-            peer.query_channel_range(int(cmd.get("first", 700000)), int(cmd.get("num", 1000)))
+            peer.query_channel_range(
+                int(cmd.get("first", 700000)), int(cmd.get("num", 1000))
+            )
             index, num, complete, ids = await peer.reply_channel_range.get()
             emit("reply_channel_range", first=index, num=num, complete=complete)
         elif name == "raw":
@@ -407,7 +418,9 @@ async def amain(args: argparse.Namespace) -> None:
         node.spawn(node.command(json.loads(line)), "command")
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
     while True:
         line = await reader.readline()
         if not line:
@@ -427,7 +440,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point (``python3 -m lnproxy.electrum_node``)."""
     parser = argparse.ArgumentParser(prog="python3 -m lnproxy.electrum_node")
     parser.add_argument("role", choices=["peer", "client"])
-    parser.add_argument("--port", type=int, default=0, help="peer: TCP port to listen on")
+    parser.add_argument(
+        "--port", type=int, default=0, help="peer: TCP port to listen on"
+    )
     parser.add_argument("--proxy", default="", help="client: the proxy's ws:// URL")
     parser.add_argument("--user-dir", default=os.environ.get("TMPDIR", "/tmp"))
     parser.add_argument(
@@ -441,7 +456,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Electrum's own log (disconnect reasons, ...) on stderr.
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(name)s %(levelname)s %(message)s",
     )
     try:
         asyncio.run(amain(args))

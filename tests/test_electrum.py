@@ -108,7 +108,9 @@ class ElectrumCase(TestCase):
             "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--data-dir", os.path.join(self.work, "proxy"), *extra,
         ]  # fmt: skip
-        proc = reactor.spawnProcess(child, sys.executable, args, env=env, path=self.work)
+        proc = reactor.spawnProcess(
+            child, sys.executable, args, env=env, path=self.work
+        )
         self.addCleanup(self._reap, child, proc)
         yield until(
             lambda: "lnproxy started" in child.text or child.ended.called,
@@ -126,10 +128,14 @@ class ElectrumCase(TestCase):
         if child.ended.called:
             return None
         proc.signalProcess("TERM")
-        kill = reactor.callLater(10, lambda: child.ended.called or proc.signalProcess("KILL"))
+        kill = reactor.callLater(
+            10, lambda: child.ended.called or proc.signalProcess("KILL")
+        )
         return child.ended.addBoth(lambda r: kill.active() and kill.cancel())
 
-    def node(self, name: str, role: str, *args: str, key: bytes | None = None) -> ElectrumNode:
+    def node(
+        self, name: str, role: str, *args: str, key: bytes | None = None
+    ) -> ElectrumNode:
         """An Electrum child (stopped, or killed, in cleanup)."""
         user_dir = os.path.join(self.work, name)
         os.makedirs(user_dir, exist_ok=True)
@@ -226,12 +232,20 @@ class ThroughProxyTests(ElectrumCase):
         self.assertEqual((ours["funder"], theirs["funder"]), (True, False))
         self.assertEqual((ours["state"], theirs["state"]), ("OPENING", "OPENING"))
         self.assertEqual(theirs["capacity"], 300_000)
-        flow = [(e["event"], e["type"]) for e in client.events if e["event"] in ("sent", "recv")]
+        flow = [
+            (e["event"], e["type"])
+            for e in client.events
+            if e["event"] in ("sent", "recv")
+        ]
         self.assertEqual(
             [f for f in flow if f[1] in (OPEN, ACCEPT, CREATED, SIGNED)],
             [("sent", OPEN), ("recv", ACCEPT), ("sent", CREATED), ("recv", SIGNED)],
         )
-        flow = [(e["event"], e["type"]) for e in peer.events if e["event"] in ("sent", "recv")]
+        flow = [
+            (e["event"], e["type"])
+            for e in peer.events
+            if e["event"] in ("sent", "recv")
+        ]
         self.assertEqual(
             [f for f in flow if f[1] in (OPEN, ACCEPT, CREATED, SIGNED)],
             [("recv", OPEN), ("sent", ACCEPT), ("recv", CREATED), ("sent", SIGNED)],
@@ -276,8 +290,15 @@ class ThroughProxyTests(ElectrumCase):
 
         def wake(call: dict[str, Any]) -> dict[str, Any]:
             woken.append(
-                self.node("woken", "client", "--proxy", url, "--command",
-                          '{"cmd": "resume"}', key=key)  # fmt: skip
+                self.node(
+                    "woken",
+                    "client",
+                    "--proxy",
+                    url,
+                    "--command",
+                    '{"cmd": "resume"}',
+                    key=key,
+                )  # fmt: skip
             )
             return call
 
@@ -332,7 +353,9 @@ class ProxySideTests(ElectrumCase):
         proxy's own pings and pongs do not confuse the matching."""
         _, peer, _, _, client, _ = yield self.online("--keepalive", "1")
         yield sleep(4)
-        self.assertTrue(peer.find("recv", type=PING), "no keepalive ping reached the peer")
+        self.assertTrue(
+            peer.find("recv", type=PING), "no keepalive ping reached the peer"
+        )
         client.send("ping")
         yield client.wait("pong", 10)
 
@@ -360,7 +383,9 @@ class ProxySideTests(ElectrumCase):
         blob = os.urandom(100)
         peer.send("raw", hex=(b"\x00\x07" + len(blob).to_bytes(2, "big") + blob).hex())
         yield sleep(0.5)
-        self.assertEqual(client.find("recv", type=7), [], "peer_storage reached the client")
+        self.assertEqual(
+            client.find("recv", type=7), [], "peer_storage reached the client"
+        )
         peer.send("disconnect")
         yield client.wait("closed", 10)
         before = len(peer.events)
