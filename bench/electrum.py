@@ -41,12 +41,13 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 try:
-    from lnproxy.electrum_demo import REPO_ROOT, ElectrumNode, electrum_available
+    from lnproxy.electrum_demo import ElectrumNode, electrum_available
 except ImportError:  # run from a source checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from lnproxy.electrum_demo import REPO_ROOT, ElectrumNode, electrum_available
+    from lnproxy.electrum_demo import ElectrumNode, electrum_available
 from lnproxy.demo import WebhookReceiver
 
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
 TWISTD = (
     "import sys; from twisted.scripts.twistd import run; "
     "sys.argv[0] = 'twistd'; sys.exit(run())"

@@ -40,7 +40,6 @@ from twisted.web import server
 
 __all__ = [
     "ELECTRUM_PYTHON",
-    "REPO_ROOT",
     "ElectrumNode",
     "NodeFailed",
     "electrum_available",
@@ -49,8 +48,8 @@ __all__ = [
 
 #: The Python that has Electrum (``LNPROXY_ELECTRUM_PYTHON`` overrides).
 ELECTRUM_PYTHON = os.environ.get("LNPROXY_ELECTRUM_PYTHON", "/usr/bin/python3")
-#: The directory holding the ``lnproxy`` package (put on the child's path).
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The ``lnproxy`` package the Electrum children import.
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 INSTALL_HINT = (
     "Electrum is not available: this needs Electrum 4.3 and aiohttp under "
@@ -124,9 +123,17 @@ class ElectrumNode(ProcessProtocol):
     ) -> ElectrumNode:
         """Start ``python -m lnproxy.electrum_node ROLE ARGS``."""
         node = cls(reactor, name)
+        # Only this lnproxy package on the child's path: the directory that
+        # holds it may be a virtualenv's site-packages, whose other packages
+        # must not shadow those of Electrum's Python.
+        path_dir = os.path.join(user_dir, ".lnproxy-path")
+        link = os.path.join(path_dir, "lnproxy")
+        if not os.path.islink(link):
+            os.makedirs(path_dir, exist_ok=True)
+            os.symlink(PACKAGE_DIR, link)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": REPO_ROOT,
+            "PYTHONPATH": path_dir,
             "HOME": user_dir,
             "TMPDIR": user_dir,
         }

@@ -22,15 +22,17 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import log
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import server
 
 from lnproxy import protocol
 from lnproxy.demo import WebhookReceiver
-from lnproxy.electrum_demo import REPO_ROOT, ElectrumNode, electrum_available
+from lnproxy.electrum_demo import ElectrumNode, electrum_available
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = (
     "import sys; from twisted.scripts.twistd import run; "
     "sys.argv[0] = 'twistd'; sys.exit(run())"
@@ -401,3 +403,55 @@ class ProxySideTests(ElectrumCase):
         self.assertEqual(retrieval[8:], blob.hex())
 
     test_peer_storage_retrieval_after_reconnect.todo = TODO  # type: ignore[attr-defined]
+
+
+class ElectrumDemoTests(TestCase):
+    """``lnproxy-demo --electrum`` as a user runs it."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_demo_exits_zero_with_narration(self) -> Any:
+        """The Electrum demo exits 0 after narrating the wake-up flow: the
+        client away, open_channel stored, the webhook verified, the client
+        started again, accept_channel from the inbox, the channel opened."""
+        if SKIP:
+            raise SkipTest(SKIP)
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "lnproxy.demo", "--electrum", "--timeout", "100"],
+            env=env,
+            path=cwd,
+        ).addTimeout(110, reactor)
+        text = out.decode()
+        self.assertEqual(code, 0, text + err.decode())
+        for line in [
+            "OK: init exchanged both ways",
+            "OK: the client process has exited; the proxy keeps the peer connection",
+            "OK: stored in the inbox; webhook signed by server_id, verified",
+            "client: open_channel from the inbox -> Electrum's on_open_channel",
+            "s after its open_channel",
+            "OK: funding_created and funding_signed verified by Electrum on both sides",
+            "All 6 steps happened.",
+        ]:
+            self.assertIn(line, text)
+        self.assertEqual(os.listdir(cwd), [])
+
+    @defer.inlineCallbacks
+    def test_demo_says_what_to_install(self) -> Any:
+        """Without Electrum the demo exits 1 and names the package."""
+        env = dict(
+            os.environ,
+            PYTHONPATH=REPO_ROOT,
+            LNPROXY_ELECTRUM_PYTHON=os.path.join(self.mktemp(), "python3"),
+        )
+        out, _, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "lnproxy.demo", "--electrum"], env=env
+        ).addTimeout(60, reactor)
+        self.assertEqual(code, 1)
+        self.assertIn(
+            "apt-get install --no-install-recommends python3-electrum", out.decode()
+        )
