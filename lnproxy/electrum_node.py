@@ -47,10 +47,23 @@ import time
 from typing import Any
 
 from electrum import bitcoin, constants, ecc
-from electrum.lnchannel import Channel
+from electrum import util as electrum_util
+from electrum.crypto import sha256
+from electrum.invoices import PR_UNPAID
+from electrum.lnchannel import Channel, ChannelState
 from electrum.lnpeer import Peer
+from electrum.lnrouter import RouteEdge
 from electrum.lntransport import LNResponderTransport, LNTransport
-from electrum.lnutil import LnFeatures, LNPeerAddr, ln_dummy_address, privkey_to_pubkey
+from electrum.lnutil import (
+    RECEIVED,
+    LnFeatures,
+    LNPeerAddr,
+    ShortChannelID,
+    derive_payment_secret_from_payment_preimage,
+    ln_dummy_address,
+    privkey_to_pubkey,
+)
+from electrum.lnworker import PaymentInfo
 from electrum.simple_config import SimpleConfig
 from electrum.transaction import (
     PartialTransaction,
@@ -126,8 +139,20 @@ class MockNetwork:
         return 0
 
     def blockchain(self) -> Any:
-        """No blockchain."""
-        return None
+        """A chain at height 0 whose tip is never stale."""
+        return _Chain()
+
+
+class _Chain:
+    """What ``Peer.maybe_fulfill_htlc`` asks of the blockchain."""
+
+    def height(self) -> int:
+        """Height 0, like get_local_height."""
+        return 0
+
+    def is_tip_stale(self) -> bool:
+        """Never: there is no chain to fall behind."""
+        return False
 
 
 class MockLNWallet:
@@ -148,6 +173,8 @@ class MockLNWallet:
         self.enable_htlc_settle = True
         self.enable_htlc_forwarding = True
         self.downstream_htlc_to_upstream_peer_map: dict[Any, Any] = {}
+        self.preimages: dict[bytes, bytes] = {}
+        self.payment_info: dict[bytes, PaymentInfo] = {}
         self.trampoline_forwarding_failures: dict[Any, Any] = {}
 
     @property
@@ -203,7 +230,34 @@ class MockLNWallet:
         """In memory only."""
 
     def channel_state_changed(self, chan: Channel) -> None:
-        """Nothing to persist."""
+        """Report the new state."""
+        emit("state", channel_id=chan.channel_id.hex(), state=chan.get_state().name)
+
+    def get_payment_info(self, payment_hash: bytes) -> PaymentInfo | None:
+        """An invoice of ours, by payment hash."""
+        return self.payment_info.get(payment_hash)
+
+    def get_preimage(self, payment_hash: bytes) -> bytes | None:
+        """The preimage of an invoice of ours (or one learned)."""
+        return self.preimages.get(payment_hash)
+
+    def save_preimage(self, payment_hash: bytes, preimage: bytes) -> None:
+        """Learned from an update_fulfill_htlc."""
+        self.preimages[payment_hash] = preimage
+
+    def set_request_status(self, payment_hash: bytes, status: int) -> None:
+        """Electrum decided to fulfill an HTLC paying our invoice."""
+        emit("paid", payment_hash=payment_hash.hex())
+
+    def htlc_fulfilled(self, chan: Channel, payment_hash: bytes, htlc_id: int) -> None:
+        """Our HTLC was fulfilled and the commitment without it revoked."""
+        emit("htlc_fulfilled", payment_hash=payment_hash.hex(), htlc_id=htlc_id)
+
+    def htlc_failed(
+        self, chan: Channel, payment_hash: bytes, htlc_id: int, *a: Any
+    ) -> None:
+        """Our HTLC failed."""
+        emit("htlc_failed", payment_hash=payment_hash.hex(), htlc_id=htlc_id)
 
     def on_peer_successfully_established(self, peer: Peer) -> None:
         """Init exchanged."""
@@ -369,6 +423,62 @@ class Node:
                 temp_channel_id=os.urandom(32),
             )
             emit("opened", channel_id=chan.channel_id.hex())
+        elif name == "fund":
+            # No blockchain: declare every OPENING channel funded (with a
+            # short channel id both sides derive from the channel id), then
+            # Electrum's own funding_locked exchange marks it OPEN.
+            peer = self._peer()
+            for chan in list(peer.channels.values()):
+                if chan.get_state() != ChannelState.OPENING:
+                    continue
+                block = 100 + int.from_bytes(chan.channel_id[:2], "big")
+                chan.set_short_channel_id(ShortChannelID.from_components(block, 1, 0))
+                chan.set_state(ChannelState.FUNDED)
+                peer.send_funding_locked(chan)
+        elif name == "invoice":
+            preimage = os.urandom(32)
+            payment_hash = sha256(preimage)
+            msat = int(cmd["msat"])
+            self.lnworker.preimages[payment_hash] = preimage
+            self.lnworker.payment_info[payment_hash] = PaymentInfo(
+                payment_hash, msat, RECEIVED, PR_UNPAID
+            )
+            emit(
+                "invoice",
+                payment_hash=payment_hash.hex(),
+                payment_secret=derive_payment_secret_from_payment_preimage(
+                    preimage
+                ).hex(),
+                msat=msat,
+            )
+        elif name == "pay":
+            peer = self._peer()
+            chans = [c for c in peer.channels.values() if c.can_send_update_add_htlc()]
+            if not chans:
+                raise RuntimeError("no open channel to pay through")
+            chan = chans[0]
+            msat = int(cmd["msat"])
+            route = [
+                RouteEdge(
+                    start_node=self.lnworker.node_keypair.pubkey,
+                    end_node=peer.pubkey,
+                    short_channel_id=chan.short_channel_id,
+                    fee_base_msat=0,
+                    fee_proportional_millionths=0,
+                    cltv_expiry_delta=0,
+                    node_features=peer.their_features,
+                )
+            ]
+            htlc = peer.pay(
+                route=route,
+                chan=chan,
+                amount_msat=msat,
+                total_msat=msat,
+                payment_hash=bytes.fromhex(cmd["payment_hash"]),
+                min_final_cltv_expiry=200,
+                payment_secret=bytes.fromhex(cmd["payment_secret"]),
+            )
+            emit("htlc_added", htlc_id=htlc.htlc_id, msat=htlc.amount_msat)
         elif name == "ping":
             peer = self._peer()
             await asyncio.wait_for(peer.initialized, 20)
@@ -409,6 +519,9 @@ async def amain(args: argparse.Namespace) -> None:
     """Run the node until ``exit`` or the end of stdin."""
     key_hex = os.environ.get("LNPROXY_NODE_KEY", "")
     privkey = bytes.fromhex(key_hex) if key_hex else os.urandom(32)
+    # Electrum's callbacks (util.trigger_callback) run on its global loop,
+    # which Electrum's daemon would have made: this one.
+    electrum_util._asyncio_event_loop = asyncio.get_running_loop()
     node = Node(args, privkey)
     if args.role == "peer":
         await node.listen()

@@ -255,6 +255,44 @@ class ThroughProxyTests(ElectrumCase):
         self.assertEqual(client.find("error"), [])
 
     @defer.inlineCallbacks
+    def test_htlc_through_the_proxy(self) -> Any:
+        """With the channel made usable without a blockchain (both sides
+        declare it funded; Electrum's own funding_locked exchange marks it
+        OPEN), the client pays an invoice of the peer: update_add_htlc,
+        commitment_signed, revoke_and_ack both ways, update_fulfill_htlc and
+        the final commitment dance, all through the proxy; the peer settles
+        (its preimage checked against the onion's payment secret) and the
+        client sees its HTLC fulfilled."""
+        _, peer, _, _, client, _ = yield self.online()
+        client.send("open_channel", sat=300_000)
+        opened = yield client.wait("opened", 30)
+        yield peer.wait("channel", 10)
+        peer.send("fund")
+        client.send("fund")
+        cid = opened["channel_id"]
+        yield client.wait("state", 15, channel_id=cid, state="OPEN")
+        yield peer.wait("state", 15, channel_id=cid, state="OPEN")
+        peer.send("invoice", msat=40_000_000)
+        invoice = yield peer.wait("invoice")
+        client.send(
+            "pay",
+            msat=40_000_000,
+            payment_hash=invoice["payment_hash"],
+            payment_secret=invoice["payment_secret"],
+        )
+        paid = yield peer.wait("paid", 15)
+        done = yield client.wait("htlc_fulfilled", 15)
+        self.assertEqual(paid["payment_hash"], invoice["payment_hash"])
+        self.assertEqual(done["payment_hash"], invoice["payment_hash"])
+        sent = [e["type"] for e in client.find("sent")]
+        got = [e["type"] for e in client.find("recv")]
+        for t in (128, 132, 133):
+            self.assertIn(t, sent)
+        for t in (130, 132, 133):
+            self.assertIn(t, got)
+        self.assertEqual(client.find("error") + peer.find("error"), [])
+
+    @defer.inlineCallbacks
     def test_peer_close_surfaces_in_electrum(self) -> Any:
         """When the peer drops the link, the proxy's ``closed`` event ends
         the client's read_messages with Electrum's
