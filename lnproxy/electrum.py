@@ -140,6 +140,7 @@ class ProxySession:
     :param server_id: the proxy's expected ``server_id`` (pinned); ``None``
         accepts any.
     :param request_timeout: seconds any request may take.
+    :param keep_stale: see :attr:`keep_stale`.
     """
 
     def __init__(
@@ -149,8 +150,15 @@ class ProxySession:
         *,
         server_id: bytes | None = None,
         request_timeout: float = 30.0,
+        keep_stale: bool = False,
     ) -> None:
         self.url = url
+        #: Keep the stored events of connections that ended before the
+        #: login (for :meth:`pending_connections`) instead of acknowledging
+        #: them as they arrive.
+        self.keep_stale = keep_stale
+        self._open_at_login: set[str] = set()
+        self._login_id: int | None = None
         self.privkey = privkey
         self.node_id: bytes = privkey_to_pubkey(privkey)
         self.pinned_server_id = server_id
@@ -209,10 +217,11 @@ class ProxySession:
         sig = login_signature(
             self.privkey, server_id, bytes.fromhex(hello["challenge"])
         )
-        result: dict[str, Any] = await self.call(
+        login = self.call_nowait(
             "login", node_id=self.node_id.hex(), signature=sig.hex()
         )
-        self.login_result = result
+        self._login_id = self._next_id
+        result: dict[str, Any] = await asyncio.wait_for(login, self.request_timeout)
         return result
 
     async def close(self) -> None:
@@ -392,6 +401,12 @@ class ProxySession:
             t._detach(reason)
         self._outgoing.put_nowait(None)
 
+    def _logged_in(self, result: dict[str, Any]) -> None:
+        self.login_result = result
+        self._open_at_login = {
+            c["conn"] for c in result["connections"] if c["state"] == "open"
+        }
+
     def _dispatch(self, obj: dict[str, Any]) -> None:
         if "id" in obj and ("result" in obj or "error" in obj):
             fut = self._calls.pop(obj["id"], None)
@@ -405,6 +420,10 @@ class ProxySession:
                     )
                 )
             else:
+                if obj["id"] == self._login_id:
+                    # Before the stored events that follow in the next
+                    # frames are dispatched.
+                    self._logged_in(obj["result"])
                 fut.set_result(obj["result"])
             return
         method, params = obj.get("method"), obj.get("params") or {}
@@ -418,11 +437,19 @@ class ProxySession:
             self._unprocessed.add(seq)
             self._highest_seen = max(self._highest_seen, seq)
             params = dict(params, kind=method)
-            t = self._transports.get(params.get("conn", ""))
+            conn = params.get("conn", "")
+            t = self._transports.get(conn)
             if t is not None:
                 t._event(params)
+            elif self.keep_stale or conn in self._open_at_login:
+                # A connection the proxy kept: for resume() (or discard()).
+                self._backlog.setdefault(conn, deque()).append(params)
             else:
-                self._backlog.setdefault(params.get("conn", ""), deque()).append(params)
+                # Left from a connection that had ended before this login:
+                # nothing can answer on it, and Electrum resynchronizes its
+                # channels with channel_reestablish on the next connection.
+                log.info("event %d of ended connection %s: acknowledged", seq, conn)
+                self._processed(seq)
         # Other notifications (lease, ...) are not Electrum's business.
 
 

@@ -371,6 +371,37 @@ class ThroughProxyTests(ElectrumCase):
         self.assertEqual(login["pending"], 0)
 
 
+class ResumeTests(ElectrumCase):
+    """Coming back after the connection ended meanwhile."""
+
+    @defer.inlineCallbacks
+    def test_events_of_ended_connections_do_not_block_acks(self) -> Any:
+        """The client is away when the peer drops the link: the proxy stores
+        the ``closed`` event.  The client comes back: the event of the ended
+        connection is acknowledged (nothing can answer on it), so it does
+        not hold back the acks of later events, and the next login finds
+        the inbox empty."""
+        url, peer, _, _, client, key = yield self.online()
+        yield client.stop()
+        yield sleep(0.5)
+        peer.send("disconnect")
+        yield peer.wait("closed", 10)
+        yield sleep(0.5)
+        back = self.node("back", "client", "--proxy", url, key=key)
+        back.send("resume")
+        login = yield back.wait("logged_in", 30)
+        self.assertGreaterEqual(login["pending"], 1)
+        self.assertEqual([c["state"] for c in login["connections"]], ["closed"])
+        yield sleep(1)
+        back.send("leave")
+        yield back.wait("left", 10)
+        again = self.node("again", "client", "--proxy", url, key=key)
+        again.send("resume")
+        login = yield again.wait("logged_in", 30)
+        self.assertEqual(login["pending"], 0)
+        self.assertEqual(login["connections"], [])
+
+
 class ProxySideTests(ElectrumCase):
     """Electrum behaviour the proxy must satisfy (issue 10, items 1-3)."""
 
