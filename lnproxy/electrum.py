@@ -76,6 +76,13 @@ from electrum.lnutil import (
     privkey_to_pubkey,
 )
 
+from lnproxy.protocol import (
+    HANDSHAKE_FAILED,
+    LOGIN_TAG,
+    PROTOCOL_VERSION,
+    SUBPROTOCOL,
+)
+
 __all__ = [
     "SUBPROTOCOL",
     "PROTOCOL_VERSION",
@@ -86,14 +93,6 @@ __all__ = [
     "split_address",
 ]
 
-#: The WebSocket subprotocol.  The same value as ``lnproxy.protocol``'s,
-#: repeated here because that module needs coincurve, which Electrum's
-#: Python may not have (tests/test_electrum.py checks that they agree).
-SUBPROTOCOL = "lnproxy.v1"
-#: ``hello.protocol``.
-PROTOCOL_VERSION = "lnproxy/1"
-#: The prefix of the login digest (docs/protocol.md, "Session start and login").
-LOGIN_PREFIX = b"lnproxy/1 login"
 INIT = 16
 
 log = logging.getLogger("lnproxy.electrum")
@@ -115,7 +114,7 @@ class ProxyError(Exception):
 
 def login_signature(privkey: bytes, server_id: bytes, challenge: bytes) -> bytes:
     """The 64-byte compact, low-S signature ``login`` wants."""
-    digest = hashlib.sha256(LOGIN_PREFIX + server_id + challenge).digest()
+    digest = hashlib.sha256(LOGIN_TAG + server_id + challenge).digest()
     sig: bytes = ecc.ECPrivkey(privkey).sign(digest)  # libsecp256k1, normalized
     return sig
 
@@ -517,7 +516,7 @@ class ProxyTransport(LNTransport):
                 persist=self.persist,
             )
         except ProxyError as e:
-            if e.code == 5:
+            if e.code == HANDSHAKE_FAILED:
                 raise HandshakeFailed(f"through lnproxy: {e.message}") from e
             raise OSError(f"lnproxy could not reach {address}: {e}") from e
         self.conn = r["conn"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from typing import Any
 
@@ -171,14 +172,33 @@ class ElectrumCase(TestCase):
 
 
 class ConstantsTests(TestCase):
-    """The adapter's copies agree with lnproxy.protocol."""
+    """The adapter shares the contract's vocabulary and stays asyncio-only."""
 
-    def test_subprotocol_and_version(self) -> None:
-        """lnproxy.electrum cannot import lnproxy.protocol (coincurve), so
-        it repeats two strings: they must be the contract's."""
+    def test_protocol_importable_without_third_party_packages(self) -> None:
+        """lnproxy.protocol (which the adapter imports under Electrum's
+        Python) pulls in no third-party package when imported."""
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, lnproxy.protocol; "
+                "print(sorted(m for m in ('coincurve', 'twisted', 'cryptography')"
+                " if m in sys.modules))",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            check=True,
+        )
+        self.assertEqual(out.stdout.strip(), "[]")
+
+    def test_no_copies_and_no_twisted(self) -> None:
+        """The adapter takes the subprotocol and version from
+        lnproxy.protocol instead of repeating them, and imports no Twisted."""
         source = open(os.path.join(REPO_ROOT, "lnproxy", "electrum.py")).read()
-        self.assertIn(f'SUBPROTOCOL = "{protocol.SUBPROTOCOL}"', source)
-        self.assertIn(f'PROTOCOL_VERSION = "{protocol.PROTOCOL_VERSION}"', source)
+        self.assertIn("from lnproxy.protocol import", source)
+        self.assertNotIn(f'"{protocol.SUBPROTOCOL}"', source)
+        self.assertNotIn(f'"{protocol.PROTOCOL_VERSION}"', source)
         self.assertNotIn("import twisted", source)
         self.assertNotIn("from twisted", source)
         self.assertNotIn("lnproxy.keys", source)
