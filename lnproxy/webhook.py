@@ -58,7 +58,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from lnproxy import keys
 from lnproxy.hub import Hub, HubError
-from lnproxy.protocol import LIMIT_EXCEEDED, NOT_ALLOWED
+from lnproxy.protocol import LIMIT_EXCEEDED, NOT_ALLOWED, PROTOCOL_VERSION
 from lnproxy.ssrf import (
     BadWebhookURL,
     Resolver,
@@ -87,6 +87,8 @@ RETRY_DELAYS: tuple[float, ...] = (2.0, 3.0, 5.0, 10.0)
 MAX_RESPONSE_BYTES = 64 * 1024
 #: Seconds a name resolution at ``webhook.set`` may take.
 RESOLVE_TIMEOUT = 10.0
+#: The ``User-Agent`` of every call: the protocol and its major version.
+_USER_AGENT = PROTOCOL_VERSION.encode("ascii")
 
 
 class _Discard(Protocol):
@@ -188,7 +190,7 @@ class _Call:
         )
         headers = {
             b"Content-Type": [b"application/json"],
-            b"User-Agent": [b"lnproxy/1"],
+            b"User-Agent": [_USER_AGENT],
             b"X-Lnproxy-Timestamp": [str(timestamp).encode("ascii")],
             b"X-Lnproxy-Signature": [signature.hex().encode("ascii")],
         }
@@ -465,9 +467,9 @@ class Notifier(service.Service):
             if isinstance(e, WebhookRefused):
                 self._count("webhook_refused")
             return defer.fail(HubError(e.code, str(e)))
-        for row in self.store.webhooks(node_id):
-            if row.url == url:
-                return defer.succeed(row.webhook_id)
+        existing = self._existing(node_id, url)
+        if existing is not None:
+            return defer.succeed(existing)
         try:
             self._check_limit(node_id)
         except HubError as e:
@@ -483,6 +485,11 @@ class Notifier(service.Service):
             except WebhookRefused as e:
                 self._count("webhook_refused")
                 raise HubError(NOT_ALLOWED, str(e)) from None
+            # Another webhook.set of the same URL may have stored it while
+            # this one resolved: answer its id rather than store it twice.
+            existing = self._existing(node_id, url)
+            if existing is not None:
+                return existing
             self._check_limit(node_id)
             return self._store(node_id, url)
 
@@ -497,6 +504,13 @@ class Notifier(service.Service):
             )
 
         return d.addCallbacks(resolved, unresolved)
+
+    def _existing(self, node_id: str, url: str) -> str | None:
+        """The id of the node's webhook with ``url``, if it has one."""
+        for row in self.store.webhooks(node_id):
+            if row.url == url:
+                return row.webhook_id
+        return None
 
     def _check_limit(self, node_id: str) -> None:
         limit = self.hub.limits.webhooks_per_node

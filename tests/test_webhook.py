@@ -260,6 +260,25 @@ class RegistryTests(NotifierCase):
         self.assertFalse(n.remove(NODE_A, wid))
         self.assertEqual(n.list(NODE_A), [])
 
+    def test_same_url_set_twice_at_once(self) -> None:
+        """Two webhook.set of one URL whose resolutions overlap store it
+        once and both answer its id (each used to store its own copy)."""
+        answers: list[defer.Deferred[list[str]]] = []
+
+        def slow(host: str, port: int) -> defer.Deferred[list[str]]:
+            d: defer.Deferred[list[str]] = defer.Deferred()
+            answers.append(d)
+            return d
+
+        n = self.make(resolver=slow)
+        url = "https://hooks.example/wake"
+        first, second = n.add(NODE_A, url), n.add(NODE_A, url)
+        for d in answers:
+            d.callback([PUBLIC_IP])
+        wid = self.successResultOf(first)
+        self.assertEqual(self.successResultOf(second), wid)
+        self.assertEqual(n.list(NODE_A), [{"id": wid, "url": url}])
+
     def test_limit(self) -> None:
         """The 11th webhook of a node is code 7; another node is unaffected."""
         n = self.make()
