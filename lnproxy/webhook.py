@@ -159,6 +159,9 @@ class _Backoff:
 class _Call:
     """One webhook call (first attempt plus retries) to one URL."""
 
+    # Logged under the notifier's name: operators see one source.
+    _log = Logger(namespace="lnproxy.webhook.Notifier")
+
     def __init__(
         self, notifier: Notifier, node_id: str, hook: WebhookRow, body: bytes
     ) -> None:
@@ -194,7 +197,6 @@ class _Call:
             b"X-Lnproxy-Timestamp": [str(timestamp).encode("ascii")],
             b"X-Lnproxy-Signature": [signature.hex().encode("ascii")],
         }
-        n.in_flight += 1
         try:
             d = n.http.request(
                 "POST",
@@ -209,30 +211,24 @@ class _Call:
         except Exception:
             d = defer.fail()
         self.request = d
-        n._requests.add(d)
+        n.request_sent(d)
         d.addCallbacks(self._response, self._failure, callbackArgs=(now,))
         d.addErrback(self._bug)
         d.addBoth(self._settled)
 
     def _settled(self, _: Any) -> None:
-        if self.request is not None:
-            self.notifier._requests.discard(self.request)
-        self.request = None
-        self.notifier.in_flight -= 1
+        d, self.request = self.request, None
+        if d is not None:
+            self.notifier.request_settled(d)
 
     def _response(self, response: Any, sent_at: float) -> None:
         n = self.notifier
-        n._latency(n.clock.seconds() - sent_at)
+        n.report_latency(n.clock.seconds() - sent_at)
         code = int(response.code)
-        try:
-            response.deliverBody(
-                _Discard(n.clock, MAX_RESPONSE_BYTES, n.timeout, n._bodies)
-            )
-        except Exception:
-            pass
+        n.discard_body(response)
         if 200 <= code < 300:
-            n._count("webhook_sent")
-            n._log.info(
+            n.report("webhook_sent")
+            self._log.info(
                 "webhook {webhook} of node {node} answered {status}",
                 webhook=self.hook.webhook_id,
                 node=self.node_id,
@@ -250,8 +246,8 @@ class _Call:
         if self.done:
             return
         if f.check(WebhookRefused):
-            self.notifier._count("webhook_refused")
-            self.notifier._log.warn(
+            self.notifier.report("webhook_refused")
+            self._log.warn(
                 "webhook {webhook} of node {node} refused at connect time: {why}",
                 webhook=self.hook.webhook_id,
                 node=self.node_id,
@@ -266,7 +262,7 @@ class _Call:
         self._retry(why)
 
     def _bug(self, f: Failure) -> None:
-        self.notifier._log.failure("webhook call failed unexpectedly", failure=f)
+        self._log.failure("webhook call failed unexpectedly", failure=f)
 
     def _retry(self, why: str) -> None:
         n = self.notifier
@@ -276,8 +272,8 @@ class _Call:
             delay = n.retry_delays[self.attempt - 1]
             now = n.clock.seconds()
             if now + delay - self.started <= n.retry_budget:
-                n._count("webhook_retried")
-                n._log.info(
+                n.report("webhook_retried")
+                self._log.info(
                     "webhook {webhook} of node {node} failed ({why}); "
                     "retrying in {delay} s",
                     webhook=self.hook.webhook_id,
@@ -291,8 +287,8 @@ class _Call:
 
     def _give_up(self, why: str) -> None:
         n = self.notifier
-        n._count("webhook_failed")
-        n._log.warn(
+        n.report("webhook_failed")
+        self._log.warn(
             "webhook {webhook} of node {node} failed after {attempts} attempt(s): {why}",
             webhook=self.hook.webhook_id,
             node=self.node_id,
@@ -465,7 +461,7 @@ class Notifier(service.Service):
             target = check_url(url, self.allow_private)
         except BadWebhookURL as e:
             if isinstance(e, WebhookRefused):
-                self._count("webhook_refused")
+                self.report("webhook_refused")
             return defer.fail(HubError(e.code, str(e)))
         existing = self._existing(node_id, url)
         if existing is not None:
@@ -483,7 +479,7 @@ class Notifier(service.Service):
             try:
                 check_addresses(target.host, addresses)
             except WebhookRefused as e:
-                self._count("webhook_refused")
+                self.report("webhook_refused")
                 raise HubError(NOT_ALLOWED, str(e)) from None
             # Another webhook.set of the same URL may have stored it while
             # this one resolved: answer its id rather than store it twice.
@@ -496,7 +492,7 @@ class Notifier(service.Service):
         def unresolved(f: Failure) -> Failure:
             if f.check(HubError):
                 return f
-            self._count("webhook_refused")
+            self.report("webhook_refused")
             raise HubError(
                 NOT_ALLOWED,
                 f"webhook URL refused: cannot resolve {target.host} "
@@ -559,7 +555,7 @@ class Notifier(service.Service):
             except (ValueError, AttributeError):
                 peer = ""
             if not self._reconnect_allowed(row.node_id, peer, now):
-                self._count("webhook_suppressed")
+                self.report("webhook_suppressed")
                 self._log.info(
                     "reconnect summon of node {node} for peer {peer} held back "
                     "(peer keeps dropping)",
@@ -649,12 +645,35 @@ class Notifier(service.Service):
             return node.pending
         return self.store.pending_count(node_id)
 
-    # -- observers ---------------------------------------------------------------------
+    # -- what a call reports ----------------------------------------------------
 
-    def _count(self, name: str) -> None:
+    def report(self, name: str) -> None:
+        """Tell the ``on_count`` observers about one outcome
+        (``webhook_sent``, ``webhook_failed``, ...)."""
         for fn in self.on_count:
             fn(name)
 
-    def _latency(self, seconds: float) -> None:
+    def report_latency(self, seconds: float) -> None:
+        """Tell the ``on_latency`` observers how long a response took."""
         for fn in self.on_latency:
             fn(seconds)
+
+    def request_sent(self, d: defer.Deferred[Any]) -> None:
+        """A request is in flight (cancelled if the service stops first)."""
+        self.in_flight += 1
+        self._requests.add(d)
+
+    def request_settled(self, d: defer.Deferred[Any]) -> None:
+        """A request sent with :meth:`request_sent` has its outcome."""
+        self.in_flight -= 1
+        self._requests.discard(d)
+
+    def discard_body(self, response: Any) -> None:
+        """Read a response's body, up to a bound, and throw it away (so that
+        its connection can go back to the pool)."""
+        try:
+            response.deliverBody(
+                _Discard(self.clock, MAX_RESPONSE_BYTES, self.timeout, self._bodies)
+            )
+        except Exception:
+            pass
