@@ -1,7 +1,10 @@
 """lnproxy's reference client: the side that holds the node key.
 
-The main class is :class:`Client`; see :mod:`lnproxy.client.session`.  The
-``lnproxy-client`` command line lives in :mod:`lnproxy.client.cli`.
+The main class is :class:`Client` (:mod:`lnproxy.client.session`), which
+composes the WebSocket connection (:mod:`~lnproxy.client.connection`), the
+event pipeline (:mod:`~lnproxy.client.events`) and the peer connections
+(:mod:`~lnproxy.client.peers`).  The ``lnproxy-client`` command line lives
+in :mod:`lnproxy.client.cli`.  Import the public names from here.
 """
 
 from lnproxy.client.connection import LoginInfo
