@@ -39,8 +39,9 @@ from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
 from lnproxy.policy import Policy
+from lnproxy.ssrf import Resolver, build_http_client, thread_resolver
 from lnproxy.store import Store, StoreError
-from lnproxy.webhook import Notifier, Resolver, build_http_client, thread_resolver
+from lnproxy.webhook import Notifier
 
 __all__ = [
     "ProxyService",

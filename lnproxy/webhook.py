@@ -63,23 +63,13 @@ from lnproxy.ssrf import (
     BadWebhookURL,
     Resolver,
     WebhookRefused,
-    build_http_client,
     check_addresses,
     check_url,
     resolve,
-    thread_resolver,
 )
 from lnproxy.store import EventRow, WebhookRow
 
-__all__ = [
-    "Notifier",
-    "RETRY_DELAYS",
-    # The guard's names the service builds a notifier with (their home is
-    # lnproxy.ssrf).
-    "Resolver",
-    "build_http_client",
-    "thread_resolver",
-]
+__all__ = ["Notifier", "RETRY_DELAYS"]
 
 #: Seconds between the attempts of one webhook call (after a failure).
 RETRY_DELAYS: tuple[float, ...] = (2.0, 3.0, 5.0, 10.0)
