@@ -39,6 +39,7 @@ from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
 from lnproxy.policy import Policy
+from lnproxy.protocol import FEATURE_PEER_STORAGE
 from lnproxy.store import Store, StoreError
 from lnproxy.webhook import Notifier, Resolver, build_http_client, thread_resolver
 
@@ -200,6 +201,7 @@ def build_service(
         login_timeout=config["login-timeout"],
         request_rate=config.get("max-requests-per-second", 5000.0),
         request_burst=2 * config.get("max-requests-per-second", 5000.0),
+        features=[FEATURE_PEER_STORAGE],
     )
     root = ProxyService(store, hub, factory)
     root.notifier = notifier

@@ -158,7 +158,7 @@ class EncodingTests(SynchronousTestCase):
         for n in range(len(data)):
             with self.assertRaises(SnapshotError):
                 ConnectionSnapshot.from_bytes(data[:n])
-        bad = [data + b"\x00", b"XXXX" + data[4:], data[:4] + b"\x02" + data[5:]]
+        bad = [data + b"\x00", b"XXXX" + data[4:], data[:4] + b"\x03" + data[5:]]
         at = data.index(b"open")
         bad.append(data[:at] + b"opex" + data[at + 4 :])
         for blob in bad:
