@@ -443,7 +443,6 @@ class ProxySideTests(ElectrumCase):
         yield peer.wait("recv", 10, type=PING)
         yield client.wait("pong", 10)
 
-
     @defer.inlineCallbacks
     def test_client_ping_after_idle_with_keepalive(self) -> Any:
         """After several keepalive rounds of idle (keepalive 1 s here, for
@@ -457,7 +456,6 @@ class ProxySideTests(ElectrumCase):
         client.send("ping")
         yield client.wait("pong", 10)
 
-
     @defer.inlineCallbacks
     def test_gossip_query_by_client_answered_by_peer(self) -> Any:
         """The client's query_channel_range reaches the peer, which
@@ -468,7 +466,6 @@ class ProxySideTests(ElectrumCase):
         yield peer.wait("recv", 10, type=263)
         reply = yield client.wait("reply_channel_range", 10)
         self.assertTrue(reply["complete"])
-
 
     @defer.inlineCallbacks
     def test_peer_storage_retrieval_after_reconnect(self) -> Any:
@@ -495,7 +492,6 @@ class ProxySideTests(ElectrumCase):
         self.assertEqual([e["type"] for e in after][:2], [16, 9])
         retrieval = after[1]["hex"]
         self.assertEqual(retrieval[8:], blob.hex())
-
 
 
 class ElectrumDemoTests(TestCase):
