@@ -252,3 +252,12 @@ class AnswersEndToEndTests(ProxyTestCase):
         client = yield self.ws()
         hello = yield client.hello
         self.assertIn("peer_storage", hello["features"])
+
+    @defer.inlineCallbacks
+    def test_no_peer_storage_feature_when_overridden(self) -> Any:
+        """With ``--policy 7=summon`` the proxy keeps no peer storage, so
+        hello does not list peer_storage."""
+        self.start_proxy("--policy", "7=summon")
+        client = yield self.ws()
+        hello = yield client.hello
+        self.assertNotIn("peer_storage", hello["features"])
