@@ -3,6 +3,7 @@
 Every event (a relayed message, a ``closed``) gets its node's next ``seq``
 when it happens and joins the current batch.  The batch, with the
 connection rows changed in the same reactor turn and the closes to record,
+and the peer storage blobs kept in that turn (the newest per node and peer),
 is committed in one SQLite transaction at the end of the turn
 (``callLater(0)``).  Only after the commit is an event offered (to the
 node's sessions, through the ``offer`` callable the hub gives) and shown to
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
@@ -109,6 +111,11 @@ class Journal:
         self._closes: list[tuple[str, int]] = []
         #: Connection rows to write with the next batch, by conn id.
         self._rows: dict[str, ConnectionRow] = {}
+        #: Peer storage blobs to keep, by (node id, peer): the newest wins.
+        self._blobs: dict[tuple[str, str], tuple[bytes, float]] = {}
+        #: With an executor: blobs committed by this process (the store
+        #: the reactor sees only knows those loaded when a node was claimed).
+        self._kept: dict[tuple[str, str], bytes] = {}
         self._flush_call: IDelayedCall | None = None
 
     # -- adding ---------------------------------------------------------------
@@ -173,6 +180,28 @@ class Journal:
         of connection rows call :meth:`flush` first."""
         self._rows[row.conn_id] = row
 
+    def keep_peer_storage(
+        self, node_id: str, peer: str, blob: bytes, at: float
+    ) -> None:
+        """Keep a peer's ``peer_storage`` blob with the next batch (a later
+        one of the same node and peer replaces it, so a flood costs one
+        write per turn).  It is committed at the end of this turn, with no
+        fsync of its own when events ride in the same batch."""
+        self._blobs[(node_id, peer)] = (blob, at)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def peer_storage(self, node_id: str, peer: str) -> bytes | None:
+        """The newest blob of a node's peer: staged in this batch, or
+        stored."""
+        staged = self._blobs.get((node_id, peer))
+        if staged is not None:
+            return staged[0]
+        kept = self._kept.get((node_id, peer))
+        if kept is not None:
+            return kept
+        return self.store.get_peer_storage(node_id, peer)
+
     def _add(self, row: EventRow) -> None:
         self._batch.append(row)
         if self._flush_call is None:
@@ -183,7 +212,9 @@ class Journal:
     @property
     def pending(self) -> bool:
         """Whether anything is waiting for (or in) a commit."""
-        return bool(self._batch or self._rows or self._closes or self._inflight)
+        return bool(
+            self._batch or self._rows or self._closes or self._blobs or self._inflight
+        )
 
     def idle(self) -> defer.Deferred[None]:
         """Fire once everything emitted or staged so far is committed (at
@@ -216,49 +247,45 @@ class Journal:
         ]
         for conn_id in [c for c, n in self._close_nodes.items() if n in gone]:
             del self._close_nodes[conn_id]
+        self._blobs = {k: b for k, b in self._blobs.items() if k[0] not in gone}
+        self._kept = {k: b for k, b in self._kept.items() if k[0] not in gone}
         self._fire_idle()
 
-    def _take(
-        self,
-    ) -> tuple[list[EventRow], list[tuple[str, int]], dict[str, ConnectionRow]]:
-        batch, closes, rows = self._batch, self._closes, self._rows
-        self._batch, self._closes, self._rows = [], [], {}
-        return batch, closes, rows
+    def _take(self) -> _Batch:
+        taken = _Batch(self._batch, self._closes, self._rows, self._blobs)
+        self._batch, self._closes, self._rows, self._blobs = [], [], {}, {}
+        return taken
 
-    def _put_back(
-        self,
-        batch: list[EventRow],
-        closes: list[tuple[str, int]],
-        rows: dict[str, ConnectionRow],
-    ) -> None:
-        self._batch = batch + self._batch
-        self._closes = closes + self._closes
-        self._rows = {**rows, **self._rows}
+    def _put_back(self, taken: _Batch) -> None:
+        self._batch = taken.events + self._batch
+        self._closes = taken.closes + self._closes
+        self._rows = {**taken.rows, **self._rows}
+        self._blobs = {**taken.blobs, **self._blobs}
 
     @staticmethod
-    def _write(
-        store: IStore,
-        batch: list[EventRow],
-        closes: list[tuple[str, int]],
-        rows: dict[str, ConnectionRow],
-    ) -> None:
+    def _write(store: IStore, taken: _Batch) -> None:
         """Write one batch inside the caller's transaction."""
         # Rows before closes: a row queued while open must not
         # overwrite the closed state recorded in this same batch.
-        for conn_row in rows.values():
+        for conn_row in taken.rows.values():
             store.put_connection(conn_row)
-        store.append_events(batch)
-        for conn_id, _seq in closes:
-            store.close_connection(conn_id, _seq)
+        store.append_events(taken.events)
+        for conn_id, seq in taken.closes:
+            store.close_connection(conn_id, seq)
+        for (node_id, peer), (blob, at) in taken.blobs.items():
+            store.put_peer_storage(node_id, peer, blob, at)
 
-    def _committed(self, batch: list[EventRow], closes: list[tuple[str, int]]) -> None:
+    def _committed(self, taken: _Batch) -> None:
         """Offer a committed batch and tell observers."""
         self.failures = 0
-        for conn_id, _ in closes:
+        for conn_id, _ in taken.closes:
             self._close_nodes.pop(conn_id, None)
+        if self.executor is not None:
+            for key, (blob, _) in taken.blobs.items():
+                self._kept[key] = blob
         offer = self.offer
         observers = self.observers
-        for row in batch:
+        for row in taken.events:
             online = offer(row)
             for fn in observers:
                 fn(row, online)
@@ -274,45 +301,47 @@ class Journal:
         if self.executor is not None:
             self._flush_async(self.executor)
             return
-        if not self._batch and not self._rows:
+        if not self._batch and not self._rows and not self._blobs:
             self._fire_idle()
             return
-        batch, closes, rows = self._take()
+        taken = self._take()
         store = self.store
         try:
             with store.transaction():
-                self._write(store, batch, closes, rows)
+                self._write(store, taken)
         except Exception:
             # Keep everything and try again shortly: nothing is offered to a
             # client before it is on disk.
             self.failures += 1
-            self._log.failure("could not commit {n} events; retrying", n=len(batch))
-            self._put_back(batch, closes, rows)
+            self._log.failure(
+                "could not commit {n} events; retrying", n=len(taken.events)
+            )
+            self._put_back(taken)
             if self._flush_call is None:
                 self._flush_call = self.clock.callLater(self.retry_delay, self.flush)
             return
-        self._committed(batch, closes)
+        self._committed(taken)
         self._fire_idle()
 
     def _flush_async(self, executor: DatabaseExecutor[Any]) -> None:
         """One commit in flight on the executor; the next follows it."""
         if self._inflight is not None:
             return
-        if not self._batch and not self._rows and not self._closes:
+        if not self._batch and not self._rows and not self._closes and not self._blobs:
             self._fire_idle()
             return
-        batch, closes, rows = self._take()
+        taken = self._take()
         write = self._write
 
         def commit(store: IStore) -> None:
-            write(store, batch, closes, rows)
+            write(store, taken)
 
         d = executor.write(commit)
         self._inflight = d
 
         def done(_: object) -> None:
             self._inflight = None
-            self._committed(batch, closes)
+            self._committed(taken)
             self._after_commit()
 
         def failed(f: Failure) -> None:
@@ -324,7 +353,7 @@ class Journal:
                     "their uncommitted events",
                     n=len(lost),
                 )
-                self._put_back(batch, closes, rows)
+                self._put_back(taken)
                 self.discard(lost)
                 if self.on_lost is not None:
                     self.on_lost(lost)
@@ -333,11 +362,11 @@ class Journal:
             self.failures += 1
             self._log.warn(
                 "could not commit {n} events ({error}); retrying in {delay} s",
-                n=len(batch),
+                n=len(taken.events),
                 error=f.getErrorMessage(),
                 delay=self.retry_delay,
             )
-            self._put_back(batch, closes, rows)
+            self._put_back(taken)
             if self._flush_call is None:
                 self._flush_call = self.clock.callLater(self.retry_delay, self.flush)
 
@@ -345,12 +374,22 @@ class Journal:
 
     def _after_commit(self) -> None:
         """Start the next commit if anything gathered, else wake waiters."""
-        if self._batch or self._rows or self._closes:
+        if self._batch or self._rows or self._closes or self._blobs:
             if self._flush_call is None or not self._flush_call.active():
                 self._flush_call = None
                 self.flush()
         else:
             self._fire_idle()
+
+
+@dataclass
+class _Batch:
+    """What one commit writes."""
+
+    events: list[EventRow]
+    closes: list[tuple[str, int]]
+    rows: dict[str, ConnectionRow]
+    blobs: dict[tuple[str, str], tuple[bytes, float]]
 
 
 def event_text(row: EventRow) -> str:

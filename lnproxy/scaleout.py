@@ -67,17 +67,20 @@ class ReactorStore:
         self._healthy = healthy
         self._on_lost = on_lost
         self._webhooks: dict[str, list[WebhookRow]] = {}
+        self._blobs: dict[str, dict[str, bytes]] = {}
 
     # -- what the owner keeps ------------------------------------------------
 
     def load(self, claim: Claim) -> None:
         """Keep a node's webhooks from its claim (it is ours now)."""
         self._webhooks[claim.node_id] = list(claim.webhooks)
+        self._blobs[claim.node_id] = dict(claim.peer_storage)
 
     def forget(self, node_ids: Sequence[str]) -> None:
         """Drop nodes this process no longer serves."""
         for node_id in node_ids:
             self._webhooks.pop(node_id, None)
+            self._blobs.pop(node_id, None)
 
     def webhooks(self, node_id: str) -> list[WebhookRow]:
         """The node's webhooks, oldest first (none if not ours)."""
@@ -126,6 +129,11 @@ class ReactorStore:
                 _log.failure("could not store a webhook of {node}", f, node=node_id)
 
         self.executor.write(fn).addErrback(failed)
+
+    def get_peer_storage(self, node_id: str, peer: str) -> bytes | None:
+        """The blob a peer of the node gave, as loaded when the node was
+        claimed (newer ones the journal keeps itself)."""
+        return self._blobs.get(node_id, {}).get(peer)
 
     def pending_count(self, node_id: str) -> int:
         """The node's unacknowledged events, as the hub counts them."""

@@ -41,16 +41,18 @@ from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
-from lnproxy import keys, protocol
+from lnproxy import keys, protocol, wire
 from lnproxy.api import ClientFactory
 from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
-from lnproxy.policy import Policy
+from lnproxy.policy import MessageClass, Policy
+from lnproxy.protocol import FEATURE_PEER_STORAGE
 from lnproxy.scaleout import Deployment, ReactorStore
+from lnproxy.ssrf import Resolver, build_http_client, thread_resolver
 from lnproxy.store import IStore, Store, StoreError, datadir
 from lnproxy.store.postgres import PostgresStore
-from lnproxy.webhook import Notifier, Resolver, build_http_client, thread_resolver
+from lnproxy.webhook import Notifier
 
 __all__ = [
     "ProxyService",
@@ -196,6 +198,18 @@ class ProxyService(service.MultiService):
         self._log.info("lnproxy stopped; every stored event is kept")
 
 
+def _features(policy: Policy) -> list[str]:
+    """The optional features of ``hello.features`` this server offers.
+
+    ``peer_storage`` only while the proxy keeps type 7 itself: an operator
+    ``--policy 7=...`` hands peer storage to the client instead.
+    """
+    features = []
+    if policy.classify(wire.PEER_STORAGE) is MessageClass.HANDLE:
+        features.append(FEATURE_PEER_STORAGE)
+    return features
+
+
 def build_service(
     reactor: Any,
     config: Mapping[str, Any],
@@ -284,7 +298,7 @@ def build_service(
         login_timeout=config["login-timeout"],
         request_rate=config.get("max-requests-per-second", 5000.0),
         request_burst=2 * config.get("max-requests-per-second", 5000.0),
-        features=features,
+        features=[*_features(hub.policy), *features],
     )
     root = ProxyService(store, hub, factory, deployment)
     root.notifier = notifier

@@ -69,7 +69,7 @@ class HelloAndSubprotocolTests(ProxyTestCase):
         self.assertEqual(limits["handshake_timeout"], 7)
         self.assertEqual(limits["keepalive"], 9)
         self.assertIsInstance(limits["webhooks_per_node"], int)
-        self.assertEqual(hello["features"], [])
+        self.assertEqual(hello["features"], ["peer_storage"])
         # The hello is the first frame, and a notification (no id).
         self.assertEqual(client.frames[0]["method"], "hello")
         self.assertNotIn("id", client.frames[0])

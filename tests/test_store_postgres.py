@@ -102,7 +102,15 @@ class SchemaTests(PgCase):
         }
         self.assertEqual(
             tables,
-            {"version", "processes", "nodes", "events", "connections", "webhooks"},
+            {
+                "version",
+                "processes",
+                "nodes",
+                "events",
+                "connections",
+                "webhooks",
+                "peer_storage",
+            },
         )
 
     def test_concurrent_first_opens(self) -> None:

@@ -1,9 +1,13 @@
 """lnproxy's reference client: the side that holds the node key.
 
-The main class is :class:`Client`; see :mod:`lnproxy.client.session`.  The
-``lnproxy-client`` command line lives in :mod:`lnproxy.client.cli`.
+The main class is :class:`Client` (:mod:`lnproxy.client.session`), which
+composes the WebSocket connection (:mod:`~lnproxy.client.connection`), the
+event pipeline (:mod:`~lnproxy.client.events`) and the peer connections
+(:mod:`~lnproxy.client.peers`).  The ``lnproxy-client`` command line lives
+in :mod:`lnproxy.client.cli`.  Import the public names from here.
 """
 
+from lnproxy.client.connection import LoginInfo
 from lnproxy.client.errors import (
     ClientError,
     ClientStopped,
@@ -12,6 +16,7 @@ from lnproxy.client.errors import (
     InternalError,
     InvalidParams,
     InvalidRequest,
+    LeaseHeld,
     LimitExceeded,
     LoginFailed,
     MethodNotFound,
@@ -23,12 +28,16 @@ from lnproxy.client.errors import (
     ProxyError,
     ProxyUnreachable,
     RequestTimeout,
+    ServedElsewhere,
     ServerMismatch,
     UnknownConnection,
+    VersionConflict,
     error_for_code,
 )
+from lnproxy.client.events import Event
 from lnproxy.client.keyfile import KeyFileError, generate_key_file, read_key_file
-from lnproxy.client.session import Client, Event, LoginInfo, PeerLink, parse_peer
+from lnproxy.client.peers import PeerLink, parse_peer
+from lnproxy.client.session import Client
 from lnproxy.client.state import (
     ClientState,
     FileState,
@@ -66,6 +75,9 @@ __all__ = [
     "NotOpen",
     "LimitExceeded",
     "NotAllowed",
+    "ServedElsewhere",
+    "VersionConflict",
+    "LeaseHeld",
     "RequestTimeout",
     "ConnectionLost",
     "ProxyUnreachable",

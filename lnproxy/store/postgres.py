@@ -49,6 +49,7 @@ from zope.interface import implementer
 from lnproxy.store import datadir
 from lnproxy.store.interface import (
     CONNECTION_STATES,
+    MAX_PEER_STORAGE_BLOB,
     ConnectionRow,
     DBError,
     EventRow,
@@ -146,6 +147,8 @@ class Claim:
     :param newest_summon: its newest unacknowledged summon-class event, if
         any (a node taken over is woken with it even when no connection
         was open).
+    :param peer_storage: the blobs its peers gave, by peer (the owner keeps
+        them in memory to hand back after the client's next ``init``).
     """
 
     node_id: str
@@ -158,6 +161,7 @@ class Claim:
     unclosed: list[ConnectionRow] = field(default_factory=list)
     webhooks: list[WebhookRow] = field(default_factory=list)
     newest_summon: EventRow | None = None
+    peer_storage: dict[str, bytes] = field(default_factory=dict)
 
 
 def _event_row(row: tuple[Any, ...]) -> EventRow:
@@ -922,6 +926,41 @@ class PostgresStore:
             )
         return int(row[0]) if row else 0
 
+    # -- peer storage -------------------------------------------------------
+
+    def put_peer_storage(self, node_id: str, peer: str, blob: bytes, at: float) -> None:
+        """Keep the newest blob of a node's peer, replacing the one before.
+
+        :raises StoreError: if the blob is longer than 65531 bytes.
+        :raises NodeLost: if this process no longer owns the node.
+        """
+        if len(blob) > MAX_PEER_STORAGE_BLOB:
+            raise StoreError(
+                f"peer storage blob of {len(blob)} bytes exceeds "
+                f"{MAX_PEER_STORAGE_BLOB}"
+            )
+        with self._write() as conn:
+            self._guard(conn, [node_id])
+            conn.execute(
+                "INSERT INTO peer_storage (node_id, peer, blob, at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (node_id, peer)"
+                " DO UPDATE SET blob = excluded.blob, at = excluded.at",
+                (node_id, peer, bytes(blob), at),
+            )
+
+    def get_peer_storage(self, node_id: str, peer: str) -> bytes | None:
+        """Return the blob kept for this node and peer, or None."""
+        with self._errors():
+            row = (
+                self._db()
+                .execute(
+                    "SELECT blob FROM peer_storage WHERE node_id = %s AND peer = %s",
+                    (node_id, peer),
+                )
+                .fetchone()
+            )
+        return None if row is None else bytes(row[0])
+
     # -- health -------------------------------------------------------------
 
     def writable(self) -> bool:
@@ -1111,6 +1150,12 @@ class PostgresStore:
                 (node_id,),
             ).fetchone()
             summon = None if found is None else _event_row(found)
+        blobs = {
+            peer: bytes(blob)
+            for peer, blob in conn.execute(
+                "SELECT peer, blob FROM peer_storage WHERE node_id = %s", (node_id,)
+            ).fetchall()
+        }
         if self._checked:
             # The row is locked and ours at this epoch: writes in this same
             # transaction need not check it again.
@@ -1125,6 +1170,7 @@ class PostgresStore:
             unclosed=unclosed,
             webhooks=hooks,
             newest_summon=summon,
+            peer_storage=blobs,
         )
 
     def take_over(self, limit: int = 200) -> list[Claim]:

@@ -78,3 +78,14 @@ CREATE TABLE webhooks
  created DOUBLE PRECISION NOT NULL,
  PRIMARY KEY (node_id, webhook_id)
 );
+
+-- The newest BOLT 1 peer_storage blob each peer of a node gave (one per
+-- node and peer, never a history).
+CREATE TABLE peer_storage
+(
+ node_id TEXT NOT NULL,
+ peer TEXT NOT NULL,
+ blob BYTEA NOT NULL CHECK (length(blob) <= 65531),
+ at DOUBLE PRECISION NOT NULL,
+ PRIMARY KEY (node_id, peer)
+);
