@@ -25,7 +25,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest
 from twisted.web.server import Site
 
-from lnproxy import keys
+from lnproxy import keys, wire
 from lnproxy.store import KEY_FILE
 from lnproxy.testing_postgres import PostgresUnavailable, TemporaryPostgres
 
@@ -210,6 +210,35 @@ class HandOverTests(ScaleOutCase):
             (closed["conn"], closed["reason"], closed["reconnect"]),
             (conn, "proxy stopped", True),
         )
+
+    @defer.inlineCallbacks
+    def test_peer_storage_moves_with_the_node(self) -> Any:
+        """A peer's ``peer_storage`` blob kept by one process is handed
+        back by the next owner, behind the client's ``init`` on the next
+        link to that peer."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret, port=p1.port)
+        peer, peer_port = self.local_peer()
+        yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(peer.connections) == 1)
+        blob = os.urandom(120)
+        peer.connections[0].send(wire.PeerStorage(blob).encode())
+        yield eventually(
+            lambda: self.sql("SELECT blob FROM peer_storage") == [(blob,)],
+            timeout=10,
+            interval=0.1,
+        )
+        os.kill(p1.transport.pid, signal.SIGTERM)
+        yield self.ended(p1)
+        again = yield self.logged_in(secret, port=p2.port)
+        yield again.open_peer(peer, peer_port)
+        retrieval = wire.PeerStorage(blob, retrieval=True).encode()
+        yield eventually(lambda: any(retrieval in p.received for p in peer.connections))
+        (link,) = [p for p in peer.connections if retrieval in p.received]
+        self.assertEqual(link.received[0][:2], b"\x00\x10")  # the client's init
+        self.assertEqual(link.received[1], retrieval)
 
     @defer.inlineCallbacks
     def test_kill9_failover(self) -> Any:
