@@ -526,9 +526,23 @@ class PostgresStore:
                 self._checked = []
 
     @contextmanager
-    def _write(self, fsync: bool = True) -> Iterator[psycopg.Connection[Any]]:
-        """A write: inside :meth:`transaction` (its own savepoint when one is
-        open); ``fsync=False`` makes an outermost commit asynchronous."""
+    def _write(
+        self, fsync: bool = True, savepoint: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A write: in its own transaction, or inside the open one.
+
+        Inside an open transaction no savepoint is taken unless asked for:
+        the hot writes check everything that can be refused (seqs,
+        ownership, unknown rows, sizes) before they change anything, so a
+        refusal the caller catches leaves the outer transaction as it was,
+        and two round trips per write are saved. Only a database error
+        (which aborts the whole transaction in PostgreSQL) or an expected
+        constraint violation needs one (``savepoint=True``).
+        ``fsync=False`` makes an outermost commit asynchronous.
+        """
+        if self._depth > 0 and not savepoint:
+            yield self._db()
+            return
         relaxed = not fsync and self._depth == 0
         with self.transaction():
             conn = self._db()
@@ -873,7 +887,7 @@ class PostgresStore:
         :raises NodeLost: if this process no longer owns the node.
         """
         try:
-            with self._write() as conn:
+            with self._write(savepoint=True) as conn:
                 self._guard(conn, [row.node_id])
                 conn.execute(
                     f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS})"
@@ -1011,7 +1025,7 @@ class PostgresStore:
         self._public_url = public_url
         self._lease_timeout = float(lease_timeout)
         self._epochs = {}
-        with self._write() as conn:
+        with self._write(savepoint=True) as conn:
             conn.execute(
                 "INSERT INTO processes (process_id, public_url, expires)"
                 " VALUES (%s, %s, now() + make_interval(secs => %s))"
@@ -1041,7 +1055,7 @@ class PostgresStore:
         :raises DBError: if the database cannot be reached.
         """
         me = self._registered()
-        with self._write() as conn:
+        with self._write(savepoint=True) as conn:
             row = conn.execute(
                 "UPDATE processes SET expires = now() + make_interval(secs => %s)"
                 " WHERE process_id = %s"
@@ -1087,7 +1101,7 @@ class PostgresStore:
         :raises DBError: if the database cannot be reached.
         """
         me = self._registered()
-        with self._write() as conn:
+        with self._write(savepoint=True) as conn:
             conn.execute(
                 "INSERT INTO nodes (node_id, next_seq, owner, epoch)"
                 " VALUES (%s, 1, NULL, 0) ON CONFLICT (node_id) DO NOTHING",
@@ -1187,7 +1201,7 @@ class PostgresStore:
         me = self._registered()
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
-        with self._write() as conn:
+        with self._write(savepoint=True) as conn:
             rows = conn.execute(
                 "SELECT n.node_id, n.owner, n.epoch, n.next_seq FROM nodes n"
                 " LEFT JOIN processes p ON p.process_id = n.owner"
@@ -1293,7 +1307,7 @@ class PostgresStore:
         held = [(n, self._epochs[n]) for n in sorted(set(node_ids)) if n in self._epochs]
         if not held:
             return
-        with self._write() as conn:
+        with self._write(savepoint=True) as conn:
             conn.cursor().executemany(
                 "UPDATE nodes SET owner = NULL WHERE node_id = %s AND owner = %s"
                 " AND epoch = %s",
@@ -1316,7 +1330,7 @@ class PostgresStore:
         clients that wait for a summon (the row goes when the last node is
         taken). Fencing stays on, with nothing owned."""
         me = self._registered()
-        with self._write() as conn:
+        with self._write(savepoint=True) as conn:
             conn.execute(
                 "UPDATE processes SET expires = now() - interval '1 second'"
                 " WHERE process_id = %s",
