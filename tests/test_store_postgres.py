@@ -467,6 +467,19 @@ class OwnershipTests(PgCase):
         self.assertEqual(p1.newest_summon(A), event(A, 1, summon=True))
         self.assertIsNone(p1.newest_summon(node(0x77)))
 
+    def test_restart_with_the_same_url_takes_over_at_once(self) -> None:
+        """A process that registers with the public URL of a registered one
+        (its earlier run, killed) ends that one's lease: its nodes are
+        claimed at once instead of redirected to the same URL."""
+        p1 = self.open()
+        p1.register("ws://127.0.0.1:1001", 15)
+        p1.claim(A)
+        again = self.open()
+        again.register("ws://127.0.0.1:1001", 15)
+        c = again.claim(A)
+        self.assertTrue(c.owned)
+        self.assertEqual(c.failed_owner, p1.process_id)
+
     def test_unregistered_store_cannot_claim(self) -> None:
         """Ownership calls need register() first."""
         s = self.open()

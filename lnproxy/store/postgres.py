@@ -1013,7 +1013,9 @@ class PostgresStore:
         """Enter this process in ``processes`` and turn fencing on.
 
         :param public_url: where clients reach this process (``ws://`` or
-            ``wss://``); sent to clients redirected here.
+            ``wss://``); sent to clients redirected here. A registered
+            process with the same URL is an earlier run of this one: its
+            lease ends now.
         :param lease_timeout: seconds after the last renewal at which the
             others may take this process's nodes over.
         :param process_id: the id to use (a new random one by default).
@@ -1032,6 +1034,15 @@ class PostgresStore:
                 " ON CONFLICT (process_id) DO UPDATE SET public_url ="
                 " excluded.public_url, expires = excluded.expires",
                 (self._process_id, public_url, self._lease_timeout),
+            )
+            # An earlier run of this process (same public URL: it listened
+            # where this one listens now) is dead: end its lease at once, so
+            # that its nodes are claimed here instead of being redirected
+            # here, to ourselves, until the lease runs out.
+            conn.execute(
+                "UPDATE processes SET expires = now() - interval '1 second'"
+                " WHERE public_url = %s AND process_id <> %s AND expires > now()",
+                (public_url, self._process_id),
             )
         return self._process_id
 
