@@ -407,3 +407,27 @@ class DatabaseOutageTests(ProxyTestCase):
             (again.events[2]["method"], closed["conn"], closed["reason"]),
             ("closed", conn, "proxy failed"),
         )
+
+
+class ServerKeyOptionTests(ProxyTestCase):
+    """``--server-key`` (with SQLite too)."""
+
+    @defer.inlineCallbacks
+    def test_server_key_file_used_and_created(self) -> Any:
+        """A proxy given ``--server-key`` creates the file there (mode 0600)
+        and presents its public key as server_id; a second proxy with
+        another data dir and the same file presents the same server_id."""
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        key = os.path.join(work, "shared.key")
+        self.start_proxy("--server-key", key, data_dir=os.path.join(work, "a"))
+        client = yield self.logged_in()
+        self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+        self.assertFalse(os.path.exists(os.path.join(work, "a", KEY_FILE)))
+        with open(key) as f:
+            expected = keys.public_key(bytes.fromhex(f.read().strip())).hex()
+        self.assertEqual(client.hello_params["server_id"], expected)
+        self.start_proxy("--server-key", key, data_dir=os.path.join(work, "b"))
+        other = yield self.ws()
+        hello = yield other.hello
+        self.assertEqual(hello["server_id"], expected)
