@@ -1,6 +1,8 @@
 """lnproxy.journal.Journal with a database executor (the PostgreSQL path):
 one commit in flight, later events gathered into the next one, offers only
-after a commit, retries, NodeLost dropping a node's rows, idle().
+after a commit, retries, NodeLost dropping a node's rows, idle(); and the
+hub's session replay on that path (an event committed while a replay read
+was on its way is not skipped).
 
 The executor is a manual fake: the test decides when a queued commit runs
 (against a real SQLite store, to exercise the same writes) and whether it
@@ -9,6 +11,7 @@ fails; time is a task.Clock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -16,9 +19,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lnproxy.hub import Hub, HubError, Session
 from lnproxy.journal import Journal
 from lnproxy.store import DBError, EventRow, NodeLost, Store
 from lnproxy.store.executor import DatabaseExecutor
+from lnproxy.store.postgres import Claim
 
 A = "02" + "aa" * 32
 B = "02" + "bb" * 32
@@ -152,3 +157,80 @@ class AsyncJournalTests(SynchronousTestCase):
         self.successResultOf(idle)
         self.clock.advance(0)
         self.assertEqual(self.ex.jobs, [])
+
+
+class Sink:
+    """A session's event sink that records what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def send_event(self, text: str) -> None:
+        """Record the seq of a sent event."""
+        self.sent.append(json.loads(text)["params"]["seq"])
+
+    def close_session(self, reason: str) -> defer.Deferred[None]:
+        """Nothing to close."""
+        return defer.succeed(None)
+
+
+class ReadWriteExecutor(ManualExecutor):
+    """ManualExecutor that also queues reads (run or delivered apart)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.reads: list[tuple[Callable[[Any], Any], defer.Deferred[Any]]] = []
+
+    def read(self, fn: Callable[[Any], Any]) -> defer.Deferred[Any]:
+        """Queue a read."""
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.reads.append((fn, d))
+        return d
+
+
+class SharedHubTests(SynchronousTestCase):
+    """The hub's PostgreSQL paths on a manual executor (SQLite underneath)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = Store.open(self.mktemp(), synchronous="NORMAL")
+        self.addCleanup(self.store.close)
+        self.ex = ReadWriteExecutor(self.store)
+        self.hub = Hub(
+            self.store,
+            self.clock,
+            lambda *a: defer.fail(Exception("no peers here")),
+            executor=cast(DatabaseExecutor[Any], self.ex),
+        )
+
+    def test_event_committed_during_a_replay_read_is_not_skipped(self) -> None:
+        """A replay read taken before an event's commit returns without it;
+        the event, offered while the session was catching up, is read
+        again instead of being skipped."""
+        self.hub.adopt_claim(Claim(A, owned=True, epoch=1))
+        node = self.hub.nodes[A]
+        sink = Sink()
+        session = Session(self.hub, node, sink)
+        node.sessions.append(session)
+        session.start()
+        (read_fn, read_d) = self.ex.reads.pop(0)
+        snapshot = read_fn(self.store)  # taken now: no events yet
+        self.hub.journal.emit(node, "closed", {"conn": "c"}, False)
+        self.clock.advance(0)
+        self.ex.run()  # committed and offered while catching up
+        self.assertEqual(sink.sent, [])
+        read_d.callback(snapshot)
+        self.clock.advance(0)
+        (read_fn, read_d) = self.ex.reads.pop(0)
+        read_d.callback(read_fn(self.store))
+        self.assertEqual(sink.sent, [1])
+        self.hub.journal.emit(node, "closed", {"conn": "d"}, False)
+        self.clock.advance(0)
+        self.ex.run()
+        self.assertEqual(sink.sent, [1, 2])  # in step now: offered directly
+
+    def test_unknown_node_is_not_read_on_the_reactor(self) -> None:
+        """With an executor, a node that is not served here is code 1, not
+        a store read."""
+        err = self.assertRaises(HubError, self.hub.newest_seq, B)
+        self.assertEqual(err.code, 1)
