@@ -347,6 +347,12 @@ class RpcClient(WebSocketClientProtocol):
     :ivar closed: fires with ``(code, reason)`` when the WebSocket closes.
     :ivar node_secret: the secret :meth:`login` used.
     :ivar login_result: what :meth:`login` returned.
+    :ivar opened: fires (with None) when the WebSocket handshake is done.
+    :ivar on_raw: if set, called first with each frame's payload; a true
+        result means it took the frame (nothing else happens to it).
+    :ivar on_event: if set, notifications other than ``hello`` go to it
+        instead of :attr:`events`, and no frame or reply is kept (for load
+        generators).
     """
 
     def __init__(self) -> None:
@@ -364,6 +370,13 @@ class RpcClient(WebSocketClientProtocol):
         self.closed: defer.Deferred[tuple[int | None, str | None]] = defer.Deferred()
         self.node_secret: bytes | None = None
         self.login_result: dict[str, Any] | None = None
+        self.opened: defer.Deferred[None] = defer.Deferred()
+        self.on_raw: Callable[[bytes], bool] | None = None
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+
+    def onOpen(self) -> None:
+        """Fire :attr:`opened`."""
+        self.opened.callback(None)
 
     def connectionMade(self) -> None:
         """Turn Nagle off (Autobahn's ``tcpNoDelay`` option never takes
@@ -373,10 +386,14 @@ class RpcClient(WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Route a frame: a reply to its call, ``hello``, or an event."""
+        if self.on_raw is not None and self.on_raw(payload):
+            return
         obj = json.loads(payload)
-        self.frames.append(obj)
+        if self.on_event is None:
+            self.frames.append(obj)
         if "id" in obj:
-            self.replies.append(obj)
+            if self.on_event is None:
+                self.replies.append(obj)
             d = self._calls.pop(obj["id"], None)
             if d is not None:
                 if "error" in obj:
@@ -396,6 +413,9 @@ class RpcClient(WebSocketClientProtocol):
             waiters, self._hello_waiters = self._hello_waiters, []
             for d in waiters:
                 d.callback(obj["params"])
+            return
+        if self.on_event is not None:
+            self.on_event(obj)
             return
         self.events.append(obj)
         keep_events = []
@@ -733,15 +753,19 @@ def spawn_twistd(
 
 
 class ProxyProcess:
-    """A ``twistd -n lnproxy`` child driven from blocking code (benchmarks,
-    or tests that need ``preexec_fn``).
+    """A child process (usually ``twistd -n lnproxy``) driven from blocking
+    code: benchmarks, or tests that need ``preexec_fn``.
 
     :param argv: the command (e.g. from :func:`twistd_command`, perhaps
         prefixed by ``taskset -c N``).
     :param env: its environment.
-    :param log_path: where its stdout and stderr go.
+    :param log_path: where its stderr goes (and its stdout, without
+        ``pipes``).
     :param port: the port it will listen on (for :meth:`wait_listening`).
     :param preexec_fn: run in the child before exec.
+    :param cwd: its working directory.
+    :param pipes: give it a stdin and a stdout pipe (``proc.stdin``,
+        ``proc.stdout``), for a control channel.
     """
 
     def __init__(
@@ -749,18 +773,19 @@ class ProxyProcess:
         argv: Sequence[str],
         env: Mapping[str, str],
         log_path: str,
-        port: int,
+        port: int | None = None,
         preexec_fn: Callable[[], Any] | None = None,
         cwd: str | None = None,
+        pipes: bool = False,
     ) -> None:
         self.port = port
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipes else self._log,
+            stderr=self._log if pipes else subprocess.STDOUT,
             env=dict(env),
             cwd=cwd,
             preexec_fn=preexec_fn,
@@ -773,6 +798,7 @@ class ProxyProcess:
 
     def listening(self) -> bool:
         """True if 127.0.0.1:port accepts a TCP connection now."""
+        assert self.port is not None, "no port given"
         try:
             socket.create_connection(("127.0.0.1", self.port), 0.5).close()
         except OSError:
@@ -803,14 +829,16 @@ class ProxyProcess:
         except OSError:
             return ""
 
-    def stop(self, sig: int = signal.SIGTERM, wait: float = 30.0) -> int | None:
-        """Send ``sig``, wait up to ``wait`` seconds, then SIGKILL.
+    def stop(self, sig: int | None = signal.SIGTERM, wait: float = 30.0) -> int | None:
+        """Send ``sig`` (None: none, it was told to stop another way), wait
+        up to ``wait`` seconds, then SIGKILL.
 
         :return: the exit status (negative: the signal that ended it).
         """
         if self.proc.poll() is None:
             try:
-                self.proc.send_signal(sig)
+                if sig is not None:
+                    self.proc.send_signal(sig)
                 self.proc.wait(wait)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
