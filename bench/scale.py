@@ -16,10 +16,10 @@ Everything runs on 127.0.0.1 in child processes of this script, each with its
     nothing).
 ``peers`` (``taskset -c 1``)
     ``--listeners`` (default 100) BOLT 8 responders, each its own node id on
-    its own port, all on one reactor: a lean responder over
-    :class:`lnproxy.noise.Responder` that sends ``init``, answers pings and
-    counts what it receives (it keeps no message, so the soak does not grow
-    it).  It also offers a "sink" port that accepts and ignores connections,
+    its own port, all on one reactor: :class:`lnproxy.testing.ResponderFactory`
+    (``record=False``), which sends ``init`` and answers pings, and hooks
+    that count what it receives (it keeps no message, so the soak does not
+    grow it).  It also offers a "sink" port that accepts and ignores connections,
     for the floor measurement.
 ``clients`` (``taskset -c 1``)
     the client side: one WebSocket session per node (``N / listeners``
@@ -281,25 +281,53 @@ class PeersApp:
         self.stats: Counter[str] = Counter()
         self._ticker: Any = None
         self._rr = 0
+        from lnproxy import wire
+
+        self._ping, self._pong, self._init = wire.PING, wire.PONG, wire.INIT
 
     def cmd_listen(
         self, secrets: list[str], ports: list[int] | None = None
     ) -> list[int]:
         """Listen as each node secret; ``ports`` to reuse (restart) or None."""
-        from twisted.internet.protocol import Factory
+        from lnproxy.testing import ResponderFactory
 
         out = []
         for i, hex_secret in enumerate(secrets):
-            factory = Factory()
-            factory.protocol = _peer_protocol_class()
-            factory.app = self  # type: ignore[attr-defined]
-            factory.secret = bytes.fromhex(hex_secret)  # type: ignore[attr-defined]
+            factory = ResponderFactory(secret=bytes.fromhex(hex_secret), record=False)
+            factory.on_open.append(self._opened)
+            factory.on_message.append(self._message)
+            factory.on_close.append(self._closed)
             port = self.reactor.listenTCP(
                 ports[i] if ports else 0, factory, backlog=4096, interface="127.0.0.1"
             )
             self.ports.append(port)
             out.append(port.getHost().port)
         return out
+
+    def _opened(self, p: Any) -> None:
+        self.open.add(p)
+        self.stats["handshakes"] += 1
+
+    def _message(self, p: Any, m: bytes) -> None:
+        # The responder answers pings itself.
+        t = (m[0] << 8) | m[1]
+        if t == self._ping:
+            self.stats["pings_answered"] += 1
+        elif t == self._init:
+            self.stats["inits"] += 1
+        elif t == self._pong:
+            self.stats["pongs"] += 1
+        else:
+            self.stats["msgs"] += 1
+
+    def _closed(self, p: Any) -> None:
+        from lnproxy import noise
+
+        self.open.discard(p)
+        if isinstance(p.error, noise.TransportError):
+            self.stats["decrypt_errors"] += 1
+        elif isinstance(p.error, noise.HandshakeError):
+            self.stats["handshake_errors"] += 1
 
     def cmd_sink(self) -> int:
         """A port that accepts and ignores connections (for the floor)."""
@@ -338,7 +366,7 @@ class PeersApp:
             for _ in range(k):
                 self._rr = (self._rr + 1) % len(conns)
                 p = conns[self._rr]
-                if p.cipher is not None:
+                if p.is_open:
                     p.send(ping)
                     p.send(msg)
                     self.stats["soak_sent"] += 2
@@ -360,89 +388,6 @@ class PeersApp:
         for port in self.ports:
             port.stopListening()
         return n
-
-
-def _peer_protocol_class() -> type:
-    """The responder protocol (built lazily: Twisted is imported in children)."""
-    global _PeerProtocol
-    if _PeerProtocol is not None:
-        return _PeerProtocol
-    from twisted.internet.protocol import Protocol
-
-    from lnproxy import noise, wire
-
-    init = wire.Init(features=b"").encode()
-
-    class PeerProtocol(Protocol):
-        """Responder: acts 1-3, sends init, answers pings, counts."""
-
-        def connectionMade(self) -> None:
-            """Start the responder handshake."""
-            self.transport.setTcpNoDelay(True)
-            self.responder: Any = noise.Responder(self.factory.secret)
-            self.buf = b""
-            self.step = 1
-            self.cipher: Any = None
-
-        def dataReceived(self, data: bytes) -> None:
-            stats = self.factory.app.stats
-            if self.cipher is not None:
-                try:
-                    messages = self.cipher.feed(data)
-                except noise.TransportError:
-                    stats["decrypt_errors"] += 1
-                    self.transport.abortConnection()
-                    return
-                for m in messages:
-                    t = (m[0] << 8) | m[1]
-                    if t == wire.PING:
-                        pong = wire.pong_for(wire.Ping.decode(m))
-                        if pong is not None:
-                            self.send(pong.encode())
-                        stats["pings_answered"] += 1
-                    elif t == wire.INIT:
-                        stats["inits"] += 1
-                    elif t == wire.PONG:
-                        stats["pongs"] += 1
-                    else:
-                        stats["msgs"] += 1
-                return
-            self.buf += data
-            try:
-                if self.step == 1 and len(self.buf) >= noise.ACT1_SIZE:
-                    self.responder.read_act1(self.buf[: noise.ACT1_SIZE])
-                    self.buf = self.buf[noise.ACT1_SIZE :]
-                    self.transport.write(self.responder.act2())
-                    self.step = 3
-                if self.step == 3 and len(self.buf) >= noise.ACT3_SIZE:
-                    keys_ = self.responder.read_act3(self.buf[: noise.ACT3_SIZE])
-                    rest, self.buf = self.buf[noise.ACT3_SIZE :], b""
-                    self.responder = None
-                    self.step = 4
-                    self.cipher = noise.Transport.from_keys(keys_)
-                    self.send(init)
-                    self.factory.app.open.add(self)
-                    stats["handshakes"] += 1
-                    if rest:
-                        self.dataReceived(rest)
-            except noise.HandshakeError:
-                stats["handshake_errors"] += 1
-                self.transport.abortConnection()
-
-        def send(self, msg: bytes) -> None:
-            """Encrypt and write one message."""
-            self.transport.write(self.cipher.encrypt(msg))
-
-        def connectionLost(self, reason: Any = None) -> None:
-            """Forget the link."""
-            self.factory.app.open.discard(self)
-            self.cipher = None
-
-    _PeerProtocol = PeerProtocol
-    return PeerProtocol
-
-
-_PeerProtocol: type | None = None
 
 
 # ---------------------------------------------------------------------------

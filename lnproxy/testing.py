@@ -188,7 +188,8 @@ class ResponderPeer(Protocol):
             self._fail(e)
 
     def _message(self, msg: bytes) -> None:
-        self.received.append(msg)
+        if self.factory.record:
+            self.received.append(msg)
         msg_type = wire.message_type(msg)
         if msg_type == wire.INIT and self.their_init is None:
             self.their_init = msg
@@ -223,11 +224,16 @@ class ResponderFactory(Factory):
     :param features: the init features to send.
     :param answer_pings: answer pings with pongs (BOLT 1 behaviour).
     :param mode: a :class:`Mode` (or its string value); normal by default.
+    :param record: keep every message in ``received`` (turn off for load
+        generators; ``their_init`` is kept anyway).
 
     :ivar node_id: the 33-byte node id (what an initiator dials).
     :ivar connections: connections whose handshake is done and that are up.
     :ivar all_connections: every connection that is up, handshake or not.
     :ivar on_message: callables ``(peer, msg)`` run on every message.
+    :ivar on_open: callables ``(peer)`` run when a handshake is done.
+    :ivar on_close: callables ``(peer)`` run when a connection is lost
+        (``peer.error`` says why, if it was our doing).
     :ivar closed_count: connections lost so far.
     """
 
@@ -239,15 +245,19 @@ class ResponderFactory(Factory):
         features: bytes = b"",
         answer_pings: bool = True,
         mode: Mode | str = Mode.NORMAL,
+        record: bool = True,
     ) -> None:
         self.secret = secret or os.urandom(32)
         self.node_id = keys.public_key(self.secret)
         self.features = features
         self.answer_pings = answer_pings
         self.mode = Mode(mode)
+        self.record = record
         self.connections: list[ResponderPeer] = []
         self.all_connections: list[ResponderPeer] = []
         self.on_message: list[Callable[[ResponderPeer, bytes], None]] = []
+        self.on_open: list[Callable[[ResponderPeer], None]] = []
+        self.on_close: list[Callable[[ResponderPeer], None]] = []
         self._open_waiters: list[defer.Deferred[ResponderPeer]] = []
         self._message_waiters: list[
             tuple[Callable[[bytes], bool], defer.Deferred[Any]]
@@ -279,6 +289,8 @@ class ResponderFactory(Factory):
             p.transport.abortConnection()  # type: ignore[union-attr]
 
     def _opened(self, p: ResponderPeer) -> None:
+        for fn in self.on_open:
+            fn(p)
         waiters, self._open_waiters = self._open_waiters, []
         for d in waiters:
             d.callback(p)
@@ -296,6 +308,8 @@ class ResponderFactory(Factory):
 
     def _closed(self, p: ResponderPeer) -> None:
         self.closed_count += 1
+        for fn in self.on_close:
+            fn(p)
 
 
 def listen_peer(reactor: Any, **kw: Any) -> tuple[ResponderFactory, Any]:

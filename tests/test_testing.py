@@ -34,7 +34,7 @@ from lnproxy.testing import (
     twistd_command,
 )
 
-from .harness import ProxyTestCase
+from .harness import ProxyTestCase, eventually
 
 #: How long "nothing happens" is watched for.
 QUIET = 0.3
@@ -188,6 +188,33 @@ class ResponderModeTests(ProxyTestCase):
         yield sleep(QUIET)
         assert raw.cipher is not None
         self.assertEqual(raw.cipher.feed(raw.buf), [])
+
+    @defer.inlineCallbacks
+    def test_hooks_without_recording(self) -> Any:
+        """``record=False`` keeps no message (but still their init and the
+        waiters); on_open, on_message and on_close see the connection."""
+        factory, raw = yield self.dial(record=False)
+        seen: list[tuple[str, Any]] = []
+        factory.on_open.append(lambda p: seen.append(("open", p)))
+        factory.on_message.append(lambda p, m: seen.append(("msg", m)))
+        factory.on_close.append(lambda p: seen.append(("close", p)))
+        got = factory.wait_message(lambda m: m[:2] == b"\x80\x01")
+        yield raw.handshake()
+        yield raw.next_message()  # its init
+        raw.send(wire.Init(features=b"").encode())
+        raw.send(bytes.fromhex("8001"))
+        yield got
+        peer = seen[0][1]
+        self.assertEqual(peer.received, [])
+        self.assertEqual(peer.their_init, wire.Init(features=b"").encode())
+        raw.transport.loseConnection()  # type: ignore[union-attr]
+        yield eventually(lambda: factory.closed_count == 1)
+        self.assertEqual(
+            seen,
+            [("open", peer), ("msg", wire.Init(features=b"").encode()),
+             ("msg", bytes.fromhex("8001")), ("close", peer)],
+        )  # fmt: skip
+        self.assertEqual(factory.closed_count, 1)
 
     @defer.inlineCallbacks
     def test_close_after_act1(self) -> Any:
