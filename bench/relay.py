@@ -78,6 +78,8 @@ from _harness import ROOT, BenchChild, ChildGone, child_env, python_argv
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from lnproxy.testing import WholeSocket
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -205,35 +207,6 @@ def role_proxy(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------
 # Role: a pyln-proto peer (blocking sockets, no threads)
 # ---------------------------------------------------------------------------
-
-
-class WholeSocket:
-    """pyln-proto's connection object: exact reads, whole writes.
-
-    pyln reads an 18-byte header with one ``recv(18)``; ``MSG_WAITALL`` (and
-    the loop, for a socket with a timeout) makes that exact, as in
-    ``tests/test_interop.py``.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def recv(self, size: int) -> bytes:
-        """Read exactly ``size`` bytes, or fewer only at end of stream."""
-        chunks = []
-        missing = size
-        while missing:
-            chunk = self.sock.recv(missing, socket.MSG_WAITALL)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            missing -= len(chunk)
-        return b"".join(chunks)
-
-    def send(self, data: bytes) -> int:
-        """Write all of ``data``."""
-        self.sock.sendall(data)
-        return len(data)
 
 
 class Capture:

@@ -14,6 +14,8 @@ of other clients (JavaScript, Electrum) use one copy.
   login"), keeps replies and notifications in order, and runs the client
   side of the split handshake (docs/protocol.md, "Outbound connection (the
   split handshake)").  :func:`connect_rpc` connects one.
+* :class:`WholeSocket`: exact reads and whole writes over a socket, the
+  connection object pyln-proto needs (interop tests, benchmarks).
 * :func:`free_port`, :func:`twistd_command`, :class:`TwistdProcess` (a
   ``twistd -n lnproxy`` child on the reactor, for tests) and
   :class:`ProxyProcess` (the same child from blocking code, for benchmarks).
@@ -61,6 +63,7 @@ __all__ = [
     "spawn_twistd",
     "ProxyProcess",
     "STARTED_LINE",
+    "WholeSocket",
 ]
 
 #: What ``twistd -n lnproxy`` logs once its listening ports are bound.
@@ -606,6 +609,42 @@ def connect_rpc(
     factory.protocol = RpcClient
     d: Any = TCP4ClientEndpoint(reactor, host, port).connect(factory)
     return d
+
+
+# ---------------------------------------------------------------------------
+# pyln-proto's connection object
+# ---------------------------------------------------------------------------
+
+
+class WholeSocket:
+    """The connection object to hand pyln-proto after its handshake.
+
+    pyln reads an 18-byte header with one ``recv(18)``: ``recv(n)`` here
+    returns exactly ``n`` bytes unless the peer closed.  ``MSG_WAITALL``
+    asks the kernel for that, but a socket with a timeout is non-blocking
+    underneath, where ``MSG_WAITALL`` may still return less, hence the
+    loop.  ``send`` is ``sendall``.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self, size: int) -> bytes:
+        """Read exactly ``size`` bytes, or fewer only at end of stream."""
+        chunks = []
+        missing = size
+        while missing:
+            chunk = self.sock.recv(missing, socket.MSG_WAITALL)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            missing -= len(chunk)
+        return b"".join(chunks)
+
+    def send(self, data: bytes) -> int:
+        """Write all of ``data``."""
+        self.sock.sendall(data)
+        return len(data)
 
 
 # ---------------------------------------------------------------------------
