@@ -64,6 +64,7 @@ __all__ = [
     "ProxyProcess",
     "STARTED_LINE",
     "WholeSocket",
+    "GARBAGE_BYTES",
 ]
 
 #: What ``twistd -n lnproxy`` logs once its listening ports are bound.
