@@ -28,6 +28,7 @@ from lnproxy.testing import (
     ProxyProcess,
     RpcClient,
     RpcFailed,
+    TwistdProcess,
     connect_rpc,
     free_port,
     spawn_twistd,
@@ -443,13 +444,20 @@ class PortAndProcessTests(ProxyTestCase):
     @defer.inlineCallbacks
     def test_twistd_process_fails_to_start(self) -> Any:
         """A child that ends before it serves fails wait_started with its
-        output."""
-        child = spawn_twistd(reactor, free_port(), self.mktemp(), "--no-such-option")
+        output (a bare Python child stands in for a twistd that cannot
+        start: no twistd start-up cost)."""
+        child = TwistdProcess()
+        script = "import sys; sys.stderr.write('no-such-option'); sys.exit(1)"
+        reactor.spawnProcess(
+            child, sys.executable, [sys.executable, "-S", "-c", script]
+        )
         self.addCleanup(child.stop, "KILL")
         err = yield self.assertFailure(
             child.wait_started().addTimeout(30, reactor), RuntimeError
         )
         self.assertIn("no-such-option", str(err))
+        yield child.ended
+        self.failureResultOf(child.wait_started(), RuntimeError)
 
     def test_proxy_process(self) -> None:
         """ProxyProcess (blocking): waits for the port, logs to a file, and
@@ -467,7 +475,9 @@ class PortAndProcessTests(ProxyTestCase):
             # (Not STARTED_LINE: the port may accept before that is logged.)
             self.assertIn(f"starting on {port}", f.read())
 
-        argv, env = twistd_command(port, self.mktemp(), "--no-such-option")
+        # An early exit (a bare Python child: no twistd start-up cost).
+        script = "import sys; sys.stderr.write('no-such-option'); sys.exit(1)"
+        argv = [sys.executable, "-S", "-c", script]
         bad = ProxyProcess(argv, env, log + ".2", port)
         self.addCleanup(bad.stop, signal.SIGKILL, 5)
         with self.assertRaises(RuntimeError) as cm:
