@@ -692,16 +692,7 @@ class ConnectionErrorTests(ProxyTestCase):
         r, init = yield a.start_connect(peer, port)
         err = yield self.expect_error(b.start_connect(peer, port), 7)
         self.assertIn("unfinished handshakes", err.message)
-        init.read_act2(bytes.fromhex(r["act2"]))
-        act3, tk = init.act3()
-        yield a.call(
-            "finish",
-            conn=r["conn"],
-            act3=act3.hex(),
-            sk=tk.sk.hex(),
-            rk=tk.rk.hex(),
-            ck=tk.ck.hex(),
-        )
+        yield a.finish(r, init)
         yield b.open_peer(peer, port)
 
     @defer.inlineCallbacks
