@@ -1,5 +1,5 @@
 """End-to-end tests of the client API: hello, subprotocol, login, every
-method and every error code of PROTOCOL.md (except 8, which needs webhooks).
+method and every error code of docs/protocol.md (except 8, which needs webhooks).
 
 Real reactor, real TCP on 127.0.0.1, real SQLite under ``mktemp()``, real
 Autobahn WebSocket clients; peers are local Twisted BOLT 8 responders.
