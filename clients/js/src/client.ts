@@ -189,6 +189,8 @@ interface ClientEvents {
   fatal: Error;
   /** The writer lease moved away (`{writer: false}`). */
   lease: { writer: boolean };
+  /** An event was handled, recorded and its ack sent (the seq). */
+  handled: number;
   /** `act1`, `act2`, `act3`, `init` while {@link LnproxyClient.openPeer} runs. */
   handshake: { step: string; conn?: string };
 }
@@ -810,6 +812,7 @@ export class LnproxyClient {
         this.#state = next;
       }
       this.#sendAck(ev.seq);
+      this.#emit("handled", ev.seq);
     } catch (e) {
       this.#emit("error", new ClientError(`cannot record seq ${ev.seq}: ${String(e)}`));
     } finally {
