@@ -12,7 +12,8 @@
  *   out in `finish`, then our `init`.
  * - **Events, once, in seq order**: each event goes to `onEvent`, one at a
  *   time; after the handler has finished (it may return a promise) the seq is
- *   recorded in the state store and only then acknowledged.  A replay of a
+ *   recorded in the state store and only then acknowledged (acks of the
+ *   events handled in one turn of the event loop are coalesced into one).  A replay of a
  *   recorded seq (after a reconnect) is acknowledged again, not delivered.
  *   A handler that throws is retried with backoff.
  * - **Every request has a timeout**; waiting for a login counts in it.
@@ -325,6 +326,8 @@ export class LnproxyClient {
   #busy = false;
   #retryTimer: ReturnType<typeof setTimeout> | null = null;
   #failures = 0;
+  #ackWanted = 0;
+  #ackTimer: ReturnType<typeof setTimeout> | null = null;
   #stateLoaded: Promise<void> | null = null;
 
   constructor(opts: ClientOptions) {
@@ -538,6 +541,7 @@ export class LnproxyClient {
     const wasLoggedIn = socket === this.#session;
     this.#socket = this.#session = null;
     this.#queue = [];
+    this.#ackWanted = 0;
     if (wasLoggedIn) this.#emit("disconnect", reason);
     if (this.#running) this.#retryLater(new ClientError(reason));
   }
@@ -821,13 +825,25 @@ export class LnproxyClient {
     this.#pump();
   }
 
+  /**
+   * Acknowledge `seq` soon.  Acks of events handled in one turn of the event
+   * loop are coalesced into one `ack` of the highest seq (an ack covers
+   * every lower seq too), so a burst of events costs the proxy one ack per
+   * batch instead of one per event.
+   */
   #sendAck(seq: number): void {
-    const s = this.#session;
-    if (!s) return;
-    s.request("ack", { seq }, this.#timeout).catch((e: Error) => {
-      if (!(e instanceof ProxyError)) return; // lost with the socket: replayed later
-      this.#emit("error", e);
-    });
+    if (seq > this.#ackWanted) this.#ackWanted = seq;
+    if (this.#ackTimer !== null) return;
+    this.#ackTimer = setTimeout(() => {
+      this.#ackTimer = null;
+      const s = this.#session;
+      const n = this.#ackWanted;
+      this.#ackWanted = 0;
+      if (!s || n === 0) return; // lost with the socket: replayed, acked later
+      s.request("ack", { seq: n }, this.#timeout).catch((e: Error) => {
+        if (e instanceof ProxyError) this.#emit("error", e);
+      });
+    }, 0);
   }
 }
 

@@ -12,6 +12,8 @@ talks JSON lines:
 * stdin, one JSON object per line:
   ``{"send": <hex>}`` sends a Lightning message on every open connection;
   ``{"ping": <num_pong_bytes>}`` sends a ``ping`` (type 18);
+  ``{"burst": <hex>, "count": <n>}`` sends the message n times at once (for
+  benchmarks; one ``sent`` line for all);
   ``{"close": true}`` drops every connection.  EOF stops the peer.
 
 Usage (the project's Python, from the repository root or with the package
@@ -82,6 +84,8 @@ class Control(LineReceiver):
             cmd = json.loads(line)
             if "send" in cmd:
                 self._send(bytes.fromhex(cmd["send"]))
+            elif "burst" in cmd:
+                self._send(bytes.fromhex(cmd["burst"]), int(cmd["count"]))
             elif "ping" in cmd:
                 n = int(cmd["ping"])
                 self._send(struct.pack(">HHH", wire.PING, n, 0))
@@ -93,13 +97,14 @@ class Control(LineReceiver):
         except (ValueError, TypeError, KeyError) as e:
             emit({"event": "error", "error": str(e)})
 
-    def _send(self, msg: bytes) -> None:
+    def _send(self, msg: bytes, count: int = 1) -> None:
         if not self.peer.connections:
             emit({"event": "error", "error": "no open connection"})
             return
         for p in list(self.peer.connections):
-            p.send(msg)
-        emit({"event": "sent", "msg": msg.hex()})
+            for _ in range(count):
+                p.send(msg)
+        emit({"event": "sent", "msg": msg.hex(), "count": count})
 
     def connectionLost(self, reason: Any = None) -> None:
         """stdin closed: stop."""
