@@ -190,6 +190,7 @@ describe("events across a reconnect", () => {
     await client.whenLoggedIn(10_000);
     await client.openPeer(peer.address);
     await handled(client, (e) => e.type === 16);
+    await eventually(async () => (await pendingOf(client)) === 0, 5000, "init acknowledged");
     // The proxy never gets these acks: they are lost with the connection.
     spy.dropAcks = true;
     for (const n of [1, 2, 3]) peer.command({ send: `8003000${n}` });
