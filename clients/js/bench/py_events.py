@@ -21,7 +21,7 @@ sys.path.insert(
     0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 )
 
-from twisted.internet import defer, reactor, task  # noqa: E402
+from twisted.internet import defer, task  # noqa: E402
 
 from lnproxy.client import Client  # noqa: E402
 from lnproxy.client.session import Event  # noqa: E402

@@ -23,6 +23,9 @@ export function python() {
   return existsSync(tox) ? tox : "python3";
 }
 
+const HINT =
+  "set LNPROXY_PYTHON to a Python with the project's dependencies, e.g. .tox/py3/bin/python after tox";
+
 function pyEnv() {
   const sep = process.platform === "win32" ? ";" : ":";
   const pp = process.env.PYTHONPATH ? REPO + sep + process.env.PYTHONPATH : REPO;
@@ -82,7 +85,7 @@ export async function startProxy({ args = [], dataDir } = {}) {
     const until = Date.now() + 30_000;
     while (!(await canConnect(port))) {
       if (child.exitCode !== null || Date.now() > until) {
-        throw new Error(`twistd lnproxy did not start (python: ${python()}):\n${out}`);
+        throw new Error(`twistd lnproxy did not start (python: ${python()}; ${HINT}):\n${out}`);
       }
       await sleep(50);
     }
@@ -132,7 +135,7 @@ export async function startPeer({ args = [] } = {}) {
   const waiters = [];
   const lines = createInterface({ input: child.stdout });
   const first = new Promise((res, rej) => {
-    child.once("exit", (code) => rej(new Error(`peer.py exited with ${code}:\n${err}`)));
+    child.once("exit", (code) => rej(new Error(`peer.py exited with ${code} (python: ${python()}; ${HINT}):\n${err}`)));
     lines.on("line", (line) => {
       let obj;
       try {

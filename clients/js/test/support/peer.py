@@ -108,8 +108,8 @@ class Control(LineReceiver):
 
     def connectionLost(self, reason: Any = None) -> None:
         """stdin closed: stop."""
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        if reactor.running:
+            reactor.stop()
 
 
 def main() -> None:
@@ -129,7 +129,7 @@ def main() -> None:
         stdio.StandardIO(Control(peer))
 
     endpoint.listen(peer).addCallback(listening)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":
