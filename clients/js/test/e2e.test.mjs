@@ -358,6 +358,19 @@ describe("every error code the client can get", () => {
     await assert.rejects(link.send(new Uint8Array(65536)), (e) => e instanceof LimitExceeded && e.code === 7);
   });
 
+  test("lease, vault and account: used when hello announces them, MethodNotFound otherwise", async () => {
+    const features = client.hello.features;
+    if (features.includes("lease")) assert.equal(await client.leaseAcquire(), true);
+    else await assert.rejects(client.leaseAcquire(), MethodNotFound);
+    if (features.includes("vault")) {
+      const v = await client.vaultPut("js-test", fromHex("0102"), 0);
+      assert.deepEqual(await client.vaultGet("js-test"), { version: v, blob: fromHex("0102") });
+    } else {
+      await assert.rejects(client.vaultList(), MethodNotFound);
+    }
+    if (!features.includes("account")) await assert.rejects(client.accountRemove(), MethodNotFound);
+  });
+
   test("a pinned server id that differs stops the client (ServerMismatch)", async () => {
     const c = newClient({ extra: { serverId: "02" + "11".repeat(32) } });
     const fatal = new Promise((r) => c.on("fatal", r));

@@ -26,6 +26,7 @@ import {
   parseEvent,
   parseHello,
   parsePeer,
+  restoreFromAccount,
   signLogin,
   toHex,
   verifyDigest,
@@ -415,5 +416,101 @@ describe("against a fake proxy", () => {
     const p = c.connections();
     c.stop();
     await assert.rejects(p, (e) => e.name === "ConnectionLost" || e instanceof ClientStopped);
+  });
+
+  test("Node 20 without a global WebSocket: the client finds the `ws` package itself", async () => {
+    const fake = await fakeProxy();
+    const c = new LnproxyClient({ url: fake.url, nodeSecret: newNodeSecret(), requestTimeout: 2000 });
+    c.start();
+    await c.whenLoggedIn(3000);
+    c.stop();
+  });
+
+  test("lease, vault and webhook methods: params out, checked results in, typed errors", async () => {
+    const vault = new Map();
+    const fake = await fakeProxy({
+      handle: (m, p) => {
+        switch (m) {
+          case "lease.acquire":
+            return p.force ? { writer: true } : { error: { code: 11, message: "lease held" } };
+          case "lease.release":
+            return {};
+          case "vault.put": {
+            const cur = vault.get(p.name)?.version ?? 0;
+            if (p.version !== cur) return { error: { code: 10, message: "conflict", data: { version: cur } } };
+            vault.set(p.name, { version: cur + 1, blob: p.blob });
+            return { version: cur + 1 };
+          }
+          case "vault.get":
+            return vault.get(p.name) ?? { version: 0, blob: null };
+          case "vault.list":
+            return { entries: [...vault].map(([name, e]) => ({ name, version: e.version, size: e.blob.length / 2 })) };
+          case "vault.remove":
+            vault.delete(p.name);
+            return {};
+          case "webhook.set":
+            return { id: "w1" };
+          case "webhook.list":
+            return { webhooks: [{ id: "w1", url: "https://push.example/x" }] };
+          case "webhook.remove":
+            return p.id === "w1" ? {} : { error: { code: 3, message: "unknown webhook" } };
+          default:
+            return { error: { code: -32601, message: "unknown method" } };
+        }
+      },
+    });
+    const c = fakeClient(fake.url);
+    c.start();
+    await c.whenLoggedIn(3000);
+    await assert.rejects(c.leaseAcquire(), (e) => e.code === 11 && e.name === "LeaseHeld");
+    assert.equal(await c.leaseAcquire(true), true);
+    await c.leaseRelease();
+    assert.equal(await c.vaultPut("backup.1", fromHex("c0ffee"), 0), 1);
+    await assert.rejects(c.vaultPut("backup.1", fromHex("00"), 0), (e) => e instanceof VersionConflict && e.currentVersion === 1);
+    assert.deepEqual(await c.vaultGet("backup.1"), { version: 1, blob: fromHex("c0ffee") });
+    assert.deepEqual(await c.vaultGet("nothing"), { version: 0, blob: null });
+    assert.deepEqual(await c.vaultList(), [{ name: "backup.1", version: 1, size: 3 }]);
+    await c.vaultRemove("backup.1", 1);
+    assert.equal(await c.webhookSet("https://push.example/x"), "w1");
+    assert.deepEqual(await c.webhookList(), [{ id: "w1", url: "https://push.example/x" }]);
+    await c.webhookRemove("w1");
+    await assert.rejects(c.webhookRemove("w2"), (e) => e.code === 3);
+    const sent = fake.requests.find((r) => r.method === "vault.put");
+    assert.deepEqual(sent.params, { name: "backup.1", blob: "c0ffee", version: 0 });
+    c.stop();
+  });
+
+  test("account.set then restoreFromAccount: the node key comes back, the proxy never sees the password", async () => {
+    const accounts = new Map();
+    const fake = await fakeProxy({
+      handle: (m, p, _ws, st) => {
+        if (m === "account.set") {
+          accounts.set(p.user, { auth: p.auth, blob: p.blob, node: st.loggedIn });
+          return {};
+        }
+        if (m === "account.login") {
+          const a = accounts.get(p.user);
+          return a && a.auth === p.auth ? { node_id: a.node, blob: a.blob } : { error: { code: 2, message: "login failed" } };
+        }
+        return undefined;
+      },
+      after: (m, _ws, st) => {
+        if (m === "login") st.loggedIn = st.requests.findLast((r) => r.method === "login").params.node_id;
+      },
+    });
+    const secret = newNodeSecret();
+    const c = fakeClient(fake.url, { nodeSecret: secret, requestTimeout: 20_000 });
+    c.start();
+    await c.whenLoggedIn(3000);
+    await c.accountSet("alice", "correct horse");
+    c.stop();
+    const set = fake.requests.find((r) => r.method === "account.set").params;
+    assert.equal(set.auth.length, 64);
+    assert.equal(set.blob.length, 2 * 60);
+    assert.ok(!JSON.stringify(fake.requests).includes("correct horse"));
+    assert.ok(!JSON.stringify(fake.requests).includes(toHex(secret)));
+    const restored = await restoreFromAccount(fake.url, "alice", "correct horse", { WebSocket, timeout: 20_000 });
+    assert.equal(toHex(restored), toHex(secret));
+    await assert.rejects(restoreFromAccount(fake.url, "alice", "wrong", { WebSocket, timeout: 20_000 }), LoginFailed);
   });
 });
