@@ -327,6 +327,7 @@ export class LnproxyClient {
   #retryTimer: ReturnType<typeof setTimeout> | null = null;
   #failures = 0;
   #ackWanted = 0;
+  #ackSent = 0;
   #ackTimer: ReturnType<typeof setTimeout> | null = null;
   #stateLoaded: Promise<void> | null = null;
 
@@ -439,10 +440,20 @@ export class LnproxyClient {
     if (this.#session && this.loginInfo) return Promise.resolve(this.loginInfo);
     if (!this.#running) return Promise.reject(new ClientStopped("the client is not running"));
     return new Promise((resolve, reject) => {
-      const w = { resolve, reject };
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const w = {
+        resolve: (i: LoginInfo) => {
+          clearTimeout(timer);
+          resolve(i);
+        },
+        reject: (e: Error) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
       this.#loginWaiters.push(w);
       if (timeout !== undefined) {
-        setTimeout(() => {
+        timer = setTimeout(() => {
           const i = this.#loginWaiters.indexOf(w);
           if (i >= 0) {
             this.#loginWaiters.splice(i, 1);
@@ -528,6 +539,7 @@ export class LnproxyClient {
       features: socket.hello.features,
     };
     this.#session = socket;
+    this.#ackSent = 0;
     this.#attempt = 0;
     this.loginInfo = info;
     for (const w of this.#loginWaiters.splice(0)) w.resolve(info);
@@ -809,19 +821,25 @@ export class LnproxyClient {
       return;
     }
     this.#failures = 0;
-    try {
-      if (ev.seq > this.#state.lastSeq) {
-        const next = { ...this.#state, lastSeq: ev.seq };
+    // Record the seq before acknowledging it; a store that fails is retried
+    // with backoff (the event is not handed over again).
+    for (let attempt = 0; ev.seq > this.#state.lastSeq; attempt++) {
+      const next = { ...this.#state, lastSeq: ev.seq };
+      try {
         await this.#store.save(next);
         this.#state = next;
+      } catch (e) {
+        this.#emit("error", new ClientError(`cannot record seq ${ev.seq}: ${String(e)}`));
+        if (!this.#running) {
+          this.#busy = false;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, this.#delay(attempt)));
       }
-      this.#sendAck(ev.seq);
-      this.#emit("handled", ev.seq);
-    } catch (e) {
-      this.#emit("error", new ClientError(`cannot record seq ${ev.seq}: ${String(e)}`));
-    } finally {
-      this.#busy = false;
     }
+    this.#sendAck(ev.seq);
+    this.#emit("handled", ev.seq);
+    this.#busy = false;
     this.#pump();
   }
 
@@ -839,7 +857,10 @@ export class LnproxyClient {
       const s = this.#session;
       const n = this.#ackWanted;
       this.#ackWanted = 0;
-      if (!s || n === 0) return; // lost with the socket: replayed, acked later
+      // Lost with the socket: replayed and acknowledged after the next login.
+      // An ack at or below one already sent on this session adds nothing.
+      if (!s || n <= this.#ackSent) return;
+      this.#ackSent = n;
       s.request("ack", { seq: n }, this.#timeout).catch((e: Error) => {
         if (e instanceof ProxyError) this.#emit("error", e);
       });

@@ -287,7 +287,7 @@ export class Session {
   abort(reason: string): void {
     this.#closeReason = reason;
     try {
-      this.#ws.close(4000, reason.slice(0, 100));
+      this.#ws.close(4000, reason.replace(/[^\x20-\x7e]/g, "?").slice(0, 120));
     } catch {
       /* already closed */
     }

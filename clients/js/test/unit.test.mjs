@@ -513,4 +513,43 @@ describe("against a fake proxy", () => {
     assert.equal(toHex(restored), toHex(secret));
     await assert.rejects(restoreFromAccount(fake.url, "alice", "wrong", { WebSocket, timeout: 20_000 }), LoginFailed);
   });
+
+  test("events: once, in seq order, replays acked not redelivered, a failing store retried", async () => {
+    const peer = toHex(nodeIdOf(newNodeSecret()));
+    const ev = (seq) => JSON.stringify({ jsonrpc: "2.0", method: "message", params: { seq, at: 1, conn: "c", peer, type: 1, msg: "0001" } });
+    const fake = await fakeProxy({
+      handle: (m) => (m === "ack" ? {} : undefined),
+      // 1, 2, then 1 and 2 again (a replay), then 3.
+      after: (m, ws) => m === "login" && [1, 2, 1, 2, 3].forEach((n) => ws.send(ev(n))),
+    });
+    let fails = 1;
+    const saved = [];
+    const store = {
+      load: () => null,
+      save: (st) => {
+        if (st.lastSeq === 2 && fails-- > 0) throw new Error("disk full");
+        saved.push(st.lastSeq);
+      },
+    };
+    const handled = [];
+    const c = new LnproxyClient({
+      url: fake.url,
+      nodeSecret: newNodeSecret(),
+      WebSocket,
+      state: store,
+      backoff: { initial: 20, max: 100 },
+      onEvent: (e) => void handled.push(e.seq),
+    });
+    c.start();
+    await c.whenLoggedIn(3000);
+    const until = Date.now() + 3000;
+    while (c.lastSeq < 3 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(handled, [1, 2, 3]);
+    assert.deepEqual(saved.filter((n) => n > 0), [1, 2, 3]);
+    const acks = fake.requests.filter((r) => r.method === "ack").map((r) => r.params.seq);
+    assert.equal(acks.at(-1), 3);
+    assert.deepEqual(acks, [...acks].sort((a, b) => a - b), "acks never go backwards");
+    c.stop();
+  });
 });
