@@ -490,6 +490,11 @@ export class LnproxyClient {
     this.hello = socket.hello;
     socket.onNotification = (method, params) => this.#notification(socket, method, params);
     socket.onClose = (reason) => this.#closed(socket, reason);
+    if (!socket.open) {
+      // It closed right after its hello, before we were listening.
+      this.#closed(socket, socket.closeReason);
+      return;
+    }
     try {
       await this.#adoptServer(socket.hello.serverIdHex);
       const signature = signLogin(this.#secret, socket.hello.serverId, socket.hello.challenge);

@@ -552,4 +552,24 @@ describe("against a fake proxy", () => {
     assert.deepEqual(acks, [...acks].sort((a, b) => a - b), "acks never go backwards");
     c.stop();
   });
+
+  test("a proxy that closes right after its hello: the client tries again", async () => {
+    const fake = await fakeProxy({
+      hello: (st, s) => {
+        const h = { protocol: "lnproxy/1", server_id: st.serverId, challenge: s.challenge };
+        if (st.connections <= 2) {
+          const ws = st.sockets.at(-1);
+          ws.send(JSON.stringify({ jsonrpc: "2.0", method: "hello", params: h }));
+          ws.close(1012);
+          return null;
+        }
+        return h;
+      },
+    });
+    const c = fakeClient(fake.url);
+    c.start();
+    await c.whenLoggedIn(5000);
+    assert.equal(fake.connections, 3);
+    c.stop();
+  });
 });
