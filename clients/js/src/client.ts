@@ -16,6 +16,11 @@
  *   events handled in one turn of the event loop are coalesced into one).  A replay of a
  *   recorded seq (after a reconnect) is acknowledged again, not delivered.
  *   A handler that throws is retried with backoff.
+ * - **Persistent peers**: a `closed` event with `reconnect: true` (a persist
+ *   connection dropped) is recorded in the state with the peer's address,
+ *   then the client runs a new handshake to that peer with backoff until one
+ *   is open (unless another device of the node already has one).  The
+ *   pending re-handshakes are in the state, so a restart resumes them.
  * - **Every request has a timeout**; waiting for a login counts in it.
  */
 
@@ -98,6 +103,8 @@ export interface ClientState {
   serverId: string | null;
   /** The highest seq handled and recorded. */
   lastSeq: number;
+  /** Persist peers to handshake with again: node id -> address, features. */
+  rehandshake?: Record<string, { address: string; features: string }>;
 }
 
 /** Where the state lives (memory by default; {@link webStorageState}). */
@@ -130,6 +137,7 @@ export function webStorageState(
       return {
         serverId: typeof o.serverId === "string" ? o.serverId : null,
         lastSeq: typeof o.lastSeq === "number" ? o.lastSeq : 0,
+        rehandshake: typeof o.rehandshake === "object" && o.rehandshake ? o.rehandshake : {},
       };
     },
     save: (s) => storage.setItem(key, JSON.stringify(s)),
@@ -152,6 +160,11 @@ export interface ClientOptions {
   features?: Uint8Array;
   /** Milliseconds a request may take, waiting for a login included (30 s). */
   requestTimeout?: number;
+  /**
+   * Handshake again with a persist peer when the proxy says its connection
+   * dropped (`closed` with `reconnect: true`); default true.
+   */
+  rehandshake?: boolean;
   /** Reconnection backoff in ms: first delay and cap (500 ms, 60 s). */
   backoff?: { initial?: number; max?: number };
   /** The WebSocket constructor (default: global, else the `ws` package). */
@@ -192,6 +205,8 @@ interface ClientEvents {
   lease: { writer: boolean };
   /** An event was handled, recorded and its ack sent (the seq). */
   handled: number;
+  /** A persist peer's connection was opened again after a drop. */
+  link: PeerLink;
   /** `act1`, `act2`, `act3`, `init` while {@link LnproxyClient.openPeer} runs. */
   handshake: { step: string; conn?: string };
 }
@@ -331,6 +346,12 @@ export class LnproxyClient {
   #ackTimer: ReturnType<typeof setTimeout> | null = null;
   #stateLoaded: Promise<void> | null = null;
 
+  // Persistent peers.
+  #rehandshakeOn: boolean;
+  #addresses = new Map<string, string>(); // conn -> host:port
+  #linkFeatures = new Map<string, string>(); // conn -> init features hex
+  #rehandshaking = new Set<string>(); // node ids
+
   constructor(opts: ClientOptions) {
     if (!/^wss?:\/\/[^/]+/.test(opts.url)) {
       throw new TypeError(`proxy URL must be ws://host:port/ or wss://host:port/, not ${opts.url}`);
@@ -354,6 +375,7 @@ export class LnproxyClient {
     this.#timeout = opts.requestTimeout ?? 30_000;
     this.#backoff = { initial: opts.backoff?.initial ?? 500, max: opts.backoff?.max ?? 60_000 };
     this.#WS = opts.WebSocket;
+    this.#rehandshakeOn = opts.rehandshake ?? true;
   }
 
   /** Subscribe to a client event; returns the unsubscribe function. */
@@ -395,7 +417,9 @@ export class LnproxyClient {
     if (this.failure) throw new ClientStopped(`the client failed: ${this.failure.message}`);
     this.#running = true;
     this.#stateLoaded ??= Promise.resolve(this.#store.load()).then((s) => {
-      if (s) this.#state = { serverId: s.serverId, lastSeq: s.lastSeq };
+      if (s) {
+        this.#state = { serverId: s.serverId, lastSeq: s.lastSeq, rehandshake: { ...(s.rehandshake ?? {}) } };
+      }
     });
     void this.#connect();
   }
@@ -526,7 +550,12 @@ export class LnproxyClient {
   async #adoptServer(serverId: string): Promise<void> {
     if (this.#state.serverId === serverId) return;
     // Another proxy's seqs start over.
-    this.#state = { serverId, lastSeq: this.#state.serverId === null ? this.#state.lastSeq : 0 };
+    const known = this.#state.serverId === null;
+    this.#state = {
+      serverId,
+      lastSeq: known ? this.#state.lastSeq : 0,
+      rehandshake: known ? this.#state.rehandshake : {},
+    };
     await this.#store.save(this.#state);
   }
 
@@ -549,7 +578,9 @@ export class LnproxyClient {
     this.loginInfo = info;
     for (const w of this.#loginWaiters.splice(0)) w.resolve(info);
     for (const w of this.#sessionWaiters.splice(0)) w.resolve(socket);
+    for (const c of info.connections) this.#addresses.set(c.conn, c.address);
     this.#emit("login", info);
+    for (const node of Object.keys(this.#state.rehandshake ?? {})) this.#startRehandshake(node);
     this.#pump();
   }
 
@@ -657,6 +688,8 @@ export class LnproxyClient {
     this.#emit("handshake", { step: "act3", conn });
     await this.send(conn, encodeInit(opts.features ?? this.#features));
     this.#emit("handshake", { step: "init", conn });
+    this.#addresses.set(conn, address);
+    this.#linkFeatures.set(conn, toHex(opts.features ?? this.#features));
     return new PeerLink(this, conn, nodeId, address, persist);
   }
 
@@ -675,7 +708,9 @@ export class LnproxyClient {
   async connections(): Promise<Connection[]> {
     const r = (await this.call("connections")) as { connections?: unknown } | null;
     if (!Array.isArray(r?.connections)) throw new ProtocolViolation("connections is not a list");
-    return r.connections.map(parseConnection);
+    const conns = r.connections.map(parseConnection);
+    for (const c of conns) this.#addresses.set(c.conn, c.address);
+    return conns;
   }
 
   /** Acknowledge every event up to `seq` (the pipeline does it by itself). */
@@ -826,10 +861,13 @@ export class LnproxyClient {
       return;
     }
     this.#failures = 0;
-    // Record the seq before acknowledging it; a store that fails is retried
-    // with backoff (the event is not handed over again).
+    // Record the seq (and a persist peer to handshake with again) before
+    // acknowledging it; a store that fails is retried with backoff (the
+    // event is not handed over again).
+    const rehandshake = ev.seq > this.#state.lastSeq ? await this.#wantRehandshake(ev) : null;
     for (let attempt = 0; ev.seq > this.#state.lastSeq; attempt++) {
       const next = { ...this.#state, lastSeq: ev.seq };
+      if (rehandshake) next.rehandshake = { ...(this.#state.rehandshake ?? {}), ...rehandshake };
       try {
         await this.#store.save(next);
         this.#state = next;
@@ -844,8 +882,75 @@ export class LnproxyClient {
     }
     this.#sendAck(ev.seq);
     this.#emit("handled", ev.seq);
+    for (const node of Object.keys(rehandshake ?? {})) this.#startRehandshake(node);
     this.#busy = false;
     this.#pump();
+  }
+
+  // -- persistent peers ------------------------------------------------------------
+
+  /** For a `closed` event asking for a re-handshake: the entry to record. */
+  async #wantRehandshake(
+    ev: LnEvent,
+  ): Promise<Record<string, { address: string; features: string }> | null> {
+    if (!this.#rehandshakeOn || ev.kind !== "closed" || !ev.reconnect || !ev.peer || !ev.conn) {
+      return null;
+    }
+    let address = this.#addresses.get(ev.conn);
+    if (address === undefined) {
+      try {
+        await this.connections();
+      } catch (e) {
+        this.#emit("error", e as Error);
+      }
+      address = this.#addresses.get(ev.conn);
+    }
+    if (address === undefined) {
+      this.#emit("error", new ClientError(`cannot handshake again with ${ev.peer}: address of ${ev.conn} unknown`));
+      return null;
+    }
+    return { [ev.peer]: { address, features: this.#linkFeatures.get(ev.conn) ?? toHex(this.#features) } };
+  }
+
+  #startRehandshake(node: string): void {
+    if (this.#rehandshaking.has(node) || !this.#running) return;
+    this.#rehandshaking.add(node);
+    void this.#rehandshakeLoop(node).finally(() => this.#rehandshaking.delete(node));
+  }
+
+  /** Open a new connection to a persist peer; retry with backoff. */
+  async #rehandshakeLoop(node: string): Promise<void> {
+    for (let attempt = 0; this.#running; attempt++) {
+      const entry = this.#state.rehandshake?.[node];
+      if (!entry) return;
+      let link: PeerLink | null = null;
+      try {
+        const conns = await this.connections();
+        // Another device of this node may have done it already.
+        if (!conns.some((c) => c.peer === node && c.state === "open")) {
+          link = await this.openPeer(`${node}@${entry.address}`, {
+            persist: true,
+            features: fromHex(entry.features),
+          });
+        }
+      } catch (e) {
+        this.#emit("error", new ClientError(`handshake again with ${node} failed: ${(e as Error).message}`));
+        await new Promise((r) => setTimeout(r, this.#delay(attempt)));
+        continue;
+      }
+      const wanted = { ...(this.#state.rehandshake ?? {}) };
+      delete wanted[node];
+      const next = { ...this.#state, rehandshake: wanted };
+      try {
+        await this.#store.save(next);
+        this.#state = next;
+      } catch (e) {
+        // Harmless: the next attempt finds the open connection.
+        this.#emit("error", new ClientError(`cannot record the state: ${String(e)}`));
+      }
+      if (link) this.#emit("link", link);
+      return;
+    }
   }
 
   /**

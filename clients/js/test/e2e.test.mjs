@@ -249,6 +249,41 @@ describe("events across a reconnect", () => {
   });
 });
 
+describe("persistent peers", () => {
+  test("a dropped persist connection is recorded, acknowledged, and handshaken again", async () => {
+    const store = memoryState();
+    const client = newClient({ extra: { state: store } });
+    const links = [];
+    client.on("link", (l) => links.push(l));
+    client.start();
+    await client.whenLoggedIn(10_000);
+    const first = await client.openPeer(peer.address, { persist: true, features: fromHex("0100") });
+    await handled(client, (e) => e.type === 16 && e.conn === first.conn);
+    const opens = peer.events.filter((e) => e.event === "open" && e.remote === client.nodeId).length;
+    // The peer drops every connection; the proxy summons us to reconnect.
+    peer.command({ close: true });
+    const closed = await handled(client, (e) => e.kind === "closed" && e.conn === first.conn);
+    assert.equal(closed.reconnect, true);
+    await eventually(() => links.length === 1, 15_000, "a new link");
+    const again = links[0];
+    assert.notEqual(again.conn, first.conn);
+    assert.equal(again.peer, peer.nodeId);
+    assert.equal(again.persist, true);
+    await eventually(
+      () => peer.events.filter((e) => e.event === "open" && e.remote === client.nodeId).length === opens + 1,
+      5000,
+      "the peer sees a new handshake",
+    );
+    // Same init features as the first time.
+    const inits = peer.events.filter((e) => e.event === "received" && e.type === 16);
+    assert.equal(inits.at(-1).msg, "001000000002" + "0100");
+    // Nothing left to do in the state.
+    assert.deepEqual((await store.load()).rehandshake, {});
+    const conns = await client.connections();
+    assert.equal(conns.find((c) => c.conn === again.conn).state, "open");
+  });
+});
+
 describe("every error code the client can get", () => {
   let client;
   let link;

@@ -136,7 +136,10 @@ describe("parsing", () => {
     const store = webStorageState({ getItem: (k) => map.get(k) ?? null, setItem: (k, v) => map.set(k, v) });
     assert.equal(await store.load(), null);
     await store.save({ serverId: "02ab", lastSeq: 7 });
-    assert.deepEqual(await store.load(), { serverId: "02ab", lastSeq: 7 });
+    assert.deepEqual(await store.load(), { serverId: "02ab", lastSeq: 7, rehandshake: {} });
+    const pending = { "02cd": { address: "[::1]:9735", features: "0200" } };
+    await store.save({ serverId: "02ab", lastSeq: 8, rehandshake: pending });
+    assert.deepEqual(await store.load(), { serverId: "02ab", lastSeq: 8, rehandshake: pending });
   });
 });
 
@@ -570,6 +573,30 @@ describe("against a fake proxy", () => {
     c.start();
     await c.whenLoggedIn(5000);
     assert.equal(fake.connections, 3);
+    c.stop();
+  });
+
+  test("pending re-handshakes in the state resume after a restart (skipped if another device did it)", async () => {
+    const peer = toHex(nodeIdOf(newNodeSecret()));
+    const fake = await fakeProxy({
+      handle: (m) =>
+        m === "connections"
+          ? { connections: [{ conn: "c7", peer, address: "127.0.0.1:9", state: "open", persist: true, since: 1, their_init: null }] }
+          : undefined,
+    });
+    let saved = null;
+    const store = {
+      load: () => ({ serverId: fake.serverId, lastSeq: 4, rehandshake: { [peer]: { address: "127.0.0.1:9", features: "" } } }),
+      save: (st) => void (saved = st),
+    };
+    const c = new LnproxyClient({ url: fake.url, nodeSecret: newNodeSecret(), WebSocket, state: store });
+    c.start();
+    await c.whenLoggedIn(3000);
+    const until = Date.now() + 3000;
+    while (saved === null && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(saved, { serverId: fake.serverId, lastSeq: 4, rehandshake: {} });
+    assert.ok(fake.requests.some((r) => r.method === "connections"));
+    assert.ok(!fake.requests.some((r) => r.method === "connect"), "no second connection");
     c.stop();
   });
 });
