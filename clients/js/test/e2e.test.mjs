@@ -154,7 +154,6 @@ describe("session and handshake", () => {
 
   test(
     "a ping sent by the client is answered by the peer and its pong delivered",
-    { todo: "pong passthrough (issue 10): the proxy still swallows pongs" },
     async () => {
       await link.send(fromHex("0012" + "0003" + "0000"));
       const ping = await peer.waitFor((e) => e.event === "received" && e.type === 18);
