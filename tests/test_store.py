@@ -1,5 +1,12 @@
-"""Tests for lnproxy.store: data dir, lock, server key, schema, and the
-event/connection/webhook methods, all against real SQLite files."""
+"""Tests for lnproxy.store.
+
+``StoreContractTests`` is the behaviour every
+:class:`~lnproxy.store.interface.IStore` must show, written against the
+interface only; a test case per implementation mixes it in and says how to
+make, reopen and look into a store (``SqliteContractTests`` here). The rest
+are SQLite-specific: data dir, lock, server key file, schema create and
+upgrade, and the fsync pragmas, all against real SQLite files.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,15 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import coincurve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 import lnproxy
-from lnproxy import store as store_module
 from lnproxy.store import (
     DB_FILE,
     KEY_FILE,
@@ -28,13 +36,21 @@ from lnproxy.store import (
     DataDirLocked,
     DBError,
     EventRow,
+    IStore,
+    SqliteStore,
     Store,
     StoreError,
     WebhookRow,
     dump_db,
     get_db,
 )
+from lnproxy.store import datadir as datadir_module
+from lnproxy.store import schema as schema_module
 
+if TYPE_CHECKING:
+    _ContractBase = SynchronousTestCase
+else:
+    _ContractBase = object
 # secp256k1 group order: not a valid secret key.
 CURVE_ORDER_HEX = "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"
 
@@ -102,7 +118,8 @@ def connection(
 
 def schema_sql(name: str) -> str:
     """Return a shipped schema file, read independently of lnproxy.store."""
-    resource = importlib.resources.files("lnproxy.schema").joinpath(name)
+    sql = importlib.resources.files("lnproxy.store.sql")
+    resource = sql.joinpath("sqlite").joinpath(name)
     return resource.read_text(encoding="utf-8")
 
 
@@ -152,6 +169,481 @@ def run_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+class StoreContractTests(_ContractBase):
+    """What every IStore must do, written against the interface only.
+
+    Mix into a :class:`SynchronousTestCase` that defines :meth:`make_store`,
+    :meth:`reopen_store` and :meth:`committed_count`. Each test gets a fresh,
+    empty store as ``self.store``.
+    """
+
+    store: IStore
+
+    def make_store(self) -> IStore:
+        """Return a new, empty, open store; close it again at cleanup."""
+        raise NotImplementedError
+
+    def reopen_store(self, store: IStore) -> IStore:
+        """Close ``store`` and open the same storage again (closed at
+        cleanup): what a restart of the proxy sees."""
+        raise NotImplementedError
+
+    def committed_count(self, table: str) -> int:
+        """Count the committed rows of ``table`` (``"events"``,
+        ``"connections"`` or ``"webhooks"``) as a separate connection to
+        the same storage sees them."""
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = self.make_store()
+
+    def test_provides_istore(self) -> None:
+        """The store provides IStore with every method and attribute, and
+        its server secret is a valid 32-byte secp256k1 key."""
+        self.assertTrue(verifyObject(IStore, self.store))
+        self.assertEqual(len(self.store.server_secret), 32)
+        coincurve.PrivateKey(self.store.server_secret)  # raises if invalid
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def test_reopen_keeps_everything(self) -> None:
+        """After close and reopen, events, next_seq (also of a node whose
+        events were all acknowledged), connections, webhooks and the server
+        key are all the same."""
+        s = self.store
+        s.append_events([event(A, 1), event(A, 2, summon=True), event(B, 1)])
+        s.append_events([event(B, 2, kind="closed")])
+        s.ack(B, 2)
+        conns = [
+            connection("c1", A, 10.0, state="handshake"),
+            connection("c2", A, 11.0),
+            connection("c3", A, 12.0, state="closed", closed_seq=2),
+        ]
+        for c in conns:
+            s.put_connection(c)
+        hook = WebhookRow(A, "w1", "https://example.com/hook", 13.0)
+        s.add_webhook(hook)
+        secret = s.server_secret
+
+        s2 = self.reopen_store(s)
+        self.assertEqual(s2.server_secret, secret)
+        self.assertEqual(
+            s2.events_after(A, 0, 10), [event(A, 1), event(A, 2, summon=True)]
+        )
+        self.assertEqual(s2.next_seq(A), 3)
+        self.assertEqual(s2.next_seq(B), 3)
+        self.assertEqual(s2.pending_count(B), 0)
+        self.assertEqual(s2.connections(A), conns)
+        self.assertEqual(s2.unclosed_connections(), conns[:2])
+        self.assertEqual(s2.webhooks(A), [hook])
+
+    def test_close_is_idempotent(self) -> None:
+        """close() twice is fine; afterwards methods raise StoreError,
+        writable() is False and resume() is refused."""
+        s = self.store
+        s.close()
+        s.close()
+        e = self.assertRaises(StoreError, s.next_seq, A)
+        self.assertIn("closed", str(e))
+        self.assertRaises(StoreError, s.append_events, [event(A, 1)])
+        self.assertFalse(s.writable())
+        e = self.assertRaises(StoreError, s.resume)
+        self.assertIn("closed", str(e))
+
+    def test_suspend_resume(self) -> None:
+        """suspend() then resume() keeps everything and the store works as
+        before; resume() on an open store changes nothing."""
+        s = self.store
+        s.append_events([event(A, 1)])
+        secret = s.server_secret
+        s.resume()
+        s.suspend()
+        s.resume()
+        self.assertEqual(s.server_secret, secret)
+        self.assertEqual(s.events_after(A, 0, 10), [event(A, 1)])
+        s.append_events([event(A, 2)])
+        self.assertEqual(s.next_seq(A), 3)
+        self.assertTrue(s.writable())
+
+    # -- events -------------------------------------------------------------
+
+    def test_append_and_read(self) -> None:
+        """Appended events come back equal, in seq order, honouring
+        after_seq and limit; next_seq and pending_count follow."""
+        rows = [event(A, 1), event(A, 2, "closed", True), event(A, 3)]
+        self.store.append_events(rows[:1])
+        self.store.append_events(rows[1:])
+        self.assertEqual(self.store.events_after(A, 0, 10), rows)
+        self.assertEqual(self.store.events_after(A, 1, 1), rows[1:2])
+        self.assertEqual(self.store.events_after(A, 3, 10), [])
+        self.assertEqual(self.store.next_seq(A), 4)
+        self.assertEqual(self.store.pending_count(A), 3)
+
+    def test_limit_must_be_positive(self) -> None:
+        """limit 0 or negative is a ValueError (SQLite would read -1 as no
+        limit at all)."""
+        self.assertRaises(ValueError, self.store.events_after, A, 0, 0)
+        self.assertRaises(ValueError, self.store.events_after, A, 0, -1)
+
+    def test_empty_append(self) -> None:
+        """Appending no rows changes nothing."""
+        self.store.append_events([])
+        self.assertEqual(self.store.next_seq(A), 1)
+
+    def test_gaps_and_repeats_refused(self) -> None:
+        """A first seq other than 1, a gap, a repeat and a reversed batch are
+        each a StoreError naming the expected seq, and store nothing."""
+        e = self.assertRaises(StoreError, self.store.append_events, [event(A, 2)])
+        self.assertEqual(str(e), f"event seq 2 of node {A} is not its next seq 1")
+        self.assertRaises(StoreError, self.store.append_events, [event(A, 0)])
+        self.assertRaises(
+            StoreError, self.store.append_events, [event(A, 2), event(A, 1)]
+        )
+        self.store.append_events([event(A, 1)])
+        self.assertRaises(StoreError, self.store.append_events, [event(A, 1)])
+        self.assertRaises(
+            StoreError, self.store.append_events, [event(A, 2), event(A, 4)]
+        )
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
+        self.assertEqual(self.store.next_seq(A), 2)
+
+    def test_seq_never_repeats_after_ack(self) -> None:
+        """Acknowledging every event keeps next_seq: the old seqs cannot be
+        appended again, the next one can."""
+        self.store.append_events([event(A, 1), event(A, 2)])
+        self.assertEqual(self.store.ack(A, 2), [])
+        self.assertEqual(self.store.pending_count(A), 0)
+        self.assertEqual(self.store.next_seq(A), 3)
+        self.assertRaises(StoreError, self.store.append_events, [event(A, 1)])
+        self.store.append_events([event(A, 3)])
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 3)])
+
+    def test_batch_spans_nodes(self) -> None:
+        """One batch may interleave several nodes; each node's seqs continue
+        from its own next_seq."""
+        self.store.append_events([event(B, 1)])
+        self.store.append_events([event(A, 1), event(B, 2), event(A, 2)])
+        self.assertEqual(self.store.next_seq(A), 3)
+        self.assertEqual(self.store.next_seq(B), 3)
+        self.assertEqual(self.store.events_after(B, 0, 10), [event(B, 1), event(B, 2)])
+
+    def test_batch_is_all_or_nothing(self) -> None:
+        """A bad row at the end of a batch rejects the whole batch, also the
+        good rows of other nodes before it."""
+        self.assertRaises(
+            StoreError,
+            self.store.append_events,
+            [event(A, 1), event(B, 1), event(A, 3)],
+        )
+        self.assertEqual(self.store.pending_count(A), 0)
+        self.assertEqual(self.store.pending_count(B), 0)
+        self.assertEqual(self.store.next_seq(A), 1)
+        self.assertEqual(self.store.next_seq(B), 1)
+
+    def test_ack_deletes_up_to_seq(self) -> None:
+        """ack(n) deletes events with seq <= n only; acking again or lower is
+        harmless."""
+        self.store.append_events([event(A, s) for s in range(1, 6)])
+        self.store.ack(A, 3)
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 4), event(A, 5)])
+        self.store.ack(A, 2)
+        self.assertEqual(self.store.pending_count(A), 2)
+        self.assertEqual(self.store.next_seq(A), 6)
+
+    def test_ack_deletes_acknowledged_closed_connections(self) -> None:
+        """ack(n) deletes the node's closed connections with closed_seq <= n,
+        returning their ids, and keeps later-closed, open and handshake
+        ones."""
+        self.store.append_events([event(A, s) for s in range(1, 5)])
+        conns = {
+            "c1": connection("c1", A, 1.0, "closed", closed_seq=2),
+            "c2": connection("c2", A, 2.0, "closed", closed_seq=4),
+            "c3": connection("c3", A, 3.0, "open"),
+            "c4": connection("c4", A, 4.0, "handshake"),
+            "c0": connection("c0", A, 0.5, "closed", closed_seq=1),
+        }
+        for c in conns.values():
+            self.store.put_connection(c)
+        self.assertEqual(self.store.ack(A, 3), ["c0", "c1"])
+        self.assertEqual(
+            self.store.connections(A), [conns["c2"], conns["c3"], conns["c4"]]
+        )
+        self.assertEqual(self.store.ack(A, 4), ["c2"])
+        self.assertEqual(self.store.connections(A), [conns["c3"], conns["c4"]])
+
+    def test_tenant_isolation(self) -> None:
+        """Events, connections and acks of one node never touch or show
+        another node's, even with equal seqs."""
+        for n in (A, B):
+            self.store.append_events([event(n, 1), event(n, 2)])
+            self.store.put_connection(
+                connection("conn-" + n[-1], n, 1.0, "closed", closed_seq=1)
+            )
+        self.assertEqual(self.store.ack(A, 2), ["conn-a"])
+        self.assertEqual(self.store.events_after(A, 0, 10), [])
+        self.assertEqual(self.store.events_after(B, 0, 10), [event(B, 1), event(B, 2)])
+        self.assertEqual(
+            self.store.connections(B),
+            [connection("conn-b", B, 1.0, "closed", closed_seq=1)],
+        )
+        self.assertEqual(self.store.connections(A), [])
+        self.assertEqual(self.store.pending_count(B), 2)
+
+    # Every op of every example is an fsync'd commit (and a PostgreSQL
+    # store pays a round trip per op too): a small budget keeps the
+    # contract cheap for every implementation; the ops list still covers
+    # appends and acks interleaved on two nodes.
+    @settings(max_examples=10, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["append", "ack"]),
+                st.integers(0, 1),
+                st.integers(0, 4),
+            ),
+            max_size=12,
+        )
+    )
+    def test_matches_model(self, ops: list[tuple[str, int, int]]) -> None:
+        """After any sequence of appends (0-4 events) and acks (up to a few
+        seqs back from the newest) on two nodes, stored events, next_seq and
+        pending_count match a simple in-memory model."""
+        base = next(self._model_ids) * 2
+        nodes = [node(base), node(base + 1)]
+        model: dict[str, list[int]] = {n: [] for n in nodes}
+        next_seq = {n: 1 for n in nodes}
+        for op, which, k in ops:
+            n = nodes[which]
+            if op == "append":
+                rows = [event(n, next_seq[n] + i) for i in range(k)]
+                self.store.append_events(rows)
+                model[n] += [r.seq for r in rows]
+                next_seq[n] += k
+            else:
+                upto = max(next_seq[n] - 1 - k, 0)
+                self.store.ack(n, upto)
+                model[n] = [s for s in model[n] if s > upto]
+            for m in nodes:
+                got = self.store.events_after(m, 0, 100)
+                self.assertEqual([r.seq for r in got], model[m])
+                self.assertEqual(self.store.next_seq(m), next_seq[m])
+                self.assertEqual(self.store.pending_count(m), len(model[m]))
+
+    # Distinct node ids per hypothesis example: the store is shared.
+    _model_ids = itertools.count(1000)
+
+    def test_newest_summon_per_node_with_webhook(self) -> None:
+        """One row per node that has a webhook: its newest unacknowledged
+        summon-class event; nodes without webhooks, queue-class events and
+        acknowledged events do not count."""
+        s = self.store
+        c = "0" * 66
+        rows = [
+            EventRow(A, 1, "message", True, 1.0, "{}"),
+            EventRow(A, 2, "closed", True, 2.0, "{}"),
+            EventRow(A, 3, "message", False, 3.0, "{}"),
+            EventRow(B, 1, "message", True, 1.0, "{}"),
+            EventRow(c, 1, "message", True, 1.0, "{}"),
+        ]
+        s.append_events(rows)
+        s.add_webhook(WebhookRow(A, "w", "https://a.example/", 1.0))
+        s.add_webhook(WebhookRow(B, "w", "https://b.example/", 1.0))
+        self.assertEqual(s.newest_summons(), [rows[1], rows[3]])  # A < B
+        s.ack(B, 1)
+        self.assertEqual(s.newest_summons(), [rows[1]])
+
+    # -- connections --------------------------------------------------------
+
+    def test_put_replaces(self) -> None:
+        """put_connection with an existing conn_id replaces the row (here
+        handshake -> open with their_init)."""
+        hs = connection("c1", A, 5.0, "handshake")
+        self.store.put_connection(hs)
+        self.assertEqual(self.store.get_connection("c1"), hs)
+        opened = connection("c1", A, 5.0, "open")
+        self.store.put_connection(opened)
+        self.assertEqual(self.store.connections(A), [opened])
+        self.assertIsNone(self.store.get_connection("nope"))
+
+    def test_close_connection(self) -> None:
+        """close_connection sets state closed and closed_seq; an unknown id
+        is a StoreError."""
+        self.store.put_connection(connection("c1", A, 5.0))
+        self.store.close_connection("c1", 7)
+        self.assertEqual(
+            self.store.get_connection("c1"),
+            connection("c1", A, 5.0, "closed", closed_seq=7),
+        )
+        e = self.assertRaises(StoreError, self.store.close_connection, "zz", 1)
+        self.assertEqual(str(e), "unknown connection 'zz'")
+
+    def test_invalid_rows_refused(self) -> None:
+        """An unknown state, a closed row without closed_seq and an open row
+        with one are StoreErrors and store nothing."""
+        for bad in [
+            connection("c1", A, 1.0, "dead"),
+            connection("c1", A, 1.0, "closed"),
+            connection("c1", A, 1.0, "open", closed_seq=3),
+        ]:
+            self.assertRaises(StoreError, self.store.put_connection, bad)
+        self.assertEqual(self.store.connections(A), [])
+
+    def test_unclosed_connections(self) -> None:
+        """unclosed_connections lists handshake and open rows of every node,
+        ordered by since, and no closed ones."""
+        rows = [
+            connection("c1", A, 3.0, "open"),
+            connection("c2", B, 1.0, "handshake"),
+            connection("c3", A, 2.0, "closed", closed_seq=1),
+        ]
+        for r in rows:
+            self.store.put_connection(r)
+        self.assertEqual(self.store.unclosed_connections(), [rows[1], rows[0]])
+
+    # -- webhooks -----------------------------------------------------------
+
+    def test_add_list_remove(self) -> None:
+        """Webhooks are listed oldest first, counted, and removed once; a
+        node cannot see, count or remove another node's webhook."""
+        w1 = WebhookRow(A, "w1", "https://a.example/1", 2.0)
+        w2 = WebhookRow(A, "w2", "https://a.example/2", 1.0)
+        wb = WebhookRow(B, "w1", "https://b.example/1", 1.5)
+        for w in (w1, w2, wb):
+            self.store.add_webhook(w)
+        self.assertEqual(self.store.webhooks(A), [w2, w1])
+        self.assertEqual(self.store.webhook_count(A), 2)
+        self.assertFalse(self.store.remove_webhook(B, "w2"))
+        self.assertTrue(self.store.remove_webhook(A, "w1"))
+        self.assertFalse(self.store.remove_webhook(A, "w1"))
+        self.assertEqual(self.store.webhooks(A), [w2])
+        self.assertEqual(self.store.webhooks(B), [wb])
+        self.assertEqual(self.store.webhook_count(B), 1)
+
+    def test_duplicate_id_refused(self) -> None:
+        """A second webhook with the same id for the same node is a
+        StoreError; the first one stays."""
+        w = WebhookRow(A, "w1", "https://a.example/1", 2.0)
+        self.store.add_webhook(w)
+        e = self.assertRaises(
+            StoreError,
+            self.store.add_webhook,
+            WebhookRow(A, "w1", "https://other.example/", 3.0),
+        )
+        self.assertEqual(str(e), f"node {A} already has a webhook 'w1'")
+        self.assertEqual(self.store.webhooks(A), [w])
+
+    # -- fsync=False --------------------------------------------------------
+
+    def test_put_connection_without_fsync_commits(self) -> None:
+        """put_connection(fsync=False) commits (a separate connection sees
+        the row), still refuses a bad row, and inside a transaction is an
+        ordinary write of it."""
+        s = self.store
+        row = ConnectionRow("c1", A, B, "127.0.0.1:9735", False, 1.0, "handshake")
+        s.put_connection(row, fsync=False)
+        self.assertEqual(self.committed_count("connections"), 1)
+        self.assertEqual(s.get_connection("c1"), row)
+        bad = ConnectionRow("c2", A, B, "127.0.0.1:9735", False, 1.0, "closed")
+        self.assertRaises(StoreError, s.put_connection, bad, fsync=False)
+        self.assertIsNone(s.get_connection("c2"))
+        opened = ConnectionRow("c1", A, B, "127.0.0.1:9735", False, 1.0, "open")
+        with s.transaction():
+            s.put_connection(opened, fsync=False)
+        self.assertEqual(s.get_connection("c1"), opened)
+
+    def test_ack_without_fsync_commits(self) -> None:
+        """ack(fsync=False) deletes the events and the deletion is
+        committed."""
+        s = self.store
+        s.append_events([event(A, 1), event(A, 2)])
+        s.ack(A, 1, fsync=False)
+        self.assertEqual([r.seq for r in s.events_after(A, 0, 10)], [2])
+        self.assertEqual(self.committed_count("events"), 1)
+
+    # -- transactions -------------------------------------------------------
+
+    def test_exception_rolls_back_everything(self) -> None:
+        """An exception inside transaction() propagates and undoes every
+        write made in it: events, next_seq, ack, connections, webhooks."""
+        self.store.append_events([event(A, 1)])
+
+        class Boom(Exception):
+            pass
+
+        def body() -> None:
+            with self.store.transaction():
+                self.store.append_events([event(A, 2), event(B, 1)])
+                self.store.ack(A, 2)
+                self.store.put_connection(connection("c1", A, 1.0))
+                self.store.add_webhook(WebhookRow(A, "w", "https://x/", 1.0))
+                raise Boom()
+
+        self.assertRaises(Boom, body)
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
+        self.assertEqual(self.store.next_seq(A), 2)
+        self.assertEqual(self.store.next_seq(B), 1)
+        self.assertEqual(self.store.connections(A), [])
+        self.assertEqual(self.store.webhooks(A), [])
+        self.assertTrue(self.store.writable())
+
+    def test_commit_happens_at_outer_end(self) -> None:
+        """Writes in a transaction, also from nested ones, become visible to
+        other connections only when the outermost block ends."""
+        with self.store.transaction():
+            with self.store.transaction():
+                self.store.append_events([event(A, 1)])
+            self.store.append_events([event(A, 2)])
+            self.assertEqual(self.committed_count("events"), 0)
+        self.assertEqual(self.committed_count("events"), 2)
+
+    def test_failed_inner_block_undone_outer_continues(self) -> None:
+        """If a nested block (or a store method, like a duplicate
+        add_webhook) raises and the caller catches it, only that block's
+        writes are undone; the outer transaction commits the rest."""
+        hook = WebhookRow(A, "w", "https://x/", 1.0)
+        self.store.add_webhook(hook)
+        with self.store.transaction():
+            self.store.append_events([event(A, 1)])
+            try:
+                with self.store.transaction():
+                    self.store.append_events([event(A, 2)])
+                    raise KeyError("inner")
+            except KeyError:
+                pass
+            self.assertRaises(StoreError, self.store.add_webhook, hook)
+            self.store.append_events([event(A, 2, kind="closed")])
+        self.assertEqual(
+            self.store.events_after(A, 0, 10), [event(A, 1), event(A, 2, "closed")]
+        )
+        self.assertEqual(self.store.next_seq(A), 3)
+        self.assertEqual(self.store.webhooks(A), [hook])
+
+    def test_outer_failure_undoes_finished_inner(self) -> None:
+        """A nested block that finished is still undone when the outer one
+        raises: inner blocks join the outer transaction."""
+
+        def body() -> None:
+            with self.store.transaction():
+                with self.store.transaction():
+                    self.store.append_events([event(A, 1)])
+                raise ValueError("outer")
+
+        self.assertRaises(ValueError, body)
+        self.assertEqual(self.store.next_seq(A), 1)
+        self.assertEqual(self.committed_count("events"), 0)
+
+    def test_writable_probe_changes_nothing(self) -> None:
+        """writable() is True on a healthy store, also inside a transaction
+        whose writes it does not disturb, and changes nothing itself."""
+        self.assertTrue(self.store.writable())
+        with self.store.transaction():
+            self.store.append_events([event(A, 1)])
+            self.assertTrue(self.store.writable())
+        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
+        self.assertEqual(self.committed_count("events"), 1)
+
+
 class StoreTestCase(SynchronousTestCase):
     """Gives each test a fresh data dir path and closes stores it opened."""
 
@@ -163,6 +655,34 @@ class StoreTestCase(SynchronousTestCase):
         s = Store.open(data_dir or self.data_dir, **kwargs)
         self.addCleanup(s.close)
         return s
+
+
+class SqliteContractTests(StoreContractTests, StoreTestCase):
+    """SqliteStore keeps the IStore contract."""
+
+    def make_store(self) -> IStore:
+        """Open a SqliteStore in a fresh data dir."""
+        return self.open_store()
+
+    def reopen_store(self, store: IStore) -> IStore:
+        """Close the store and open its data dir again."""
+        store.close()
+        return self.open_store()
+
+    def committed_count(self, table: str) -> int:
+        """Count with a separate sqlite3 connection (committed rows only)."""
+        assert table in {"events", "connections", "webhooks"}, table
+        conn = sqlite3.connect(os.path.join(self.data_dir, DB_FILE))
+        try:
+            (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            return int(count)
+        finally:
+            conn.close()
+
+    def test_store_is_sqlite_store(self) -> None:
+        """``Store`` is the old name of SqliteStore: the same class."""
+        self.assertIs(Store, SqliteStore)
+        self.assertIsInstance(self.store, SqliteStore)
 
 
 class DataDirTests(StoreTestCase):
@@ -196,38 +716,6 @@ class DataDirTests(StoreTestCase):
         self.assertRegex(text, r"\A[0-9a-f]{64}\n\Z")
         self.assertEqual(bytes.fromhex(text), s.server_secret)
 
-    def test_reopen_keeps_everything(self) -> None:
-        """After close and reopen, events, next_seq (also of a node whose
-        events were all acknowledged), connections, webhooks and the server
-        key are all the same."""
-        s = self.open_store()
-        s.append_events([event(A, 1), event(A, 2, summon=True), event(B, 1)])
-        s.append_events([event(B, 2, kind="closed")])
-        s.ack(B, 2)
-        conns = [
-            connection("c1", A, 10.0, state="handshake"),
-            connection("c2", A, 11.0),
-            connection("c3", A, 12.0, state="closed", closed_seq=2),
-        ]
-        for c in conns:
-            s.put_connection(c)
-        hook = WebhookRow(A, "w1", "https://example.com/hook", 13.0)
-        s.add_webhook(hook)
-        secret = s.server_secret
-        s.close()
-
-        s2 = self.open_store()
-        self.assertEqual(s2.server_secret, secret)
-        self.assertEqual(
-            s2.events_after(A, 0, 10), [event(A, 1), event(A, 2, summon=True)]
-        )
-        self.assertEqual(s2.next_seq(A), 3)
-        self.assertEqual(s2.next_seq(B), 3)
-        self.assertEqual(s2.pending_count(B), 0)
-        self.assertEqual(s2.connections(A), conns)
-        self.assertEqual(s2.unclosed_connections(), conns[:2])
-        self.assertEqual(s2.webhooks(A), [hook])
-
     def test_survives_process_crash(self) -> None:
         """An event committed by a process that dies without closing the
         store is there at the next open, and the dead process' lock is gone."""
@@ -256,23 +744,26 @@ class DataDirTests(StoreTestCase):
         s.close()
         self.assertEqual(repr(s), f"<Store {self.data_dir!r} closed>")
 
-    def test_close_is_idempotent(self) -> None:
-        """close() twice is fine; afterwards methods raise StoreError and
-        writable() is False."""
-        s = self.open_store()
-        s.close()
-        s.close()
-        e = self.assertRaises(StoreError, s.next_seq, A)
-        self.assertIn("closed", str(e))
-        self.assertRaises(StoreError, s.append_events, [event(A, 1)])
-        self.assertFalse(s.writable())
-
     def test_context_manager_closes(self) -> None:
         """Leaving a ``with Store.open(...)`` block releases the lock."""
         with Store.open(self.data_dir) as s:
             s.append_events([event(A, 1)])
         self.assertFalse(s.writable())
         self.open_store()  # would raise DataDirLocked if still held
+
+    def test_resume_writes_pid(self) -> None:
+        """resume() after suspend() writes this process's pid into the lock
+        file again (after twistd's fork it is the child's) and keeps the
+        lock throughout."""
+        s = self.open_store()
+        lock = os.path.join(self.data_dir, LOCK_FILE)
+        with open(lock, "w") as f:
+            f.write("1\n")
+        s.suspend()
+        self.assertRaises(DataDirLocked, Store.open, self.data_dir)
+        s.resume()
+        with open(lock) as f:
+            self.assertEqual(f.read(), f"{os.getpid()}\n")
 
 
 class LockTests(StoreTestCase):
@@ -426,6 +917,70 @@ class ServerKeyTests(StoreTestCase):
         coincurve.PrivateKey(s.server_secret)
 
 
+class ExplicitKeyPathTests(StoreTestCase):
+    """Store.open(key_path=...): the server key lives in a given file."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.key_dir = os.path.abspath(self.mktemp())
+        os.mkdir(self.key_dir, 0o700)
+        self.key_path = os.path.join(self.key_dir, "node.key")
+
+    def test_created_there_and_reused(self) -> None:
+        """A missing key file is created at the given path (mode 0600, hex
+        and newline), none in the data dir, and the same key is read at the
+        next open; a relative path is resolved against the working
+        directory."""
+        s = self.open_store(key_path=self.key_path)
+        self.assertEqual(file_mode(self.key_path), 0o600)
+        with open(self.key_path) as f:
+            self.assertEqual(f.read(), s.server_secret.hex() + "\n")
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, KEY_FILE)))
+        self.assertEqual(os.listdir(self.key_dir), ["node.key"])
+        secret = s.server_secret
+        s.close()
+        relative = os.path.relpath(self.key_path)
+        self.assertEqual(self.open_store(key_path=relative).server_secret, secret)
+
+    def test_checked_like_the_default(self) -> None:
+        """A group-readable key at the given path is refused, naming that
+        path, before the database is created."""
+        with open(self.key_path, "w") as f:
+            f.write(bytes(range(1, 33)).hex() + "\n")
+        os.chmod(self.key_path, 0o640)
+        e = self.assertRaises(
+            StoreError, Store.open, self.data_dir, key_path=self.key_path
+        )
+        self.assertIn(f"server key {self.key_path} has mode 0640", str(e))
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, DB_FILE)))
+
+    def test_missing_directory(self) -> None:
+        """A key path in a missing directory is a StoreError naming it, and
+        the data dir lock is released."""
+        path = os.path.join(self.key_dir, "missing", "node.key")
+        e = self.assertRaises(StoreError, Store.open, self.data_dir, key_path=path)
+        self.assertIn(f"cannot create server key {path}", str(e))
+        self.open_store()
+
+    def test_creation_race_uses_the_winner(self) -> None:
+        """If another process creates the key file while we create ours,
+        ours is discarded (no temp file left) and theirs is used, so every
+        process ends up with the same key."""
+        theirs = bytes(range(1, 33))
+        real = datadir_module._new_secret
+
+        def racing() -> bytes:
+            with open(self.key_path, "x") as f:
+                f.write(theirs.hex() + "\n")
+            os.chmod(self.key_path, 0o600)
+            return real()
+
+        self.patch(datadir_module, "_new_secret", racing)
+        s = self.open_store(key_path=self.key_path)
+        self.assertEqual(s.server_secret, theirs)
+        self.assertEqual(os.listdir(self.key_dir), ["node.key"])
+
+
 class DatabaseTests(StoreTestCase):
     """Creating, checking and upgrading the database file."""
 
@@ -529,14 +1084,14 @@ class DatabaseTests(StoreTestCase):
         a later open with the real script upgrades it."""
         self.make_v1_db()
         before = self.schema_now()
-        real = store_module._read_sql
+        real = schema_module._read_sql
 
         def broken(name: str) -> str:
             if name == "upgrade-to-v2.sql":
                 return real(name) + "\nTHIS IS NOT SQL;\n"
             return real(name)
 
-        patcher = self.patch(store_module, "_read_sql", broken)
+        patcher = self.patch(schema_module, "_read_sql", broken)
         e = self.assertRaises(DBError, Store.open, self.data_dir)
         self.assertIn("upgrading", str(e))
         self.assertIn("the database is unchanged", str(e))
@@ -603,7 +1158,7 @@ class DatabaseTests(StoreTestCase):
         """If creating the schema fails, DBError is raised and nothing (no
         database, no temp file) is left in the directory."""
         self.patch(
-            store_module,
+            schema_module,
             "_read_sql",
             lambda name: "CREATE TABLE version (version INTEGER);\nCREATE TABLE (;",
         )
@@ -612,269 +1167,9 @@ class DatabaseTests(StoreTestCase):
         self.assertEqual(os.listdir(self.data_dir), [])
 
 
-class EventTests(StoreTestCase):
-    """append_events, events_after, pending_count, next_seq and ack."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.store = self.open_store()
-
-    def test_append_and_read(self) -> None:
-        """Appended events come back equal, in seq order, honouring
-        after_seq and limit; next_seq and pending_count follow."""
-        rows = [event(A, 1), event(A, 2, "closed", True), event(A, 3)]
-        self.store.append_events(rows[:1])
-        self.store.append_events(rows[1:])
-        self.assertEqual(self.store.events_after(A, 0, 10), rows)
-        self.assertEqual(self.store.events_after(A, 1, 1), rows[1:2])
-        self.assertEqual(self.store.events_after(A, 3, 10), [])
-        self.assertEqual(self.store.next_seq(A), 4)
-        self.assertEqual(self.store.pending_count(A), 3)
-
-    def test_limit_must_be_positive(self) -> None:
-        """limit 0 or negative is a ValueError (SQLite would read -1 as no
-        limit at all)."""
-        self.assertRaises(ValueError, self.store.events_after, A, 0, 0)
-        self.assertRaises(ValueError, self.store.events_after, A, 0, -1)
-
-    def test_empty_append(self) -> None:
-        """Appending no rows changes nothing."""
-        self.store.append_events([])
-        self.assertEqual(self.store.next_seq(A), 1)
-
-    def test_gaps_and_repeats_refused(self) -> None:
-        """A first seq other than 1, a gap, a repeat and a reversed batch are
-        each a StoreError naming the expected seq, and store nothing."""
-        e = self.assertRaises(StoreError, self.store.append_events, [event(A, 2)])
-        self.assertEqual(str(e), f"event seq 2 of node {A} is not its next seq 1")
-        self.assertRaises(StoreError, self.store.append_events, [event(A, 0)])
-        self.assertRaises(
-            StoreError, self.store.append_events, [event(A, 2), event(A, 1)]
-        )
-        self.store.append_events([event(A, 1)])
-        self.assertRaises(StoreError, self.store.append_events, [event(A, 1)])
-        self.assertRaises(
-            StoreError, self.store.append_events, [event(A, 2), event(A, 4)]
-        )
-        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
-        self.assertEqual(self.store.next_seq(A), 2)
-
-    def test_seq_never_repeats_after_ack(self) -> None:
-        """Acknowledging every event keeps next_seq: the old seqs cannot be
-        appended again, the next one can."""
-        self.store.append_events([event(A, 1), event(A, 2)])
-        self.assertEqual(self.store.ack(A, 2), [])
-        self.assertEqual(self.store.pending_count(A), 0)
-        self.assertEqual(self.store.next_seq(A), 3)
-        self.assertRaises(StoreError, self.store.append_events, [event(A, 1)])
-        self.store.append_events([event(A, 3)])
-        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 3)])
-
-    def test_batch_spans_nodes(self) -> None:
-        """One batch may interleave several nodes; each node's seqs continue
-        from its own next_seq."""
-        self.store.append_events([event(B, 1)])
-        self.store.append_events([event(A, 1), event(B, 2), event(A, 2)])
-        self.assertEqual(self.store.next_seq(A), 3)
-        self.assertEqual(self.store.next_seq(B), 3)
-        self.assertEqual(self.store.events_after(B, 0, 10), [event(B, 1), event(B, 2)])
-
-    def test_batch_is_all_or_nothing(self) -> None:
-        """A bad row at the end of a batch rejects the whole batch, also the
-        good rows of other nodes before it."""
-        self.assertRaises(
-            StoreError,
-            self.store.append_events,
-            [event(A, 1), event(B, 1), event(A, 3)],
-        )
-        self.assertEqual(self.store.pending_count(A), 0)
-        self.assertEqual(self.store.pending_count(B), 0)
-        self.assertEqual(self.store.next_seq(A), 1)
-        self.assertEqual(self.store.next_seq(B), 1)
-
-    def test_ack_deletes_up_to_seq(self) -> None:
-        """ack(n) deletes events with seq <= n only; acking again or lower is
-        harmless."""
-        self.store.append_events([event(A, s) for s in range(1, 6)])
-        self.store.ack(A, 3)
-        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 4), event(A, 5)])
-        self.store.ack(A, 2)
-        self.assertEqual(self.store.pending_count(A), 2)
-        self.assertEqual(self.store.next_seq(A), 6)
-
-    def test_ack_deletes_acknowledged_closed_connections(self) -> None:
-        """ack(n) deletes the node's closed connections with closed_seq <= n,
-        returning their ids, and keeps later-closed, open and handshake
-        ones."""
-        self.store.append_events([event(A, s) for s in range(1, 5)])
-        conns = {
-            "c1": connection("c1", A, 1.0, "closed", closed_seq=2),
-            "c2": connection("c2", A, 2.0, "closed", closed_seq=4),
-            "c3": connection("c3", A, 3.0, "open"),
-            "c4": connection("c4", A, 4.0, "handshake"),
-            "c0": connection("c0", A, 0.5, "closed", closed_seq=1),
-        }
-        for c in conns.values():
-            self.store.put_connection(c)
-        self.assertEqual(self.store.ack(A, 3), ["c0", "c1"])
-        self.assertEqual(
-            self.store.connections(A), [conns["c2"], conns["c3"], conns["c4"]]
-        )
-        self.assertEqual(self.store.ack(A, 4), ["c2"])
-        self.assertEqual(self.store.connections(A), [conns["c3"], conns["c4"]])
-
-    def test_tenant_isolation(self) -> None:
-        """Events, connections and acks of one node never touch or show
-        another node's, even with equal seqs."""
-        for n in (A, B):
-            self.store.append_events([event(n, 1), event(n, 2)])
-            self.store.put_connection(
-                connection("conn-" + n[-1], n, 1.0, "closed", closed_seq=1)
-            )
-        self.assertEqual(self.store.ack(A, 2), ["conn-a"])
-        self.assertEqual(self.store.events_after(A, 0, 10), [])
-        self.assertEqual(self.store.events_after(B, 0, 10), [event(B, 1), event(B, 2)])
-        self.assertEqual(
-            self.store.connections(B),
-            [connection("conn-b", B, 1.0, "closed", closed_seq=1)],
-        )
-        self.assertEqual(self.store.connections(A), [])
-        self.assertEqual(self.store.pending_count(B), 2)
-
-    @settings(max_examples=20, deadline=None)
-    @given(
-        st.lists(
-            st.tuples(
-                st.sampled_from(["append", "ack"]),
-                st.integers(0, 1),
-                st.integers(0, 4),
-            ),
-            max_size=12,
-        )
-    )
-    def test_matches_model(self, ops: list[tuple[str, int, int]]) -> None:
-        """After any sequence of appends (0-4 events) and acks (up to a few
-        seqs back from the newest) on two nodes, stored events, next_seq and
-        pending_count match a simple in-memory model."""
-        base = next(self._model_ids) * 2
-        nodes = [node(base), node(base + 1)]
-        model: dict[str, list[int]] = {n: [] for n in nodes}
-        next_seq = {n: 1 for n in nodes}
-        for op, which, k in ops:
-            n = nodes[which]
-            if op == "append":
-                rows = [event(n, next_seq[n] + i) for i in range(k)]
-                self.store.append_events(rows)
-                model[n] += [r.seq for r in rows]
-                next_seq[n] += k
-            else:
-                upto = max(next_seq[n] - 1 - k, 0)
-                self.store.ack(n, upto)
-                model[n] = [s for s in model[n] if s > upto]
-            for m in nodes:
-                got = self.store.events_after(m, 0, 100)
-                self.assertEqual([r.seq for r in got], model[m])
-                self.assertEqual(self.store.next_seq(m), next_seq[m])
-                self.assertEqual(self.store.pending_count(m), len(model[m]))
-
-    # Distinct node ids per hypothesis example: the store is shared.
-    _model_ids = itertools.count(1000)
-
-
-class ConnectionTests(StoreTestCase):
-    """put_connection, close_connection, get_connection and listings."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.store = self.open_store()
-
-    def test_put_replaces(self) -> None:
-        """put_connection with an existing conn_id replaces the row (here
-        handshake -> open with their_init)."""
-        hs = connection("c1", A, 5.0, "handshake")
-        self.store.put_connection(hs)
-        self.assertEqual(self.store.get_connection("c1"), hs)
-        opened = connection("c1", A, 5.0, "open")
-        self.store.put_connection(opened)
-        self.assertEqual(self.store.connections(A), [opened])
-        self.assertIsNone(self.store.get_connection("nope"))
-
-    def test_close_connection(self) -> None:
-        """close_connection sets state closed and closed_seq; an unknown id
-        is a StoreError."""
-        self.store.put_connection(connection("c1", A, 5.0))
-        self.store.close_connection("c1", 7)
-        self.assertEqual(
-            self.store.get_connection("c1"),
-            connection("c1", A, 5.0, "closed", closed_seq=7),
-        )
-        e = self.assertRaises(StoreError, self.store.close_connection, "zz", 1)
-        self.assertEqual(str(e), "unknown connection 'zz'")
-
-    def test_invalid_rows_refused(self) -> None:
-        """An unknown state, a closed row without closed_seq and an open row
-        with one are StoreErrors and store nothing."""
-        for bad in [
-            connection("c1", A, 1.0, "dead"),
-            connection("c1", A, 1.0, "closed"),
-            connection("c1", A, 1.0, "open", closed_seq=3),
-        ]:
-            self.assertRaises(StoreError, self.store.put_connection, bad)
-        self.assertEqual(self.store.connections(A), [])
-
-    def test_unclosed_connections(self) -> None:
-        """unclosed_connections lists handshake and open rows of every node,
-        ordered by since, and no closed ones."""
-        rows = [
-            connection("c1", A, 3.0, "open"),
-            connection("c2", B, 1.0, "handshake"),
-            connection("c3", A, 2.0, "closed", closed_seq=1),
-        ]
-        for r in rows:
-            self.store.put_connection(r)
-        self.assertEqual(self.store.unclosed_connections(), [rows[1], rows[0]])
-
-
-class WebhookTests(StoreTestCase):
-    """add_webhook, webhooks, remove_webhook and webhook_count."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.store = self.open_store()
-
-    def test_add_list_remove(self) -> None:
-        """Webhooks are listed oldest first, counted, and removed once; a
-        node cannot see, count or remove another node's webhook."""
-        w1 = WebhookRow(A, "w1", "https://a.example/1", 2.0)
-        w2 = WebhookRow(A, "w2", "https://a.example/2", 1.0)
-        wb = WebhookRow(B, "w1", "https://b.example/1", 1.5)
-        for w in (w1, w2, wb):
-            self.store.add_webhook(w)
-        self.assertEqual(self.store.webhooks(A), [w2, w1])
-        self.assertEqual(self.store.webhook_count(A), 2)
-        self.assertFalse(self.store.remove_webhook(B, "w2"))
-        self.assertTrue(self.store.remove_webhook(A, "w1"))
-        self.assertFalse(self.store.remove_webhook(A, "w1"))
-        self.assertEqual(self.store.webhooks(A), [w2])
-        self.assertEqual(self.store.webhooks(B), [wb])
-        self.assertEqual(self.store.webhook_count(B), 1)
-
-    def test_duplicate_id_refused(self) -> None:
-        """A second webhook with the same id for the same node is a
-        StoreError; the first one stays."""
-        w = WebhookRow(A, "w1", "https://a.example/1", 2.0)
-        self.store.add_webhook(w)
-        e = self.assertRaises(
-            StoreError,
-            self.store.add_webhook,
-            WebhookRow(A, "w1", "https://other.example/", 3.0),
-        )
-        self.assertEqual(str(e), f"node {A} already has a webhook 'w1'")
-        self.assertEqual(self.store.webhooks(A), [w])
-
-
 class RelaxedCommitTests(StoreTestCase):
-    """put_connection(fsync=False): committed, without its own fsync."""
+    """put_connection/ack(fsync=False) on SQLite: one commit at
+    synchronous=NORMAL, then back to FULL."""
 
     def synchronous(self, s: Store) -> int:
         (mode,) = s._db().execute("PRAGMA synchronous").fetchone()
@@ -891,7 +1186,9 @@ class RelaxedCommitTests(StoreTestCase):
         s.put_connection(row, fsync=False)
         s._db().set_trace_callback(None)
         pragmas = [x for x in statements if x.startswith("PRAGMA synchronous")]
-        self.assertEqual(pragmas, ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"])
+        self.assertEqual(
+            pragmas, ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"]
+        )
         self.assertLess(
             statements.index("PRAGMA synchronous=NORMAL"),
             [i for i, x in enumerate(statements) if x.startswith("INSERT")][0],
@@ -918,137 +1215,35 @@ class RelaxedCommitTests(StoreTestCase):
         s.ack(A, 1, fsync=False)
         s._db().set_trace_callback(None)
         pragmas = [x for x in statements if x.startswith("PRAGMA synchronous")]
-        self.assertEqual(pragmas, ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"])
+        self.assertEqual(
+            pragmas, ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"]
+        )
         self.assertEqual(self.synchronous(s), 2)
         self.assertEqual([r.seq for r in s.events_after(A, 0, 10)], [2])
 
 
-class NewestSummonsTests(StoreTestCase):
-    """newest_summons: what the notifier wakes at startup."""
-
-    def test_newest_summon_per_node_with_webhook(self) -> None:
-        """One row per node that has a webhook: its newest unacknowledged
-        summon-class event; nodes without webhooks, queue-class events and
-        acknowledged events do not count."""
-        s = self.open_store()
-        c = "0" * 66
-        rows = [
-            EventRow(A, 1, "message", True, 1.0, "{}"),
-            EventRow(A, 2, "closed", True, 2.0, "{}"),
-            EventRow(A, 3, "message", False, 3.0, "{}"),
-            EventRow(B, 1, "message", True, 1.0, "{}"),
-            EventRow(c, 1, "message", True, 1.0, "{}"),
-        ]
-        s.append_events(rows)
-        s.add_webhook(WebhookRow(A, "w", "https://a.example/", 1.0))
-        s.add_webhook(WebhookRow(B, "w", "https://b.example/", 1.0))
-        self.assertEqual(s.newest_summons(), [rows[1], rows[3]])  # A < B
-        s.ack(B, 1)
-        self.assertEqual(s.newest_summons(), [rows[1]])
-
-
-class TransactionTests(StoreTestCase):
-    """transaction(): atomicity, nesting, visibility, and writable()."""
+class SqliteTransactionTests(StoreTestCase):
+    """SQLite specifics of transaction() and writable()."""
 
     def setUp(self) -> None:
         super().setUp()
         self.store = self.open_store()
         self.db_path = os.path.join(self.data_dir, DB_FILE)
 
-    def committed_events(self) -> int:
-        """Count events as another connection sees them (committed only)."""
-        conn = sqlite3.connect(self.db_path)
-        try:
-            (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
-            return int(count)
-        finally:
-            conn.close()
-
-    def test_exception_rolls_back_everything(self) -> None:
-        """An exception inside transaction() propagates and undoes every
-        write made in it: events, next_seq, ack, connections, webhooks."""
-        self.store.append_events([event(A, 1)])
-
-        class Boom(Exception):
-            pass
-
-        def body() -> None:
-            with self.store.transaction():
-                self.store.append_events([event(A, 2), event(B, 1)])
-                self.store.ack(A, 2)
-                self.store.put_connection(connection("c1", A, 1.0))
-                self.store.add_webhook(WebhookRow(A, "w", "https://x/", 1.0))
-                raise Boom()
-
-        self.assertRaises(Boom, body)
-        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
-        self.assertEqual(self.store.next_seq(A), 2)
-        self.assertEqual(self.store.next_seq(B), 1)
-        self.assertEqual(self.store.connections(A), [])
-        self.assertEqual(self.store.webhooks(A), [])
-        self.assertTrue(self.store.writable())
-
-    def test_commit_happens_at_outer_end(self) -> None:
-        """Writes in a transaction, also from nested ones, become visible to
-        other connections only when the outermost block ends."""
-        with self.store.transaction():
-            with self.store.transaction():
-                self.store.append_events([event(A, 1)])
-            self.store.append_events([event(A, 2)])
-            self.assertEqual(self.committed_events(), 0)
-        self.assertEqual(self.committed_events(), 2)
-
-    def test_failed_inner_block_undone_outer_continues(self) -> None:
-        """If a nested block (or a store method, like a duplicate
-        add_webhook) raises and the caller catches it, only that block's
-        writes are undone; the outer transaction commits the rest."""
-        hook = WebhookRow(A, "w", "https://x/", 1.0)
-        self.store.add_webhook(hook)
-        with self.store.transaction():
-            self.store.append_events([event(A, 1)])
-            try:
-                with self.store.transaction():
-                    self.store.append_events([event(A, 2)])
-                    raise KeyError("inner")
-            except KeyError:
-                pass
-            self.assertRaises(StoreError, self.store.add_webhook, hook)
-            self.store.append_events([event(A, 2, kind="closed")])
-        self.assertEqual(
-            self.store.events_after(A, 0, 10), [event(A, 1), event(A, 2, "closed")]
-        )
-        self.assertEqual(self.store.next_seq(A), 3)
-        self.assertEqual(self.store.webhooks(A), [hook])
-
-    def test_outer_failure_undoes_finished_inner(self) -> None:
-        """A nested block that finished is still undone when the outer one
-        raises: inner blocks join the outer transaction."""
-
-        def body() -> None:
-            with self.store.transaction():
-                with self.store.transaction():
-                    self.store.append_events([event(A, 1)])
-                raise ValueError("outer")
-
-        self.assertRaises(ValueError, body)
-        self.assertEqual(self.store.next_seq(A), 1)
-        self.assertEqual(self.committed_events(), 0)
-
-    def test_writable_probe_changes_nothing(self) -> None:
-        """writable() is True on a healthy store, also inside a transaction
-        whose writes it does not disturb, and changes nothing itself."""
+    def test_writable_probe_leaves_version(self) -> None:
+        """writable()'s probe (a no-op UPDATE of the version table, rolled
+        back) leaves the schema version as it was, also when run inside a
+        transaction."""
         self.assertTrue(self.store.writable())
         with self.store.transaction():
-            self.store.append_events([event(A, 1)])
             self.assertTrue(self.store.writable())
-        self.assertEqual(self.store.events_after(A, 0, 10), [event(A, 1)])
         self.assertEqual(read_version(self.db_path), 2)
 
     def test_writable_false_when_locked(self) -> None:
         """writable() is False when another connection holds SQLite's write
         lock (after a short busy wait), and True again once released."""
         self.store.close()
-        self.patch(store_module, "BUSY_TIMEOUT", 0.05)
+        self.patch(schema_module, "BUSY_TIMEOUT", 0.05)
         s = self.open_store()
         other = sqlite3.connect(self.db_path, isolation_level=None)
         self.addCleanup(other.close)
