@@ -1,4 +1,4 @@
-"""The client side: JSON-RPC 2.0 over WebSocket (Autobahn), PROTOCOL.md.
+"""The client side: JSON-RPC 2.0 over WebSocket (Autobahn), docs/protocol.md.
 
 One :class:`ClientProtocol` per WebSocket.  It greets with ``hello``, checks
 the login signature, turns requests into calls on the :class:`~lnproxy.hub.Hub`
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -25,37 +25,30 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lnproxy import keys
-from lnproxy.hub import (
+from lnproxy import keys, protocol
+from lnproxy.hub import Hub, HubError, Session
+from lnproxy.protocol import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
     LIMIT_EXCEEDED,
     LOGIN_FAILED,
+    METHOD_NOT_FOUND,
     NOT_LOGGED_IN,
-    Hub,
-    HubError,
-    Session,
+    PARSE_ERROR,
+    SUBPROTOCOL,
+    UNKNOWN_CONNECTION,
+    BadPeer,
+    PeerAddress,
 )
 
 __all__ = [
-    "SUBPROTOCOL",
-    "PROTOCOL_VERSION",
     "RpcError",
     "ClientProtocol",
     "ClientFactory",
     "WebhookRegistry",
-    "parse_peer",
-    "PARSE_ERROR",
-    "INVALID_REQUEST",
-    "METHOD_NOT_FOUND",
-    "INVALID_PARAMS",
+    "peer_param",
 ]
-
-SUBPROTOCOL = "lnproxy.v1"
-PROTOCOL_VERSION = "lnproxy/1"
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
 
 #: A 65,535-byte message is ~131 KiB of hex; leave room for the envelope.
 MAX_WS_MESSAGE = 256 * 1024
@@ -71,10 +64,6 @@ CLOSE_LOGIN_TIMEOUT = 4001
 _SHORT_TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
-_PEER = re.compile(
-    r"(?P<node>[0-9a-fA-F]{66})@(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]@\s]+))"
-    r"(?::(?P<port>[0-9]{1,5}))?"
-)
 
 
 class RpcError(Exception):
@@ -107,27 +96,15 @@ class WebhookRegistry(TypingProtocol):
         """Remove one; False when it does not exist for this node."""
 
 
-def parse_peer(text: str) -> tuple[str, str, int]:
-    """Parse ``node_id@host[:port]`` (IPv6 hosts in brackets).
+def peer_param(text: str) -> PeerAddress:
+    """Parse a ``peer`` parameter (:func:`lnproxy.protocol.parse_peer`).
 
-    :return: ``(node_id_hex_lowercase, host, port)``.
     :raise RpcError: -32602 naming what is wrong.
     """
-    m = _PEER.fullmatch(text)
-    if m is None:
-        raise RpcError(
-            INVALID_PARAMS,
-            "peer must be <66 hex node id>@<host>[:<port>] "
-            "(IPv6 hosts in brackets)",
-        )
-    node = m.group("node").lower()
-    if not keys.is_node_id(bytes.fromhex(node)):
-        raise RpcError(INVALID_PARAMS, "peer node id is not a valid public key")
-    host = m.group("v6") or m.group("host")
-    port = int(m.group("port") or 9735)
-    if not 1 <= port <= 65535:
-        raise RpcError(INVALID_PARAMS, f"port {port} is outside 1-65535")
-    return node, host, port
+    try:
+        return protocol.parse_peer(text)
+    except BadPeer as e:
+        raise RpcError(INVALID_PARAMS, str(e)) from None
 
 
 def _param(params: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -272,12 +249,9 @@ class ClientProtocol(WebSocketServerProtocol):
             transport.registerProducer(_SessionFlow(self), True)
             self._notify(
                 "hello",
-                {
-                    "protocol": PROTOCOL_VERSION,
-                    "server_id": f.server_id.hex(),
-                    "challenge": self._challenge.hex(),
-                    "limits": f.hub.limits.as_hello(),
-                },
+                protocol.hello(
+                    f.server_id, self._challenge, f.hub.limits.as_hello(), f.features
+                ),
             )
             self._login_timer = f.clock.callLater(f.login_timeout, self._login_timed_out)
         except Exception:
@@ -341,7 +315,7 @@ class ClientProtocol(WebSocketServerProtocol):
             return
         except Exception:
             self._log.failure("error in {method}", method=method)
-            self._answer_error(has_id, req_id, RpcError(-32603, "internal error"))
+            self._answer_error(has_id, req_id, RpcError(INTERNAL_ERROR, "internal error"))
             return
         if isinstance(result, defer.Deferred):
             result.addCallbacks(
@@ -468,7 +442,7 @@ class ClientProtocol(WebSocketServerProtocol):
             self._answer_error(has_id, req_id, RpcError(f.value.code, f.value.message))
         else:
             self._log.failure("error in {method}", failure=f, method=method)
-            self._answer_error(has_id, req_id, RpcError(-32603, "internal error"))
+            self._answer_error(has_id, req_id, RpcError(INTERNAL_ERROR, "internal error"))
 
     # -- login -------------------------------------------------------------------
 
@@ -518,13 +492,15 @@ class ClientProtocol(WebSocketServerProtocol):
     def rpc_connect(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
         """``connect {peer, act1, persist?}`` -> ``{conn, act2}``."""
         peer = _param(params, "peer", str)
-        node, host, port = parse_peer(peer)
+        where = peer_param(peer)
         act1 = _hex(params, "act1", 50)
         persist = params.get("persist", False)
         if not isinstance(persist, bool):
             raise RpcError(INVALID_PARAMS, "parameter 'persist' must be a boolean")
         assert self.node_id is not None
-        d = self.factory.hub.connect(self.node_id, node, host, port, act1, persist)
+        d = self.factory.hub.connect(
+            self.node_id, where.node_id, where.host, where.port, act1, persist
+        )
         return d.addCallback(lambda r: {"conn": r[0], "act2": r[1].hex()})
 
     def rpc_finish(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -602,7 +578,7 @@ class ClientProtocol(WebSocketServerProtocol):
         webhook_id = _param(params, "id", str)
         assert self.node_id is not None
         if not self._webhooks().remove(self.node_id, webhook_id):
-            raise RpcError(3, "unknown webhook")
+            raise RpcError(UNKNOWN_CONNECTION, "unknown webhook")
         return {}
 
 
@@ -618,6 +594,8 @@ class ClientFactory(WebSocketServerFactory):
         average (0: no limit); beyond it requests answer code 7.
     :param request_burst: requests a session may make at once after a quiet
         spell (the bucket's size).
+    :param features: the optional features this server announces in
+        ``hello.features`` (names from :mod:`lnproxy.protocol`).
     """
 
     protocol = ClientProtocol  # type: ignore[assignment]
@@ -632,8 +610,10 @@ class ClientFactory(WebSocketServerFactory):
         failed_login_close_delay: float = 1.0,
         request_rate: float = 5000.0,
         request_burst: float = 10000.0,
+        features: Iterable[str] = (),
     ) -> None:
         super().__init__(reactor=clock, protocols=[SUBPROTOCOL])
+        self.features = frozenset(features)
         self.hub = hub
         self.server_id = server_id
         self.clock = clock

@@ -3,8 +3,21 @@
 This is the middle layer.  Below it sit the pure BOLT 8 / BOLT 1 code and the
 Twisted peer protocol (:mod:`lnproxy.peer`); above it the WebSocket API
 (:mod:`lnproxy.api`) and the webhook notifier, which talk to it through
-intention-named methods and observe it through two callback lists
-(:attr:`Hub.on_event_stored`, :attr:`Hub.on_login`).
+intention-named methods and observe it through callback lists
+(:attr:`Hub.on_event_stored`, :attr:`Hub.on_login`, ...).
+
+The hub is the registry of nodes, connections and sessions and the facade
+the API calls; three units beside it do the rest (docs/architecture.md):
+
+- :mod:`lnproxy.journal` numbers, batches and commits events, and offers
+  them only once committed (durability, below);
+- :mod:`lnproxy.keepalive` pings silent peers and closes dead ones;
+- :mod:`lnproxy.answer` decides what the proxy answers by itself; the hub
+  only sends the reply (hub -> answer -> peer).
+
+Every connection's state is one :class:`~lnproxy.lifecycle.Lifecycle`,
+shared with its peer protocol.  A :class:`Connection` reports to the hub
+through :class:`ConnectionOwner`, never through the hub's private methods.
 
 Durability: every event gets its per-node ``seq`` when it happens, is put in
 a batch, and the batch is committed to SQLite at the end of the reactor turn
@@ -28,7 +41,6 @@ the proxy stops reading that node's peers until the client acknowledges.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import secrets
 from collections.abc import Callable
@@ -39,14 +51,33 @@ from typing import Protocol as TypingProtocol
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lnproxy import noise, wire
-from lnproxy.peer import IPeerListener, PeerFactory, PeerProtocol, PeerState
+from lnproxy.answer import answer
+from lnproxy.journal import Journal, event_text, message_head
+from lnproxy.keepalive import KeepaliveSweep
+from lnproxy.lifecycle import (
+    ANNOUNCED,
+    PENDING,
+    VISIBLE,
+    ConnState,
+    Lifecycle,
+)
+from lnproxy.peer import IPeerListener, PeerFactory, PeerProtocol
 from lnproxy.policy import MessageClass, Policy
+from lnproxy.protocol import (
+    HANDSHAKE_FAILED,
+    LIMIT_EXCEEDED,
+    NOT_ALLOWED,
+    NOT_OPEN,
+    PEER_UNREACHABLE,
+    UNKNOWN_CONNECTION,
+    format_address,
+)
+from lnproxy.snapshot import ConnectionSnapshot
 from lnproxy.store import ConnectionRow, EventRow, Store
 
 __all__ = [
@@ -55,31 +86,25 @@ __all__ = [
     "Hub",
     "Node",
     "Connection",
+    "ConnectionOwner",
     "Session",
     "EventSink",
     "ConnectPeer",
-    "NOT_LOGGED_IN",
-    "LOGIN_FAILED",
-    "UNKNOWN_CONNECTION",
-    "PEER_UNREACHABLE",
-    "HANDSHAKE_FAILED",
-    "NOT_OPEN",
+    # Re-exported from lnproxy.protocol only for lnproxy.webhook, which
+    # still imports them from here; new code imports lnproxy.protocol.
     "LIMIT_EXCEEDED",
     "NOT_ALLOWED",
 ]
 
-# Proxy error codes (PROTOCOL.md, "Error codes").
-NOT_LOGGED_IN = 1
-LOGIN_FAILED = 2
-UNKNOWN_CONNECTION = 3
-PEER_UNREACHABLE = 4
-HANDSHAKE_FAILED = 5
-NOT_OPEN = 6
-LIMIT_EXCEEDED = 7
-NOT_ALLOWED = 8
-
 #: How many stored events a catching-up session reads per reactor turn.
 REPLAY_CHUNK = 256
+
+_CONNECTING = ConnState.CONNECTING
+_HANDSHAKE = ConnState.HANDSHAKE
+_OPEN = ConnState.OPEN
+_CLOSING = ConnState.CLOSING
+_CLOSED = ConnState.CLOSED
+_ABANDONED = ConnState.ABANDONED
 
 
 class HubError(Exception):
@@ -111,8 +136,6 @@ def _unreachable(err: BaseException) -> HubError:
             LIMIT_EXCEEDED, f"proxy is out of file descriptors ({os.strerror(code)})"
         )
     return HubError(PEER_UNREACHABLE, f"peer unreachable: {err}")
-
-
 @dataclass(frozen=True)
 class Limits:
     """Operator limits; each one is answered with code 7 when exceeded.
@@ -171,8 +194,31 @@ class EventSink(TypingProtocol):
         was already sent; fire when it is closed."""
 
 
-def _notification(kind: str, params: str) -> str:
-    return '{"jsonrpc":"2.0","method":"' + kind + '","params":' + params + "}"
+
+class ConnectionOwner(TypingProtocol):
+    """What a :class:`Connection` reports to (the hub).
+
+    Intention-named: the connection says what happened, the owner decides
+    what that means for the registry, the journal and the metrics.
+    """
+
+    def connection_announced(self, conn: Connection) -> None:
+        """Act 2 is being relayed: the client will have the conn id."""
+
+    def handshake_ended(self, conn: Connection) -> None:
+        """The connection left the handshake (opened, closing or gone)."""
+
+    def connection_opened(self, conn: Connection) -> None:
+        """``finish`` installed the keys."""
+
+    def connection_changed(self, conn: Connection) -> None:
+        """A persisted field changed (the peer's ``init``)."""
+
+    def messages_received(self, conn: Connection, messages: list[bytes]) -> None:
+        """Authenticated messages from the peer (the hot path)."""
+
+    def connection_lost(self, conn: Connection, reason: str) -> None:
+        """TCP is gone; the lifecycle is ``closed`` or ``abandoned``."""
 
 
 class Session:
@@ -210,7 +256,7 @@ class Session:
             return
         self.last_sent = seq
         self.sink.send_event(text)
-        self.hub._count("event_delivered")
+        self.hub.count("event_delivered")
 
     def pause(self) -> None:
         """The client is not reading: stop sending; events wait on disk."""
@@ -241,8 +287,8 @@ class Session:
             )
             for row in rows:
                 self.last_sent = row.seq
-                self.sink.send_event(_notification(row.kind, row.params))
-                self.hub._count("event_delivered")
+                self.sink.send_event(event_text(row))
+                self.hub.count("event_delivered")
                 if self.paused or self.closed:
                     return
             if len(rows) < REPLAY_CHUNK:
@@ -256,37 +302,53 @@ class Session:
 
 @implementer(IPeerListener)
 class Connection:
-    """One peer connection of one node, from ``connect`` to its ack'd close."""
+    """One peer connection of one node, from ``connect`` to its ack'd close.
+
+    Its state is :attr:`life` (shared with its :class:`PeerProtocol`); it
+    reports to its :class:`ConnectionOwner`.
+
+    :param owner: the hub.
+    :param clock: for the handshake and init timers.
+    :param handshake_timeout: seconds for act 3 after act 2, and for the
+        peer's ``init`` after ``finish``.
+    """
 
     _log = Logger()
 
     def __init__(
         self,
-        hub: Hub,
+        owner: ConnectionOwner,
         node: Node,
         conn_id: str,
         peer: str,
         address: str,
         persist: bool,
         since: float,
+        clock: IReactorTime,
+        handshake_timeout: float,
+        state: ConnState = _CONNECTING,
     ) -> None:
-        self.hub = hub
+        self.owner = owner
         self.node = node
         self.conn_id = conn_id
         self.peer = peer
         self.address = address
         self.persist = persist
         self.since = since
-        #: ``connecting`` until act 2 is relayed (not yet visible to the
-        #: client), then ``handshake``, ``open``, ``closed``.
-        self.state = "connecting"
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self.life = Lifecycle(state, self._state_changed)
         self.their_init: bytes | None = None
         self.protocol: PeerProtocol | None = None
         self.act2: defer.Deferred[bytes] = defer.Deferred()
-        self.deadline = since + hub.limits.handshake_timeout
+        self.deadline = since + handshake_timeout
         self.last_rx = since
         self.ping_sent_at: float | None = None
         self.body_since: float | None = None
+        #: When the peer's init must have come (while waiting for it).
+        self.init_deadline: float | None = None
+        #: The seq of its ``closed`` event, once recorded.
+        self.closed_seq: int | None = None
         self._timer: IDelayedCall | None = None
         #: Fires when TCP is gone, once the hub asked to be told (shutdown).
         self.gone: defer.Deferred[None] | None = None
@@ -294,9 +356,18 @@ class Connection:
         self._client_requested = False
 
     @property
+    def state(self) -> ConnState:
+        """Where the connection is in its life."""
+        return self.life.state
+
+    @property
     def announced(self) -> bool:
-        """True once the client has a conn id for it (act 2 relayed)."""
-        return self.state in ("handshake", "open")
+        """True while the client has a conn id for it and it is not closed."""
+        return self.life.state in ANNOUNCED
+
+    def _state_changed(self, old: ConnState, new: ConnState) -> None:
+        if old in PENDING and new not in PENDING:
+            self.owner.handshake_ended(self)
 
     def row(self, closed_seq: int | None = None) -> ConnectionRow:
         """This connection as a store row."""
@@ -307,7 +378,7 @@ class Connection:
             address=self.address,
             persist=self.persist,
             since=self.since,
-            state=self.state,
+            state=self.life.state.wire_name,
             their_init=self.their_init.hex() if self.their_init else None,
             closed_seq=closed_seq,
         )
@@ -315,16 +386,15 @@ class Connection:
     # -- IPeerListener ------------------------------------------------------
 
     def peer_connected(self, protocol: PeerProtocol) -> None:
-        """TCP is up and act 1 is written."""
+        """TCP is up and act 1 is written (or a resumed connection is on
+        its new transport)."""
         self.protocol = protocol
+        if self.life.state is _OPEN and self.node.reading_paused:
+            protocol.pause_reading()
 
     def act2_received(self, act2: bytes) -> None:
         """Relay act 2: the connection now exists for the client."""
-        self.state = "handshake"
-        self.hub._connection_announced(self)
-        relay = self.hub.clock.seconds() - self.since
-        for fn in self.hub.on_handshake_relayed:
-            fn(relay)
+        self.owner.connection_announced(self)
         self._set_timer(self.deadline, self._handshake_timed_out)
         self.act2.callback(act2)
 
@@ -335,7 +405,7 @@ class Connection:
 
     def messages_received(self, messages: list[bytes]) -> None:
         """Authenticated messages from the peer."""
-        self.hub._messages_received(self, messages)
+        self.owner.messages_received(self, messages)
 
     def peer_closed(self, reason: str) -> None:
         """TCP is gone."""
@@ -344,20 +414,24 @@ class Connection:
             reason = self._close_reason
         if not self.act2.called:
             self.act2.errback(HubError(HANDSHAKE_FAILED, f"handshake failed: {reason}"))
-        self.hub._connection_lost(self, reason)
+        self.owner.connection_lost(self, reason)
 
     # -- orders -------------------------------------------------------------
 
     def finish(self, act3: bytes, sk: bytes, rk: bytes, ck: bytes) -> None:
-        """Write act 3 and install the transport; start waiting for init."""
-        if self.state != "handshake" or self.protocol is None:
-            raise HubError(NOT_OPEN, f"connection is {self.state}, not in handshake")
+        """Write act 3 and install the transport; start waiting for init.
+
+        :raise HubError: code 6 unless the connection is in its handshake
+            (a connection closing after a handshake timeout included).
+        """
+        state = self.life.state
+        if state is not _HANDSHAKE or self.protocol is None:
+            raise HubError(NOT_OPEN, f"connection is {state.value}, not in handshake")
         early = self.protocol.finish(act3, sk, rk, ck)
-        self.state = "open"
-        now = self.hub.clock.seconds()
+        now = self.clock.seconds()
         self.last_rx = now
-        self.hub._connection_opened(self)
-        self._set_timer(now + self.hub.limits.handshake_timeout, self._init_timed_out)
+        self.owner.connection_opened(self)
+        self._await_init(now + self.handshake_timeout)
         if early:
             self.messages_received(early)
 
@@ -369,15 +443,27 @@ class Connection:
             gone yet) and when this very frame hit the write buffer cap.
         """
         protocol = self.protocol
-        if self.state != "open" or protocol is None:
-            raise HubError(NOT_OPEN, f"connection is {self.state}, not open")
-        if protocol.state is not PeerState.OPEN:
-            raise HubError(NOT_OPEN, "connection is closing, not open")
+        life = self.life
+        if life.state is not _OPEN or protocol is None:
+            raise HubError(NOT_OPEN, f"connection is {life.state.value}, not open")
         protocol.send_message(msg)
-        if protocol.state is not PeerState.OPEN:
+        if life.state is not _OPEN:
             # The peer stopped reading and this frame crossed the write
             # buffer cap: it was not handed to TCP, the connection is aborted.
             raise HubError(NOT_OPEN, "connection closed: the peer stopped reading")
+
+    def send_own(self, msg: bytes) -> bool:
+        """Send a message of the proxy's own (a pong, a reply, a ping).
+
+        :return: False when the connection can no longer take it (closing,
+            or this frame hit the write buffer cap): there is no one left
+            to answer.
+        """
+        try:
+            self.send(msg)
+        except (HubError, ValueError):
+            return False
+        return True
 
     def close(self, reason: str, client_requested: bool = False) -> None:
         """Close the TCP connection; the closed event says ``reason``."""
@@ -393,18 +479,108 @@ class Connection:
         """Whether the closed event asks the client to re-handshake."""
         return self.persist and not self._client_requested
 
+    @property
+    def reading_paused(self) -> bool:
+        """The proxy is not reading this peer (or has no protocol)."""
+        p = self.protocol
+        return p is None or p.read_paused
+
+    @property
+    def awaiting_body(self) -> bool:
+        """A length header arrived and its body has not (for the sweep)."""
+        p = self.protocol
+        return p is not None and p.awaiting_body
+
+    def pause_reading(self) -> None:
+        """Stop reading the peer (its node's inbox is full), if open."""
+        if self.protocol is not None and self.life.state is _OPEN:
+            self.protocol.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the peer again, if open (a closing transport may refuse)."""
+        if self.protocol is not None and self.life.state is _OPEN:
+            self.protocol.resume_reading()
+
     def init_received(self, msg: bytes) -> None:
         """The peer's init: keep it for ``connections``; stop the init timer."""
         self.their_init = msg
+        self.init_deadline = None
         self._cancel_timer()
-        self.hub._connection_changed(self)
+        self.owner.connection_changed(self)
+
+    # -- snapshots ------------------------------------------------------------
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        owner: ConnectionOwner,
+        node: Node,
+        snap: ConnectionSnapshot,
+        clock: IReactorTime,
+        handshake_timeout: float,
+    ) -> Connection:
+        """Rebuild an open connection; its :attr:`protocol` is ready to be
+        attached to the TCP transport it lives on now.
+
+        :raise ValueError: when ``snap`` is not of an open connection.
+        """
+        conn = cls(
+            owner,
+            node,
+            snap.conn_id,
+            snap.peer,
+            snap.address,
+            snap.persist,
+            snap.since,
+            clock,
+            handshake_timeout,
+            state=snap.state,
+        )
+        conn.act2.callback(b"")  # the handshake is long over
+        conn.their_init = snap.their_init
+        conn.last_rx = snap.last_rx
+        conn.ping_sent_at = snap.ping_sent_at
+        conn.body_since = snap.body_since
+        conn.protocol = PeerProtocol.resume(
+            conn, clock, conn.life, noise.Transport.from_snapshot(snap.transport)
+        )
+        if snap.init_deadline is not None and snap.their_init is None:
+            conn._await_init(snap.init_deadline)
+        return conn
+
+    def snapshot(self) -> ConnectionSnapshot:
+        """The complete state of this open connection, as a value.
+
+        :raise HubError: code 6 when the connection is not open.
+        """
+        if self.life.state is not _OPEN or self.protocol is None:
+            raise HubError(NOT_OPEN, f"connection is {self.life.state.value}, not open")
+        return ConnectionSnapshot(
+            conn_id=self.conn_id,
+            node_id=self.node.node_id,
+            peer=self.peer,
+            address=self.address,
+            persist=self.persist,
+            state=self.life.state,
+            since=self.since,
+            transport=self.protocol.transport_snapshot(),
+            their_init=self.their_init,
+            last_rx=self.last_rx,
+            ping_sent_at=self.ping_sent_at,
+            body_since=self.body_since,
+            init_deadline=self.init_deadline,
+        )
 
     # -- timers (one-shot; they fire only when a peer misbehaves) -----------
 
+    def _await_init(self, deadline: float) -> None:
+        self.init_deadline = deadline
+        self._set_timer(deadline, self._init_timed_out)
+
     def _set_timer(self, at: float, fn: Callable[[], None]) -> None:
         self._cancel_timer()
-        delay = max(0.0, at - self.hub.clock.seconds())
-        self._timer = self.hub.clock.callLater(delay, fn)
+        delay = max(0.0, at - self.clock.seconds())
+        self._timer = self.clock.callLater(delay, fn)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -423,8 +599,7 @@ class Connection:
             # We are not reading this peer (its node's inbox is full): its
             # init may be waiting in the socket.  Like keepalive, the clock
             # only runs while we read.
-            again = self.hub.clock.seconds() + self.hub.limits.handshake_timeout
-            self._set_timer(again, self._init_timed_out)
+            self._await_init(self.clock.seconds() + self.handshake_timeout)
             return
         self.close("init timeout")
 
@@ -443,13 +618,11 @@ class Node:
 
     def live_connections(self) -> int:
         """Connections that count against the per-node cap."""
-        return sum(1 for c in self.connections.values() if c.state != "closed")
+        return sum(1 for c in self.connections.values() if c.life.state is not _CLOSED)
 
     def handshakes(self) -> int:
         """Connections still between ``connect`` and ``finish``."""
-        return sum(
-            1 for c in self.connections.values() if c.state in ("connecting", "handshake")
-        )
+        return sum(1 for c in self.connections.values() if c.life.state in PENDING)
 
 
 class Hub(service.Service):
@@ -481,15 +654,20 @@ class Hub(service.Service):
         self.connections: dict[str, Connection] = {}
         self._open: dict[str, Connection] = {}
         self._handshakes = 0
-        self._batch: list[EventRow] = []
-        self._closes: list[tuple[str, int]] = []
-        #: Connection rows to write with the next batch, by conn id.
-        self._rows: dict[str, ConnectionRow] = {}
-        self._flush_call: IDelayedCall | None = None
-        self._sweeper: LoopingCall | None = None
+        self.journal = Journal(store, clock, self._offer)
+        self.keepalive = KeepaliveSweep(
+            clock,
+            self._open,
+            self.limits.keepalive,
+            self.limits.body_timeout,
+            self.count,
+        )
         self._stopping = False
-        #: Called as ``fn(row, online)`` after an event is committed.
-        self.on_event_stored: list[Callable[[EventRow, bool], None]] = []
+        #: Called as ``fn(row, online)`` after an event is committed (the
+        #: journal's observers).
+        self.on_event_stored: list[Callable[[EventRow, bool], None]] = (
+            self.journal.observers
+        )
         #: Called as ``fn(node_id)`` after a session of a node logs in.
         self.on_login: list[Callable[[str], None]] = []
         #: Called as ``fn(name)`` for countable happenings (metrics).
@@ -506,10 +684,7 @@ class Hub(service.Service):
         """Close, durably, the connections a crash left open; start the sweep."""
         super().startService()
         self._recover()
-        interval = max(0.5, min(self.limits.keepalive / 4, 5.0))
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.clock = self.clock
-        self._sweeper.start(interval, now=False)
+        self.keepalive.start()
 
     def stopService(self) -> defer.Deferred[None]:
         """Record ``proxy stopped`` for every connection, then close them
@@ -523,18 +698,18 @@ class Hub(service.Service):
         """
         super().stopService()
         self._stopping = True
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
+        self.keepalive.stop()
         waits = []
         for conn in list(self.connections.values()):
-            if conn.state == "closed":
+            if conn.life.state is _CLOSED:
                 continue
-            if conn.announced:
-                self._record_closed(conn, "proxy stopped")
             if conn.protocol is not None and conn.protocol.transport is not None:
                 conn.gone = defer.Deferred()
                 waits.append(conn.gone)
             conn.close("proxy stopped")
+            if conn.announced:
+                # Closing, TCP not gone yet: record the close now.
+                self._record_closed(conn, "proxy stopped")
         self.flush()
         # Close the clients' WebSockets politely (after the closed events
         # just offered to them): the reactor's shutdown would otherwise drop
@@ -573,7 +748,7 @@ class Hub(service.Service):
                 "reconnect": row.persist,
             }
             seq = self._emit(node, "closed", params, summon=row.persist)
-            self._closes.append((row.conn_id, seq))
+            self.journal.record_close(row.conn_id, seq)
         if rows:
             self._log.info(
                 "recorded {count} connections left open by an unclean stop",
@@ -678,14 +853,22 @@ class Hub(service.Service):
                 "limit): acknowledge events first",
             )
         now = self.clock.seconds()
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         conn = Connection(
-            self, node, secrets.token_hex(8), peer, address, persist, now
+            self,
+            node,
+            secrets.token_hex(8),
+            peer,
+            format_address(host, port),
+            persist,
+            now,
+            self.clock,
+            limits.handshake_timeout,
         )
-        node.connections[conn.conn_id] = conn
-        self.connections[conn.conn_id] = conn
+        self._register(conn)
         self._handshakes += 1
-        factory = PeerFactory(conn, act1, self.clock, limits.handshake_timeout)
+        factory = PeerFactory(
+            conn, act1, self.clock, limits.handshake_timeout, conn.life
+        )
 
         def tcp_failed(f: Failure) -> Failure:
             if not conn.act2.called:
@@ -719,8 +902,10 @@ class Hub(service.Service):
     def connection(self, node_id: str, conn_id: str) -> Connection:
         """A connection of this node, or code 3 exactly as if it did not exist."""
         conn = self.connections.get(conn_id)
-        if conn is None or conn.node.node_id != node_id or not (
-            conn.announced or conn.state == "closed"
+        if (
+            conn is None
+            or conn.node.node_id != node_id
+            or conn.life.state not in VISIBLE
         ):
             raise HubError(UNKNOWN_CONNECTION, "unknown connection")
         return conn
@@ -735,7 +920,7 @@ class Hub(service.Service):
     def send(self, node_id: str, conn_id: str, msg: bytes) -> None:
         """Send a client's message to its peer."""
         self.connection(node_id, conn_id).send(msg)
-        self._count("message_out")
+        self.count("message_out")
 
     def disconnect(self, node_id: str, conn_id: str) -> None:
         """Close a connection at the client's request."""
@@ -777,6 +962,8 @@ class Hub(service.Service):
             conn = node.connections.pop(conn_id, None)
             if conn is not None:
                 self.connections.pop(conn_id, None)
+                if conn.life.state is _CLOSED:
+                    conn.life.advance(ConnState.ACKNOWLEDGED)
         before = node.pending
         node.pending = self.store.pending_count(node_id)
         if before > node.pending:
@@ -785,83 +972,118 @@ class Hub(service.Service):
         if node.reading_paused and node.pending < self.limits.events_per_node:
             node.reading_paused = False
             for conn in node.connections.values():
-                # Not a closing one: its transport may refuse to resume.
-                if conn.protocol is not None and conn.protocol.state is PeerState.OPEN:
-                    conn.protocol.resume_reading()
+                conn.resume_reading()
 
     def newest_seq(self, node_id: str) -> int:
         """The seq of the newest event of the node (0 when none yet)."""
         return self._node(node_id).next_seq - 1
 
-    # -- peer events -------------------------------------------------------------
+    def flush(self) -> None:
+        """Commit the pending batch, then offer it (see :mod:`lnproxy.journal`)."""
+        self.journal.flush()
 
-    def _connection_announced(self, conn: Connection) -> None:
-        # Committed now, fsync'd by the next event batch (module docstring).
-        self.store.put_connection(conn.row(), fsync=False)
+    def count(self, name: str) -> None:
+        """Report a countable happening to ``on_count`` observers (metrics)."""
+        for fn in self.on_count:
+            fn(name)
 
-    def _connection_changed(self, conn: Connection) -> None:
-        # Written with the next batch (see the module docstring); every
-        # reader of connection rows (``list_connections``, ``ack``) flushes
-        # first.  No flush is scheduled for it: the finish reply must not
-        # wait for an fsync that nothing needs.
-        self._rows[conn.conn_id] = conn.row()
+    # -- snapshots (hot restart) --------------------------------------------------
 
-    def _connection_opened(self, conn: Connection) -> None:
-        self._handshakes -= 1
+    def snapshot(self, node_id: str, conn_id: str) -> ConnectionSnapshot:
+        """Capture an open connection (see :mod:`lnproxy.snapshot`).
+
+        The connection goes on here; a hot restart stops reading it first.
+
+        :raise HubError: code 3 when unknown, 6 when not open.
+        """
+        self.flush()
+        return self.connection(node_id, conn_id).snapshot()
+
+    def adopt(self, snap: ConnectionSnapshot) -> PeerProtocol:
+        """Rebuild a captured open connection in this hub.
+
+        :return: its protocol; ``makeConnection`` it with the TCP transport
+            the connection lives on now.
+        :raise HubError: code 7 when the node has its maximum of connections.
+        :raise ValueError: when ``snap`` is not of an open connection or its
+            conn id is already known here.
+        """
+        if snap.state is not _OPEN:
+            raise ValueError(f"cannot adopt a connection that is {snap.state.value}")
+        if snap.conn_id in self.connections:
+            raise ValueError(f"connection {snap.conn_id} is already here")
+        node = self._node(snap.node_id)
+        if node.live_connections() >= self.limits.connections_per_node:
+            raise HubError(
+                LIMIT_EXCEEDED,
+                f"node has {self.limits.connections_per_node} connections "
+                "(the limit)",
+            )
+        conn = Connection.from_snapshot(
+            self, node, snap, self.clock, self.limits.handshake_timeout
+        )
+        protocol = conn.protocol
+        assert protocol is not None
+        self._register(conn)
         self._open[conn.conn_id] = conn
-        self._connection_changed(conn)
-        if conn.node.reading_paused and conn.protocol is not None:
-            conn.protocol.pause_reading()
+        self.journal.stage_connection(conn.row())
+        return protocol
 
-    def _forget(self, conn: Connection) -> None:
-        if conn.state in ("connecting", "handshake"):
-            self._handshakes -= 1
-        conn.state = "gone"
-        conn.node.connections.pop(conn.conn_id, None)
-        self.connections.pop(conn.conn_id, None)
-        self._open.pop(conn.conn_id, None)
+    # -- ConnectionOwner: what connections report ------------------------------------
 
-    def _connection_lost(self, conn: Connection, reason: str) -> None:
+    def connection_announced(self, conn: Connection) -> None:
+        """Act 2 relayed: commit the row now (module docstring), time it."""
+        self.store.put_connection(conn.row(), fsync=False)
+        relay = self.clock.seconds() - conn.since
+        for fn in self.on_handshake_relayed:
+            fn(relay)
+
+    def handshake_ended(self, conn: Connection) -> None:
+        """A handshake slot is free again."""
+        self._handshakes -= 1
+
+    def connection_opened(self, conn: Connection) -> None:
+        """``finish`` done: sweep it, persist it, pause it if its inbox is full."""
+        self._open[conn.conn_id] = conn
+        self.connection_changed(conn)
+        if conn.node.reading_paused:
+            conn.pause_reading()
+
+    def connection_changed(self, conn: Connection) -> None:
+        """Write the row with the next batch (see the module docstring).
+
+        Every reader of connection rows (``list_connections``, ``ack``)
+        flushes first.  No flush is scheduled for it: the finish reply must
+        not wait for an fsync that nothing needs.
+        """
+        self.journal.stage_connection(conn.row())
+
+    def connection_lost(self, conn: Connection, reason: str) -> None:
+        """TCP is gone: forget it, or record its ``closed`` event."""
         gone = conn.gone
-        if conn.state == "connecting":
+        self._open.pop(conn.conn_id, None)
+        if conn.life.state is _ABANDONED:
             self._forget(conn)
-        elif conn.announced:
-            if conn.state == "handshake":
-                self._handshakes -= 1
-            self._open.pop(conn.conn_id, None)
+        elif conn.closed_seq is None:
             self._record_closed(conn, reason)
         if gone is not None and not gone.called:
             gone.callback(None)
 
-    def _record_closed(self, conn: Connection, reason: str) -> None:
-        conn.state = "closed"
-        self._open.pop(conn.conn_id, None)
-        reconnect = conn.reconnect
-        params = {
-            "conn": conn.conn_id,
-            "peer": conn.peer,
-            "reason": reason,
-            "reconnect": reconnect,
-        }
-        seq = self._emit(conn.node, "closed", params, summon=reconnect)
-        self._closes.append((conn.conn_id, seq))
-        self._count("closed")
-        self._log.info(
-            "peer connection {conn} closed: {reason}", conn=conn.conn_id, reason=reason
-        )
-
-    def _messages_received(self, conn: Connection, messages: list[bytes]) -> None:
+    def messages_received(self, conn: Connection, messages: list[bytes]) -> None:
+        """The relay's hot path: store, answer or drop each message."""
         now = self.clock.seconds()
         conn.last_rx = now
         conn.ping_sent_at = None
         conn.body_since = None
         table = self._table
-        # Every message of one read shares ``at``, ``conn`` and ``peer``: the
-        # params text up to the type is built once per call, not per message
-        # (the float repr alone cost as much as the rest of the line).
-        head = f',"at":{now!r},"conn":"{conn.conn_id}","peer":"{conn.peer}","type":'
+        life = conn.life
+        node = conn.node
+        emit = self.journal.emit_message
+        cap = self.limits.events_per_node
+        head = message_head(now, conn.conn_id, conn.peer)
         for msg in messages:
-            if conn.state != "open":
+            state = life.state
+            if state is not _OPEN and state is not _CLOSING:
                 return
             if len(msg) < 2:
                 conn.close("malformed message (shorter than its type)")
@@ -871,32 +1093,51 @@ class Hub(service.Service):
             if msg_type == wire.INIT and conn.their_init is None:
                 conn.init_received(msg)
             if cls >= _QUEUE:
-                self._emit_message(conn, msg_type, msg, cls is _SUMMON, now, head)
+                emit(node, msg_type, msg, cls is _SUMMON, now, head)
+                node.pending += 1
+                if node.pending >= cap and not node.reading_paused:
+                    self._inbox_full(node)
             elif cls is _HANDLE:
-                self._handle(conn, msg_type, msg)
+                self._answer(conn, msg_type, msg)
             else:
-                self._count("dropped")
+                self.count("dropped")
 
-    def _handle(self, conn: Connection, msg_type: int, msg: bytes) -> None:
-        """Answer what needs no key."""
+    # -- internals ---------------------------------------------------------------
+
+    def _register(self, conn: Connection) -> None:
+        conn.node.connections[conn.conn_id] = conn
+        self.connections[conn.conn_id] = conn
+
+    def _forget(self, conn: Connection) -> None:
+        if conn.life.state is not _ABANDONED:
+            conn.life.advance(_ABANDONED)
+        conn.node.connections.pop(conn.conn_id, None)
+        self.connections.pop(conn.conn_id, None)
+        self._open.pop(conn.conn_id, None)
+
+    def _record_closed(self, conn: Connection, reason: str) -> None:
+        if conn.life.state is not _CLOSED:
+            conn.life.advance(_CLOSED)
+        self._open.pop(conn.conn_id, None)
+        reconnect = conn.reconnect
+        params = {
+            "conn": conn.conn_id,
+            "peer": conn.peer,
+            "reason": reason,
+            "reconnect": reconnect,
+        }
+        seq = self._emit(conn.node, "closed", params, summon=reconnect)
+        conn.closed_seq = seq
+        self.journal.record_close(conn.conn_id, seq)
+        self.count("closed")
+        self._log.info(
+            "peer connection {conn} closed: {reason}", conn=conn.conn_id, reason=reason
+        )
+
+    def _answer(self, conn: Connection, msg_type: int, msg: bytes) -> None:
+        """Answer what needs no key: hub -> answer -> peer."""
         try:
-            if msg_type == wire.PING:
-                pong = wire.pong_for(wire.Ping.decode(msg))
-                if pong is not None:
-                    conn.send(pong.encode())
-                    self._count("pong_sent")
-            elif msg_type == wire.QUERY_SHORT_CHANNEL_IDS:
-                q = wire.QueryShortChannelIds.decode(msg)
-                conn.send(wire.reply_to_query_short_channel_ids(q).encode())
-            elif msg_type == wire.QUERY_CHANNEL_RANGE:
-                r = wire.QueryChannelRange.decode(msg)
-                conn.send(wire.reply_to_query_channel_range(r).encode())
-            # pong (ours or not) and gossip_timestamp_filter: consumed.
-            self._count("handled")
-        except HubError:
-            # The connection is closing (or our answer hit the write buffer
-            # cap and aborted it): there is no one left to answer.
-            pass
+            decision = answer(msg_type, msg)
         except wire.WireError as e:
             self._log.info(
                 "ignoring malformed message type {type} on {conn}: {err}",
@@ -904,146 +1145,45 @@ class Hub(service.Service):
                 conn=conn.conn_id,
                 err=str(e),
             )
-
-    # -- events -------------------------------------------------------------------
-
-    def _emit_message(
-        self,
-        conn: Connection,
-        msg_type: int,
-        msg: bytes,
-        summon: bool,
-        now: float,
-        head: str,
-    ) -> None:
-        node = conn.node
-        seq = node.next_seq
-        node.next_seq = seq + 1
-        # Formatted by hand: every field is a number, a bool or hex we made,
-        # and this runs once per relayed message.  ``head`` is
-        # ``,"at":..,"conn":"..","peer":"..","type":`` (see the caller).
-        params = (
-            '{"seq":'
-            + str(seq)
-            + head
-            + str(msg_type)
-            + ',"msg":"'
-            + msg.hex()
-            + ('","summon":true}' if summon else '","summon":false}')
-        )
-        self._queue(node, EventRow(node.node_id, seq, "message", summon, now, params))
+            return
+        if decision.reply is not None:
+            if not conn.send_own(decision.reply):
+                # The connection is closing (or our answer hit the write
+                # buffer cap and aborted it): there is no one left to answer.
+                return
+            if decision.pong:
+                self.count("pong_sent")
+        self.count("handled")
 
     def _emit(self, node: Node, kind: str, fields: dict[str, Any], summon: bool) -> int:
-        seq = node.next_seq
-        node.next_seq = seq + 1
-        now = self.clock.seconds()
-        params = json.dumps({"seq": seq, "at": now, **fields}, separators=(",", ":"))
-        self._queue(node, EventRow(node.node_id, seq, kind, summon, now, params))
-        return seq
-
-    def _queue(self, node: Node, row: EventRow) -> None:
-        self._batch.append(row)
+        seq = self.journal.emit(node, kind, fields, summon)
         node.pending += 1
         if node.pending >= self.limits.events_per_node and not node.reading_paused:
-            node.reading_paused = True
-            self._log.warn(
-                "inbox of node {node} is full ({n} events): pausing its peers",
-                node=node.node_id,
-                n=node.pending,
-            )
-            for conn in node.connections.values():
-                if conn.protocol is not None and conn.protocol.state is PeerState.OPEN:
-                    conn.protocol.pause_reading()
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
+            self._inbox_full(node)
+        return seq
 
-    def flush(self) -> None:
-        """Commit the pending batch, then offer it to sessions and observers."""
-        call, self._flush_call = self._flush_call, None
-        if call is not None and call.active():
-            call.cancel()
-        if not self._batch and not self._rows:
-            return
-        batch, closes, rows = self._batch, self._closes, self._rows
-        self._batch, self._closes, self._rows = [], [], {}
-        try:
-            with self.store.transaction():
-                # Rows before closes: a row queued while open must not
-                # overwrite the closed state recorded in this same batch.
-                for conn_row in rows.values():
-                    self.store.put_connection(conn_row)
-                self.store.append_events(batch)
-                for conn_id, seq in closes:
-                    self.store.close_connection(conn_id, seq)
-        except Exception:
-            # Keep everything and try again shortly: nothing is offered to a
-            # client before it is on disk.
-            self._log.failure("could not commit {n} events; retrying", n=len(batch))
-            self._batch = batch + self._batch
-            self._closes = closes + self._closes
-            self._rows = {**rows, **self._rows}
-            if self._flush_call is None:
-                self._flush_call = self.clock.callLater(1.0, self.flush)
-            return
-        nodes = self.nodes
-        observers = self.on_event_stored
-        for row in batch:
-            node = nodes[row.node_id]
-            if node.sessions:
-                text = _notification(row.kind, row.params)
-                for session in node.sessions:
-                    session.offer(row.seq, text)
-            for fn in observers:
-                fn(row, bool(node.sessions))
+    def _inbox_full(self, node: Node) -> None:
+        node.reading_paused = True
+        self._log.warn(
+            "inbox of node {node} is full ({n} events): pausing its peers",
+            node=node.node_id,
+            n=node.pending,
+        )
+        for conn in node.connections.values():
+            conn.pause_reading()
 
-    # -- keepalive sweep -------------------------------------------------------------
-
-    def _sweep(self) -> None:
-        """One pass over open connections: keepalive pings and stuck frames.
-
-        A single periodic pass instead of a timer per connection: with ten
-        thousand idle peers, per-connection timers rescheduled on every
-        message cost more than this loop.
-        """
-        now = self.clock.seconds()
-        keepalive = self.limits.keepalive
-        body_timeout = self.limits.body_timeout
-        for conn in list(self._open.values()):
-            protocol = conn.protocol
-            if protocol is None or protocol.read_paused:
-                # Not reading it (its node's inbox is full): its silence is ours.
-                conn.last_rx = now
-                conn.ping_sent_at = None
-                continue
-            if conn.ping_sent_at is not None:
-                if now - conn.ping_sent_at >= keepalive:
-                    self._count("keepalive_closed")
-                    conn.close("keepalive timeout")
-                    continue
-            elif now - conn.last_rx >= keepalive:
-                conn.ping_sent_at = now
-                try:
-                    conn.send(_KEEPALIVE_PING)
-                except (HubError, ValueError):
-                    continue
-                self._count("ping_sent")
-            if protocol.awaiting_body:
-                if conn.body_since is None:
-                    conn.body_since = now
-                elif now - conn.body_since >= body_timeout:
-                    conn.close("message body timeout")
-            else:
-                conn.body_since = None
-
-    def _count(self, name: str) -> None:
-        for fn in self.on_count:
-            fn(name)
+    def _offer(self, row: EventRow) -> bool:
+        """The journal committed ``row``: offer it to the node's sessions."""
+        sessions = self.nodes[row.node_id].sessions
+        if sessions:
+            text = event_text(row)
+            for session in sessions:
+                session.offer(row.seq, text)
+            return True
+        return False
 
 
 #: Policy classes as plain module constants for the per-message loop.
 _HANDLE = MessageClass.HANDLE
 _QUEUE = MessageClass.QUEUE
 _SUMMON = MessageClass.SUMMON
-
-#: The proxy's own keepalive ping: asks for an empty pong.
-_KEEPALIVE_PING = wire.Ping(num_pong_bytes=0).encode()

@@ -33,16 +33,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from lnproxy.lifecycle import METRIC_STATES
+from lnproxy.protocol import KNOWN_CODES
+
 __all__ = ["Metrics", "HubCollector", "metrics_site", "MAX_SUMMONS_TRACKED"]
 
 #: Nodes whose summon-to-login clock may run at once (memory bound).
 MAX_SUMMONS_TRACKED = 100_000
 
 _POLICY_CLASSES = ("handle", "drop", "queue", "summon")
-_CONNECTION_STATES = ("connecting", "handshake", "open", "closed")
 _WEBHOOK_OUTCOMES = ("sent", "failed", "retried", "refused", "suppressed")
-#: Error codes pre-created so that they show as 0 before the first one.
-_KNOWN_CODES = (-32700, -32600, -32601, -32602, -32603, 1, 2, 3, 4, 5, 6, 7, 8)
 
 
 class HubCollector(Collector):
@@ -73,10 +73,11 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "lnproxy_sessions", "Logged-in WebSocket sessions", sessions
         )
-        by_state = dict.fromkeys(_CONNECTION_STATES, 0)
+        by_state = dict.fromkeys(METRIC_STATES, 0)
         for conn in list(self.hub.connections.values()):
-            if conn.state in by_state:
-                by_state[conn.state] += 1
+            name = conn.state.wire_name
+            if name in by_state:
+                by_state[name] += 1
         g = GaugeMetricFamily(
             "lnproxy_peer_connections", "Peer connections by state", labels=["state"]
         )
@@ -178,7 +179,8 @@ class Metrics:
         self._out_client = self.messages_out.labels("client")
         self._out_proxy = self.messages_out.labels("proxy")
         self._webhook = {o: self.webhooks.labels(o) for o in _WEBHOOK_OUTCOMES}
-        self._errors = {code: self.errors.labels(str(code)) for code in _KNOWN_CODES}
+        # Every code pre-created, so that each shows as 0 before the first.
+        self._errors = {code: self.errors.labels(str(code)) for code in KNOWN_CODES}
         self._in_handle = self._in["handle"].inc
         self._in_drop = self._in["drop"].inc
         self._in_queue = self._in["queue"].inc

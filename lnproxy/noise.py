@@ -50,6 +50,7 @@ __all__ = [
     "Encryptor",
     "Decryptor",
     "Transport",
+    "TransportSnapshot",
     "check_act_shape",
     "hkdf2",
 ]
@@ -550,6 +551,50 @@ class Decryptor(_CipherState):
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class TransportSnapshot:
+    """The whole state of a :class:`Transport`, as a value.
+
+    Keys are secrets: :func:`repr` shows only the nonces and the buffered
+    byte count, never a key.  :mod:`lnproxy.snapshot` encodes it to bytes.
+
+    :ivar sk: the current sending key (rotated keys included).
+    :ivar sck: the sending direction's chaining key.
+    :ivar snonce: the next sending nonce (0-998, always even).
+    :ivar rk: the current receiving key.
+    :ivar rck: the receiving direction's chaining key.
+    :ivar rnonce: the next receiving nonce.
+    :ivar buffered: bytes read from the wire and not yet decrypted: a
+        partial length header, or the part of a body that has arrived.
+    :ivar body_size: the size (MAC included) of the body being waited for
+        when a length header was already decrypted, else -1.
+    """
+
+    sk: bytes = field(repr=False)
+    sck: bytes = field(repr=False)
+    snonce: int
+    rk: bytes = field(repr=False)
+    rck: bytes = field(repr=False)
+    rnonce: int
+    buffered: bytes = field(repr=False)
+    body_size: int
+
+    def __post_init__(self) -> None:
+        for name in ("sk", "sck", "rk", "rck"):
+            if len(getattr(self, name)) != 32:
+                raise ValueError(f"{name} must be 32 bytes")
+        for name in ("snonce", "rnonce"):
+            if not 0 <= getattr(self, name) < ROTATE_EVERY:
+                raise ValueError(f"{name} must be in 0-{ROTATE_EVERY - 1}")
+        if not (self.body_size == -1 or MAC_SIZE <= self.body_size <= (
+            MAX_MESSAGE_SIZE + MAC_SIZE
+        )):
+            raise ValueError(f"body size {self.body_size} is impossible")
+        limit = HEADER_SIZE if self.body_size < 0 else self.body_size
+        if len(self.buffered) >= limit:
+            raise ValueError("buffered bytes hold a whole frame part")
+
+
 class Transport:
     """Both directions of an established BOLT 8 connection.
 
@@ -571,6 +616,34 @@ class Transport:
 
     def __repr__(self) -> str:
         return "<Transport>"
+
+    def snapshot(self) -> TransportSnapshot:
+        """Capture both directions (keys, chaining keys, nonces, buffered
+        undecrypted bytes and a decrypted-but-unanswered length header).
+
+        The transport goes on working; a :meth:`from_snapshot` of the value
+        continues both byte streams exactly where this one stands.
+
+        :raise TransportError: when the decoder already failed.
+        """
+        e, d = self.encryptor, self.decryptor
+        if d._failed:
+            raise TransportError("decoder already failed")
+        return TransportSnapshot(
+            e._key, e._ck, e.nonce, d._key, d._ck, d.nonce, d._buf, d._body_size
+        )
+
+    @classmethod
+    def from_snapshot(cls, snap: TransportSnapshot) -> Transport:
+        """A transport that continues exactly where ``snap`` was taken."""
+        t = cls.__new__(cls)
+        t.encryptor = Encryptor(snap.sk, snap.sck)
+        t.encryptor.nonce = snap.snonce
+        d = t.decryptor = Decryptor(snap.rk, snap.rck)
+        d.nonce = snap.rnonce
+        d._buf = snap.buffered
+        d._body_size = snap.body_size
+        return t
 
     def encrypt(self, msg: bytes) -> bytes:
         """See :meth:`Encryptor.encrypt`."""

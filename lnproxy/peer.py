@@ -9,12 +9,18 @@ sends, through the sans-IO :class:`lnproxy.noise.Transport`.
 This module knows nothing of nodes, sessions or storage.  It reports to an
 :class:`IPeerListener` (the hub's connection object) and takes orders from it
 (:meth:`PeerProtocol.finish`, :meth:`PeerProtocol.send_message`,
-:meth:`PeerProtocol.close`).
+:meth:`PeerProtocol.close`).  Its state is the connection's one
+:class:`~lnproxy.lifecycle.Lifecycle`, shared with the listener: the protocol
+moves it through the handshake, to ``closing``/``aborting`` and, when TCP is
+gone, to ``closed`` (announced) or ``abandoned`` (never announced).
+
+A connection captured with :meth:`PeerProtocol.transport_snapshot` is
+rebuilt on a new TCP transport with :meth:`PeerProtocol.resume`
+(docs/architecture.md, "Snapshots").
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 from twisted.internet import error as ierror
@@ -25,9 +31,9 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from lnproxy import noise
+from lnproxy.lifecycle import ANNOUNCED, ConnState, Lifecycle
 
 __all__ = [
-    "PeerState",
     "IPeerListener",
     "PeerProtocol",
     "PeerFactory",
@@ -47,15 +53,18 @@ MAX_EARLY_BYTES = 4096
 _CONNECTION_DONE = Failure(ierror.ConnectionDone())
 
 
-class PeerState(enum.Enum):
-    """Where a peer connection is in its life."""
-
-    CONNECTING = "connecting"
-    ACT1_SENT = "act1 sent"
-    AWAITING_ACT3 = "awaiting act3"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
+_CONNECTING = ConnState.CONNECTING
+_ACT1_SENT = ConnState.ACT1_SENT
+_HANDSHAKE = ConnState.HANDSHAKE
+_OPEN = ConnState.OPEN
+_CLOSING = ConnState.CLOSING
+_ABORTING = ConnState.ABORTING
+_CLOSED = ConnState.CLOSED
+_ABANDONED = ConnState.ABANDONED
+#: States in which a close order has nothing left to do.
+_ENDING = frozenset(
+    {_CLOSING, _ABORTING, _CLOSED, ConnState.ACKNOWLEDGED, _ABANDONED}
+)
 
 
 class IPeerListener(Interface):
@@ -74,7 +83,8 @@ class IPeerListener(Interface):
         """Whole decrypted Lightning messages, in order."""
 
     def peer_closed(reason: str) -> None:
-        """The TCP connection is gone (called exactly once)."""
+        """The TCP connection is gone (called exactly once); the lifecycle
+        is already ``closed`` (it had been announced) or ``abandoned``."""
 
 
 @implementer(IPushProducer)
@@ -85,6 +95,8 @@ class PeerProtocol(Protocol):
     :param act1: the 50 bytes the client computed.
     :param clock: for the act 2 timeout.
     :param act2_timeout: seconds to wait for act 2 once act 1 is written.
+    :param lifecycle: the connection's state, shared with the listener (a
+        new one, ``connecting``, by default).
     """
 
     _log = Logger()
@@ -95,9 +107,10 @@ class PeerProtocol(Protocol):
         act1: bytes,
         clock: IReactorTime,
         act2_timeout: float,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.listener = listener
-        self.state = PeerState.CONNECTING
+        self.life = lifecycle if lifecycle is not None else Lifecycle()
         self._act1 = act1
         self._clock = clock
         self._act2_timeout = act2_timeout
@@ -110,10 +123,39 @@ class PeerProtocol(Protocol):
         self._paused_bytes = 0
         self.read_paused = False
 
+    @classmethod
+    def resume(
+        cls,
+        listener: IPeerListener,
+        clock: IReactorTime,
+        lifecycle: Lifecycle,
+        transport: noise.Transport,
+    ) -> PeerProtocol:
+        """An open connection rebuilt from a snapshot, for a new TCP transport.
+
+        ``makeConnection`` it with the transport the connection now lives
+        on: it writes no act 1 and goes on decrypting where ``transport``
+        (built with :meth:`noise.Transport.from_snapshot`) stands.
+
+        :raise ValueError: when ``lifecycle`` is not ``open``.
+        """
+        if lifecycle.state is not _OPEN:
+            raise ValueError(f"cannot resume a connection that is {lifecycle.state.value}")
+        p = cls(listener, b"", clock, 0.0, lifecycle)
+        p._transport = transport
+        p._decrypt = transport.decryptor.feed
+        return p
+
+    @property
+    def state(self) -> ConnState:
+        """The connection's lifecycle state."""
+        return self.life.state
+
     # -- Twisted protocol -------------------------------------------------
 
     def connectionMade(self) -> None:
-        """Write act 1 and start waiting for act 2."""
+        """Write act 1 and start waiting for act 2 (or, for a resumed
+        connection, just start relaying)."""
         # A TCP transport (ITCPTransport and IConsumer); typed loosely since
         # zope interfaces do not compose for mypy.
         transport: Any = self.transport
@@ -123,7 +165,10 @@ class PeerProtocol(Protocol):
             pass
         # Streaming producer: Twisted tells us when the peer stops reading.
         transport.registerProducer(self, True)
-        self.state = PeerState.ACT1_SENT
+        if self.life.state is _OPEN:
+            self.listener.peer_connected(self)
+            return
+        self.life.advance(_ACT1_SENT)
         self.transport.write(self._act1)  # type: ignore[union-attr]
         self._timer = self._clock.callLater(self._act2_timeout, self._act2_timed_out)
         self.listener.peer_connected(self)
@@ -142,7 +187,8 @@ class PeerProtocol(Protocol):
             if messages:
                 self.listener.messages_received(messages)
             return
-        if self.state is PeerState.ACT1_SENT:
+        state = self.life.state
+        if state is _ACT1_SENT:
             self._early += data
             if len(self._early) < noise.ACT2_SIZE:
                 return
@@ -156,9 +202,9 @@ class PeerProtocol(Protocol):
             except noise.HandshakeError as e:
                 self._fail_handshake(f"malformed act 2 ({e.code})")
                 return
-            self.state = PeerState.AWAITING_ACT3
+            self.life.advance(_HANDSHAKE)
             self.listener.act2_received(act2)
-        elif self.state is PeerState.AWAITING_ACT3:
+        elif state is _HANDSHAKE:
             self._early += data
         if len(self._early) > MAX_EARLY_BYTES:
             self._fail("peer sent data before the handshake finished")
@@ -166,8 +212,12 @@ class PeerProtocol(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         """Report the end once, with the most useful reason we have."""
         self._cancel_timer()
-        was = self.state
-        self.state = PeerState.CLOSED
+        life = self.life
+        was = life.state
+        if was in ANNOUNCED:
+            life.advance(_CLOSED)
+        elif was is not _CLOSED and was is not ConnState.ABANDONED:
+            life.advance(_ABANDONED)
         self._decrypt = None
         self._transport = None
         if self._close_reason is None:
@@ -175,7 +225,7 @@ class PeerProtocol(Protocol):
                 self._close_reason = "peer closed"
             else:
                 self._close_reason = f"connection lost: {reason.getErrorMessage()}"
-        if was is PeerState.ACT1_SENT:
+        if was is _ACT1_SENT:
             self.listener.handshake_failed(self._close_reason)
         self.listener.peer_closed(self._close_reason)
 
@@ -202,12 +252,12 @@ class PeerProtocol(Protocol):
         :return: messages already received from the peer (normally none).
         :raise ValueError: when the connection is not waiting for act 3.
         """
-        if self.state is not PeerState.AWAITING_ACT3:
-            raise ValueError(f"connection is {self.state.value}")
+        if self.life.state is not _HANDSHAKE:
+            raise ValueError(f"connection is {self.life.state.value}")
         self.transport.write(act3)  # type: ignore[union-attr]
         self._transport = noise.Transport(sk, rk, ck)
         self._decrypt = self._transport.decryptor.feed
-        self.state = PeerState.OPEN
+        self.life.advance(_OPEN)
         early, self._early = self._early, b""
         if early:
             return self._decrypt(early)
@@ -219,7 +269,7 @@ class PeerProtocol(Protocol):
         :raise ValueError: when the connection is not open.
         :raise noise.MessageTooLargeError: when ``msg`` exceeds 65535 bytes.
         """
-        if self._transport is None or self.state is not PeerState.OPEN:
+        if self._transport is None or self.life.state is not _OPEN:
             raise ValueError("connection is not open")
         frame = self._transport.encryptor.encrypt(msg)
         if self._write_paused:
@@ -228,6 +278,15 @@ class PeerProtocol(Protocol):
                 self.close("peer stopped reading (write buffer full)", abort=True)
                 return
         self.transport.write(frame)  # type: ignore[union-attr]
+
+    def transport_snapshot(self) -> noise.TransportSnapshot:
+        """The cipher state of an open connection (see :meth:`resume`).
+
+        :raise ValueError: when the connection is not open.
+        """
+        if self._transport is None or self.life.state is not _OPEN:
+            raise ValueError("connection is not open")
+        return self._transport.snapshot()
 
     @property
     def awaiting_body(self) -> bool:
@@ -249,11 +308,12 @@ class PeerProtocol(Protocol):
 
     def close(self, reason: str, abort: bool = False) -> None:
         """Close the connection; ``reason`` is what :meth:`peer_closed` says."""
-        if self.state in (PeerState.CLOSING, PeerState.CLOSED):
+        life = self.life
+        if life.state in _ENDING:
             return
         if self._close_reason is None:
             self._close_reason = reason
-        self.state = PeerState.CLOSING
+        life.advance(_CLOSING if life.state in ANNOUNCED else _ABORTING)
         self._cancel_timer()
         if self.transport is None:
             return
@@ -276,7 +336,7 @@ class PeerProtocol(Protocol):
     def _fail_handshake(self, reason: str) -> None:
         # Report the handshake failure first so the pending ``connect`` gets
         # its code 5; connectionLost will then not report it again.
-        self.state = PeerState.CLOSING
+        self.life.advance(_ABORTING)
         self._close_reason = reason
         self.listener.handshake_failed(reason)
         if self.transport is not None:
@@ -300,8 +360,9 @@ class PeerFactory(ClientFactory):
         act1: bytes,
         clock: IReactorTime,
         act2_timeout: float,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
-        self._args = (listener, act1, clock, act2_timeout)
+        self._args = (listener, act1, clock, act2_timeout, lifecycle)
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
         """Return the protocol for this connection."""

@@ -1,9 +1,10 @@
 """What the proxy does with each Lightning message type a peer sends.
 
-Four classes (PROTOCOL.md, "What the proxy does by itself"):
+Four classes (docs/protocol.md, "What the proxy does by itself"):
 
 ``handle``
-    answered (or consumed) by the proxy; never reaches the client.
+    answered (or consumed) by the proxy; never reaches the client.  What the
+    answer is, :func:`lnproxy.answer.answer` decides.
 ``drop``
     discarded.
 ``queue``
@@ -21,6 +22,7 @@ import enum
 from collections.abc import Iterable, Mapping
 
 from lnproxy import wire
+from lnproxy.answer import ANSWERED_TYPES
 
 __all__ = ["MessageClass", "Policy", "PolicyError", "HANDLED_TYPES", "parse_override"]
 
@@ -38,17 +40,10 @@ class PolicyError(ValueError):
     """An operator override that cannot be applied."""
 
 
-#: Types the proxy knows how to answer or consume by itself.  ``handle`` is
-#: refused for any other type: the proxy would have nothing to do with it.
-HANDLED_TYPES = frozenset(
-    {
-        wire.PING,
-        wire.PONG,
-        wire.QUERY_SHORT_CHANNEL_IDS,
-        wire.QUERY_CHANNEL_RANGE,
-        wire.GOSSIP_TIMESTAMP_FILTER,
-    }
-)
+#: Types the proxy knows how to answer or consume by itself
+#: (:data:`lnproxy.answer.ANSWERED_TYPES`).  ``handle`` is refused for any
+#: other type: the proxy would have nothing to do with it.
+HANDLED_TYPES = ANSWERED_TYPES
 
 _MAX_TYPE = 65535
 

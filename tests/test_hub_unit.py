@@ -26,15 +26,16 @@ from zope.interface import implementer
 
 from lnproxy import keys, noise, wire
 from lnproxy.hub import Hub, HubError, Limits
+from lnproxy.journal import Journal, message_head
+from lnproxy.lifecycle import ConnState
 from lnproxy.peer import (
     MAX_EARLY_BYTES,
     IPeerListener,
     PeerFactory,
     PeerProtocol,
-    PeerState,
 )
 from lnproxy.policy import Policy
-from lnproxy.store import Store
+from lnproxy.store import EventRow, Store
 
 NODE_SECRET = bytes.fromhex("11" * 32)
 NODE = keys.public_key(NODE_SECRET).hex()
@@ -160,7 +161,7 @@ class HubCase(SynchronousTestCase):
         init = noise.Initiator(NODE_SECRET, PEER)
         d = self.hub.connect(NODE, PEER.hex(), "127.0.0.1", 9735, init.act1(), persist)
         link = self.links[-1]
-        self.assertEqual(link.proto.state, PeerState.ACT1_SENT)
+        self.assertEqual(link.proto.state, ConnState.ACT1_SENT)
         link.answer_act1()
         conn_id, act2 = self.successResultOf(d)
         init.read_act2(act2)
@@ -413,7 +414,7 @@ class PeerProtocolTests(SynchronousTestCase):
         for i in range(len(act2)):
             self.link.proto.dataReceived(act2[i : i + 1])
         self.assertEqual(self.listener.calls[1:], [("act2", act2)])
-        self.assertEqual(self.link.proto.state, PeerState.AWAITING_ACT3)
+        self.assertEqual(self.link.proto.state, ConnState.HANDSHAKE)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_bad_act2(self) -> None:
@@ -481,7 +482,7 @@ class PeerProtocolTests(SynchronousTestCase):
         proto.send_message(big)
         self.assertTrue(transport.aborted)
         self.assertEqual(len(transport.value()), 30 * frame)
-        self.assertIs(proto.state, PeerState.CLOSING)
+        self.assertIs(proto.state, ConnState.CLOSING)
         self.link.lose()
         self.assertEqual(
             self.listener.calls[-1],
@@ -762,3 +763,57 @@ class CommitFailureTests(HubCase):
             [(e["params"]["seq"], e["params"]["msg"]) for e in sink.events[1:]],
             [(2, "0081aa"), (3, "0081bb"), (4, "0081cc")],
         )
+
+
+class _Log:
+    """An EventLog: a node id and its next seq."""
+
+    def __init__(self, node_id: str, next_seq: int = 1) -> None:
+        self.node_id = node_id
+        self.next_seq = next_seq
+
+
+class JournalTests(SynchronousTestCase):
+    """lnproxy.journal.Journal on its own (no hub)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = Store.open(self.mktemp(), synchronous="NORMAL")
+        self.addCleanup(self.store.close)
+        self.offered: list[tuple[int, int]] = []
+        self.observed: list[tuple[int, bool]] = []
+        self.journal = Journal(self.store, self.clock, self.offer)
+        self.journal.observers.append(lambda row, on: self.observed.append((row.seq, on)))
+
+    def offer(self, row: EventRow) -> bool:
+        """Record the row and how many events the store held when offered."""
+        self.offered.append((row.seq, len(self.store.events_after(NODE, 0, 100))))
+        return row.seq % 2 == 0
+
+    def test_numbered_batched_committed_then_offered(self) -> None:
+        """Events of one turn get consecutive seqs, are committed at the end
+        of the turn in one batch, and each is offered only once the whole
+        batch is on disk, then shown to observers with ``online``."""
+        log = _Log(NODE)
+        head = message_head(5.0, "c0", "p0")
+        self.assertEqual(self.journal.emit(log, "closed", {"why": "x"}, True), 1)
+        self.journal.emit_message(log, 0x8001, b"\x80\x01", False, 5.0, head)
+        self.assertEqual(log.next_seq, 3)
+        self.assertEqual((self.offered, self.store.events_after(NODE, 0, 9)), ([], []))
+        self.clock.advance(0)
+        self.assertEqual(self.offered, [(1, 2), (2, 2)])
+        self.assertEqual(self.observed, [(1, False), (2, True)])
+        rows = self.store.events_after(NODE, 0, 9)
+        self.assertEqual(
+            json.loads(rows[1].params),
+            {
+                "seq": 2,
+                "at": 5.0,
+                "conn": "c0",
+                "peer": "p0",
+                "type": 0x8001,
+                "msg": "8001",
+                "summon": False,
+            },
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -1,10 +1,12 @@
-"""The message policy: the default table of PROTOCOL.md for all 65,536
+"""The message policy: the default table of docs/protocol.md for all 65,536
 types, operator overrides, and override parsing."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lnproxy import wire
+from lnproxy.answer import ANSWERED_TYPES, CONSUMED, answer
 from lnproxy.policy import (
     HANDLED_TYPES,
     MessageClass,
@@ -22,7 +24,7 @@ H, D, Q, S = (
 
 
 def contract_class(t: int) -> MessageClass:
-    """The default class of type ``t``, written from PROTOCOL.md's table
+    """The default class of type ``t``, written from docs/protocol.md's table
     (independently of lnproxy.policy)."""
     if t in (18, 19, 261, 263, 265):
         return H
@@ -156,3 +158,46 @@ class ParseOverrideTests(SynchronousTestCase):
                 parse_override(text)
             self.assertIn(message, str(cm.exception), text)
             self.assertIn(repr(text), str(cm.exception))
+
+
+class AnswerTests(SynchronousTestCase):
+    """lnproxy.answer.answer: what the proxy replies, from bytes alone."""
+
+    def test_every_handled_type_has_an_answer(self) -> None:
+        """The policy's ``handle`` types are exactly the ones answer()
+        knows."""
+        self.assertEqual(HANDLED_TYPES, ANSWERED_TYPES)
+
+    def test_ping(self) -> None:
+        """A ping gets a pong of num_pong_bytes zeros; one asking 65532 or
+        more gets nothing (BOLT 1)."""
+        a = answer(wire.PING, wire.Ping(3, b"xy").encode())
+        self.assertEqual((a.reply, a.pong), (wire.Pong(bytes(3)).encode(), True))
+        self.assertIs(answer(wire.PING, wire.Ping(65532).encode()), CONSUMED)
+
+    def test_gossip_queries(self) -> None:
+        """Both gossip queries get the proxy's "no gossip here" replies for
+        the same chain (and range)."""
+        chain = bytes(range(32))
+        q = wire.QueryShortChannelIds(chain, b"\x00")
+        a = answer(wire.QUERY_SHORT_CHANNEL_IDS, q.encode())
+        self.assertEqual(a.reply, wire.ReplyShortChannelIdsEnd(chain, 0).encode())
+        self.assertFalse(a.pong)
+        r = wire.QueryChannelRange(chain, 100, 50)
+        a = answer(wire.QUERY_CHANNEL_RANGE, r.encode())
+        self.assertEqual(
+            a.reply, wire.ReplyChannelRange(chain, 100, 50, 1, b"\x00").encode()
+        )
+
+    def test_consumed(self) -> None:
+        """A pong and a gossip_timestamp_filter are consumed silently."""
+        self.assertIs(answer(wire.PONG, wire.Pong(b"").encode()), CONSUMED)
+        f = wire.GossipTimestampFilter(bytes(32), 0, 0xFFFFFFFF)
+        self.assertIs(answer(wire.GOSSIP_TIMESTAMP_FILTER, f.encode()), CONSUMED)
+
+    def test_malformed_raises_wire_error(self) -> None:
+        """A truncated ping or query raises WireError (the hub logs it and
+        answers nothing)."""
+        for t in (wire.PING, wire.QUERY_SHORT_CHANNEL_IDS, wire.QUERY_CHANNEL_RANGE):
+            with self.assertRaises(wire.WireError):
+                answer(t, t.to_bytes(2, "big") + b"\x00")

@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from lnproxy import keys, noise, wire
-from lnproxy.api import RpcError, parse_peer
+from lnproxy.api import RpcError, peer_param
 
 from .harness import ProxyTestCase, eventually, free_port
 
@@ -69,6 +69,7 @@ class HelloAndSubprotocolTests(ProxyTestCase):
         self.assertEqual(limits["handshake_timeout"], 7)
         self.assertEqual(limits["keepalive"], 9)
         self.assertIsInstance(limits["webhooks_per_node"], int)
+        self.assertEqual(hello["features"], [])
         # The hello is the first frame, and a notification (no id).
         self.assertEqual(client.frames[0]["method"], "hello")
         self.assertNotIn("id", client.frames[0])
@@ -821,6 +822,10 @@ class MethodTests(ProxyTestCase):
         """``parse_peer`` defaults the port to 9735, lowercases the node id,
         unbrackets IPv6 hosts, and refuses malformed strings with -32602."""
         node = keys.public_key(os.urandom(32)).hex()
+        def parse_peer(text: str) -> tuple[str, str, int]:
+            p = peer_param(text)
+            return p.node_id, p.host, p.port
+
         self.assertEqual(parse_peer(f"{node}@example.com"), (node, "example.com", 9735))
         self.assertEqual(parse_peer(f"{node.upper()}@[::1]:1"), (node, "::1", 1))
         self.assertEqual(
@@ -828,7 +833,7 @@ class MethodTests(ProxyTestCase):
         )
         for bad in (f"{node}@[::1", f"{node}@a b", f"{node}@host:65536", f"x{node}@h"):
             with self.assertRaises(RpcError) as cm:
-                parse_peer(bad)
+                peer_param(bad)
             self.assertEqual(cm.exception.code, -32602)
 
 
