@@ -34,11 +34,13 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from lnproxy import keys
-from lnproxy.api import ClientFactory
+from lnproxy.api import ClientFactory, ClientProtocol
+from lnproxy.devices import DeviceLimits, Devices, thread_runner
 from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
 from lnproxy.policy import Policy
+from lnproxy.protocol import FEATURE_ACCOUNT, FEATURE_LEASE, FEATURE_VAULT
 from lnproxy.store import Store, StoreError
 from lnproxy.webhook import Notifier, Resolver, build_http_client, thread_resolver
 
@@ -192,6 +194,14 @@ def build_service(
     )
     server_id = keys.public_key(store.server_secret)
     notifier = _build_notifier(reactor, config, hub, store, resolver)
+    devices: Devices[ClientProtocol] = Devices(
+        store,
+        reactor,
+        thread_runner(reactor),
+        DeviceLimits(
+            vault_entries_per_node=config.get("max-vault-entries-per-node", 64),
+        ),
+    )
     factory = ClientFactory(
         hub,
         server_id,
@@ -200,6 +210,8 @@ def build_service(
         login_timeout=config["login-timeout"],
         request_rate=config.get("max-requests-per-second", 5000.0),
         request_burst=2 * config.get("max-requests-per-second", 5000.0),
+        features=(FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT),
+        devices=devices,
     )
     root = ProxyService(store, hub, factory)
     root.notifier = notifier
