@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lnproxy import keys, noise, wire
+from lnproxy.client.devices import DevicesMixin
 from lnproxy.client.errors import (
     ClientError,
     ClientStopped,
@@ -391,7 +392,7 @@ class _WatchedEndpoint:
 _Waiter = tuple[defer.Deferred[LoginInfo], bool]
 
 
-class Client(service.Service):
+class Client(DevicesMixin, service.Service):
     """A node's connection to an lnproxy (see the module docstring).
 
     :param reactor: the reactor (TCP, TLS, timers).
@@ -442,6 +443,7 @@ class Client(service.Service):
         tls_options: Any = None,
         clock: IReactorTime | None = None,
         connect_timeout: float = 10.0,
+        lease: bool = False,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -504,6 +506,8 @@ class Client(service.Service):
         self._links: dict[str, PeerLink] = {}
         self._addresses: dict[str, str] = {}
         self._rehandshakes: dict[str, defer.Deferred[None]] = {}
+        # Several devices: the writer lease, the vault's peer list.
+        self._devices_init(lease)
 
     def __repr__(self) -> str:
         return f"<Client node={self.node_id.hex()[:16]}... url={self.url}>"
@@ -663,6 +667,7 @@ class Client(service.Service):
             self._protocol = None
         if proto is self._session:
             self._session = None
+            self._devices_closed()
             self._log.info(
                 "disconnected from the proxy: {reason}", reason=proto.close_reason
             )
@@ -682,6 +687,8 @@ class Client(service.Service):
             self._hello(proto, params)
             return
         if proto is not self._session:
+            return
+        if self._devices_notification(method, params):
             return
         seq = params.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool):
@@ -720,6 +727,7 @@ class Client(service.Service):
         self.server_id = server_id
         limits = params.get("limits")
         self.limits = limits if isinstance(limits, dict) else {}
+        self._devices_hello(params)
         try:
             self._adopt_server(server_id.hex())
         except Exception as e:
@@ -789,8 +797,8 @@ class Client(service.Service):
             ds.callback(proto)
         for fn in list(self.on_login):
             self._guard(fn, info)
-        for node in list(self.state.rehandshake):
-            self._start_rehandshake(node)
+        # Takes the lease again if wanted, then re-handshakes what is pending.
+        self._devices_logged_in()
         self._pump()
 
     def _login_error(self, proto: _ProxyProtocol, f: Failure) -> None:
@@ -919,6 +927,8 @@ class Client(service.Service):
         self._step("init", f"our init ({len(init_msg)} bytes) sent on {conn}")
         link = PeerLink(self, conn, node, address, persist, features)
         self._links[conn] = link
+        if persist:
+            self._devices_link_opened(node, address, features)
         return link
 
     def send(self, conn: str, msg: bytes) -> defer.Deferred[None]:
@@ -928,8 +938,15 @@ class Client(service.Service):
         )
 
     def disconnect(self, conn: str) -> defer.Deferred[None]:
-        """Close a connection; its ``closed`` event has ``reconnect: false``."""
-        return self.call("disconnect", {"conn": conn}).addCallback(lambda _: None)
+        """Close a connection; its ``closed`` event has ``reconnect: false``
+        (a persistent peer leaves the vault's peer list)."""
+
+        def done(_: Any) -> None:
+            link = self._links.get(conn)
+            if link is not None and link.persist:
+                self._devices_link_dropped(link.peer)
+
+        return self.call("disconnect", {"conn": conn}).addCallback(done)
 
     def connections(self) -> defer.Deferred[list[dict[str, Any]]]:
         """The node's connection objects (closed but unacknowledged included)."""
@@ -1115,6 +1132,8 @@ class Client(service.Service):
     def _start_rehandshake(self, node: str) -> None:
         if node in self._rehandshakes or not self.running or self._aborted:
             return
+        if not self._devices_may_rehandshake():
+            return  # another device holds the writer lease
         d = self._rehandshake(node)
         if d.called:
             return
@@ -1147,6 +1166,8 @@ class Client(service.Service):
                         features=bytes.fromhex(entry.get("features", "")),
                     )
             except ClientError as e:
+                if self._devices_rehandshake_refused(e, node):
+                    return  # kept on record until we hold the lease
                 attempt += 1
                 delay = self.retry_policy(attempt)
                 self._log.info(

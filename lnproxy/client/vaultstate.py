@@ -117,13 +117,16 @@ class VaultDocument:
 
         ``change`` gets a copy of the current object and returns the new
         one; it may run several times, so it must not have side effects.
-        Fires with the object as written.
+        Fires with the object as written (nothing is written when the
+        change leaves an existing entry as it is).
 
         :raise VaultError: after ``max_attempts`` conflicts in a row.
         """
         current = yield self.read()
         for _attempt in range(self.max_attempts):
             new = change(json.loads(json.dumps(current)))
+            if new == current and self.version > 0:
+                return new  # nothing to write
             try:
                 result = yield self._call(
                     "vault.put",
