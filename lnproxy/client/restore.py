@@ -120,6 +120,8 @@ class _RestoreProtocol(WebSocketClientProtocol):
         self.factory.finish(
             Failure(ProxyUnreachable(self.factory.url, reason or "connection closed"))
         )
+        if not self.factory.closed.called:
+            self.factory.closed.callback(None)
 
 
 class _RestoreFactory(WebSocketClientFactory):
@@ -142,6 +144,8 @@ class _RestoreFactory(WebSocketClientFactory):
             closeHandshakeTimeout=0,
         )
         self.done: defer.Deferred[RestoredAccount] = defer.Deferred()
+        #: Fires once the WebSocket is closed.
+        self.closed: defer.Deferred[None] = defer.Deferred()
         self._user = user
         self._password: str | None = password
         self._expected = server_id
@@ -296,11 +300,15 @@ def restore_account(
 
     def connected(proto: Any) -> defer.Deferred[RestoredAccount]:
         def close(result: Any) -> Any:
-            if proto.state == proto.STATE_OPEN:
-                proto.sendClose(1000)
-            elif proto.transport is not None:
+            # The outcome is known: close the TCP connection and answer once
+            # it is gone (nothing of this exchange outlives the call).
+            if not factory.closed.called and proto.transport is not None:
                 proto.transport.loseConnection()
-            return result
+                abort = reactor.callLater(5, proto.transport.abortConnection)
+                factory.closed.addBoth(
+                    lambda _: abort.cancel() if abort.active() else None
+                )
+            return factory.closed.addBoth(lambda _: result)
 
         return factory.done.addBoth(close)
 
