@@ -412,15 +412,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
-        help="give up after this many seconds in all (default 30)",
+        default=None,
+        help="give up after this many seconds in all (default 30; 90 with "
+        "--electrum)",
+    )
+    parser.add_argument(
+        "--electrum",
+        action="store_true",
+        help="run the wake-up flow with Electrum's own Lightning code on both "
+        "sides (needs python3-electrum; see docs/client.md, \"Electrum\")",
     )
     args = parser.parse_args(argv)
+    if args.timeout is None:
+        args.timeout = 90.0 if args.electrum else 30.0
     from twisted.internet import task as _task
+
+    if args.electrum:
+        from lnproxy.electrum_demo import INSTALL_HINT, electrum_available
+
+        missing = electrum_available()
+        if missing is not None:
+            sys.stdout.write(f"lnproxy-demo --electrum: {missing}\n{INSTALL_HINT}\n")
+            raise SystemExit(1)
 
     def go(reactor: Any) -> defer.Deferred[None]:
         narrator = _Narrator(sys.stdout)
-        d = run_demo(reactor, sys.stdout, min(10.0, args.timeout), narrator)
+        if args.electrum:
+            from lnproxy.electrum_demo import run_electrum_demo
+
+            d = run_electrum_demo(
+                reactor, sys.stdout, min(25.0, args.timeout), narrator
+            )
+            d.addCallback(lambda _: None)
+        else:
+            d = run_demo(reactor, sys.stdout, min(10.0, args.timeout), narrator)
 
         def overall(result: Any, timeout: float) -> Any:
             raise DemoFailed(

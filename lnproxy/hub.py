@@ -78,7 +78,7 @@ from lnproxy.protocol import (
     format_address,
 )
 from lnproxy.snapshot import ConnectionSnapshot
-from lnproxy.store import ConnectionRow, EventRow, Store
+from lnproxy.store import ConnectionRow, EventRow, IStore
 
 __all__ = [
     "Limits",
@@ -639,7 +639,7 @@ class Hub(service.Service):
 
     def __init__(
         self,
-        store: Store,
+        store: IStore,
         clock: IReactorTime,
         connect_peer: ConnectPeer,
         policy: Policy | None = None,

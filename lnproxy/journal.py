@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from lnproxy.protocol import notification_text
-from lnproxy.store import ConnectionRow, EventRow, Store
+from lnproxy.store import ConnectionRow, EventRow, IStore
 
 __all__ = ["EventLog", "Journal", "event_text", "message_head"]
 
@@ -64,7 +64,7 @@ class Journal:
 
     def __init__(
         self,
-        store: Store,
+        store: IStore,
         clock: IReactorTime,
         offer: Callable[[EventRow], bool],
         retry_delay: float = 1.0,

@@ -24,6 +24,8 @@ from coincurve.ecdsa import (
     serialize_compact,
 )
 
+from lnproxy.protocol import LOGIN_TAG
+
 __all__ = [
     "LOGIN_TAG",
     "login_digest",
@@ -33,8 +35,6 @@ __all__ = [
     "public_key",
     "is_node_id",
 ]
-
-LOGIN_TAG = b"lnproxy/1 login"
 
 
 def login_digest(server_id: bytes, challenge: bytes) -> bytes:

@@ -9,7 +9,10 @@ of notifications.  The server (:mod:`lnproxy.api`, :mod:`lnproxy.hub`,
 (:mod:`lnproxy.client`) both import it; no other module defines a code, a
 version string or a peer regex of its own.
 
-Pure: no Twisted, no I/O.
+Pure: no Twisted, no I/O, and no third-party import at module level, so
+that :mod:`lnproxy.electrum` can use it under a Python that has only
+Electrum's packages (``parse_peer`` imports :mod:`lnproxy.keys`, which needs
+coincurve, when it is called).
 """
 
 from __future__ import annotations
@@ -20,12 +23,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from lnproxy import keys
-
 __all__ = [
     "SUBPROTOCOL",
     "PROTOCOL_VERSION",
     "DEFAULT_PEER_PORT",
+    "LOGIN_TAG",
     "PARSE_ERROR",
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
@@ -66,6 +68,10 @@ __all__ = [
 SUBPROTOCOL: Final = "lnproxy.v1"
 #: ``hello.protocol``: the protocol and its major version.
 PROTOCOL_VERSION: Final = "lnproxy/1"
+#: The prefix of the login digest: ``SHA256(LOGIN_TAG || server_id ||
+#: challenge)`` is what the node key signs (docs/protocol.md, "Session start
+#: and login").
+LOGIN_TAG: Final = b"lnproxy/1 login"
 #: The port of a peer address that names none (BOLT 7's default).
 DEFAULT_PEER_PORT: Final = 9735
 
@@ -180,6 +186,8 @@ def parse_peer(text: str) -> PeerAddress:
         raise BadPeer(
             "peer must be <66 hex node id>@<host>[:<port>] (IPv6 hosts in brackets)"
         )
+    from lnproxy import keys
+
     node = m.group("node").lower()
     if not keys.is_node_id(bytes.fromhex(node)):
         raise BadPeer("peer node id is not a valid public key")

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 from zope.interface import Attribute, Interface
 
+from lnproxy.lifecycle import PERSISTED_STATES
+
 __all__ = [
     "CONNECTION_STATES",
     "StoreError",
@@ -51,8 +53,9 @@ __all__ = [
     "IStore",
 ]
 
-#: Connection states, as in the protocol's connection object.
-CONNECTION_STATES = frozenset({"handshake", "open", "closed"})
+#: Connection states a row may hold: the lifecycle's persisted names, as in
+#: the protocol's connection object (one vocabulary, :mod:`lnproxy.lifecycle`).
+CONNECTION_STATES = frozenset(PERSISTED_STATES)
 
 
 class StoreError(Exception):
