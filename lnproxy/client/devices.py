@@ -59,21 +59,23 @@ class DevicesMixin:
         this client has not asked for it.
     :ivar on_lease: ``fn(writer)`` hooks, called when the lease is won or
         lost.
-    :ivar server_features: ``hello.features`` of the proxy (a set).
     """
 
     _log = Logger()
 
-    # Provided by Client.
+    # Provided by Client: its key, reactor, requests and hooks, and two
+    # primitives of its peer handling (_resume_rehandshakes runs every
+    # pending re-handshake, _record_rehandshakes adds entries to the
+    # state's record).
     _secret: bytes
     _reactor: Any
-    running: int
     server_id: bytes | None
+    server_features: frozenset[str]
     state: Any
     call: Callable[..., defer.Deferred[Any]]
     connections: Callable[[], defer.Deferred[list[dict[str, Any]]]]
-    _start_rehandshake: Callable[[str], None]
-    _save: Callable[[Any], None]
+    _resume_rehandshakes: Callable[[], None]
+    _record_rehandshakes: Callable[[dict[str, dict[str, str]]], None]
     _guard: Callable[..., None]
 
     def _devices_init(self, lease: bool) -> None:
@@ -81,18 +83,9 @@ class DevicesMixin:
         self.writer: bool | None = None
         self.wants_lease = lease
         self.on_lease: list[Callable[[bool], Any]] = []
-        self.server_features: frozenset[str] = frozenset()
         self.peers = VaultDocument(self.call, PEERS_ENTRY, vault_key(self._secret))
 
     # -- hooks called by the session code --------------------------------------
-
-    def _devices_hello(self, params: dict[str, Any]) -> None:
-        features = params.get("features")
-        self.server_features = frozenset(
-            f
-            for f in (features if isinstance(features, list) else [])
-            if isinstance(f, str)
-        )
 
     def _devices_logged_in(self) -> None:
         """A new session: no lease yet.  Take it again if we want it, then
@@ -213,18 +206,21 @@ class DevicesMixin:
                 self._log.info("cannot read the peer list: {e}", e=str(e))
                 listed, conns = {}, []
             open_peers = {c.get("peer") for c in conns if c.get("state") != "closed"}
-            wanted = dict(self.state.rehandshake)
-            for node, entry in listed.items():
-                if node in open_peers or node in wanted or not isinstance(entry, dict):
-                    continue
-                wanted[node] = {
+            pending = self.state.rehandshake
+            found = {
+                node: {
                     "address": str(entry.get("address", "")),
                     "features": str(entry.get("features", "")),
                 }
-            if wanted != self.state.rehandshake:
-                self._save(self.state.evolve(rehandshake=wanted))
-        for node in list(self.state.rehandshake):
-            self._start_rehandshake(node)
+                for node, entry in listed.items()
+                if isinstance(node, str)
+                and isinstance(entry, dict)
+                and node not in open_peers
+                and node not in pending
+            }
+            if found:
+                self._record_rehandshakes(found)
+        self._resume_rehandshakes()
 
     def _update_peers(
         self, change: Callable[[dict[str, Any]], dict[str, Any]], node: str

@@ -482,6 +482,8 @@ class Client(DevicesMixin, service.Service):
 
         self.server_id: bytes | None = None
         self.limits: dict[str, Any] = {}
+        #: ``hello.features`` of the proxy.
+        self.server_features: frozenset[str] = frozenset()
         self.login_info: LoginInfo | None = None
         self.failure: ClientError | None = None
         self.on_login: list[Callable[[LoginInfo], Any]] = []
@@ -727,7 +729,12 @@ class Client(DevicesMixin, service.Service):
         self.server_id = server_id
         limits = params.get("limits")
         self.limits = limits if isinstance(limits, dict) else {}
-        self._devices_hello(params)
+        features = params.get("features")
+        self.server_features = frozenset(
+            f
+            for f in (features if isinstance(features, list) else [])
+            if isinstance(f, str)
+        )
         try:
             self._adopt_server(server_id.hex())
         except Exception as e:
@@ -1128,6 +1135,15 @@ class Client(DevicesMixin, service.Service):
         )
 
     # -- persistent peers -----------------------------------------------------
+
+    def _resume_rehandshakes(self) -> None:
+        """Start every re-handshake the state lists."""
+        for node in list(self.state.rehandshake):
+            self._start_rehandshake(node)
+
+    def _record_rehandshakes(self, entries: dict[str, dict[str, str]]) -> None:
+        """Add peers to re-handshake to the state's record."""
+        self._save(self.state.evolve(rehandshake={**self.state.rehandshake, **entries}))
 
     def _start_rehandshake(self, node: str) -> None:
         if node in self._rehandshakes or not self.running or self._aborted:
