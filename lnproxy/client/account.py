@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from lnproxy import keys
+from lnproxy.protocol import ACCOUNT_TAG
 
 __all__ = [
     "ACCOUNT_TAG",
@@ -52,8 +53,6 @@ __all__ = [
     "open_node_key",
 ]
 
-#: The 17 ASCII bytes that label the salt and the blob's associated data.
-ACCOUNT_TAG: Final = b"lnproxy/1 account"
 ARGON2_ITERATIONS: Final = 3
 ARGON2_MEMORY_KIB: Final = 65536
 ARGON2_LANES: Final = 1
