@@ -192,3 +192,38 @@ class CliDevicesTests(ClientTestCase):
         self.assertEqual((code, out), (0, "removed notes\n"), err)
         out, err, code = yield self.cli("vault", "get", "notes", *base)
         self.assertEqual(json.loads(out), {"version": 0, "blob": None})
+
+    @defer.inlineCallbacks
+    def test_listen_with_lease(self) -> Any:
+        """``listen --lease`` holds the writer lease while it runs: another
+        session of the node is refused connect (code 11) until it exits."""
+        self.start_proxy()
+        peer, port = self.local_peer()
+        other = yield self.logged_in(self.secret)
+        opened = peer.wait_open()
+        yield other.open_peer(peer, port)
+        p = yield opened
+        state = os.path.join(self.workdir, "listen.state")
+        running = self.cli(
+            "listen", "--lease", "--count", "2", "--key", self.key, "--state", state
+        )
+        node = keys.public_key(self.secret).hex()
+        devices = self.proxy.factory.devices
+        yield self.wait_for(
+            lambda: devices.leases.holder(node) is not None, what="the lease"
+        )
+        try:
+            yield other.call(
+                "connect", peer=f"{peer.node_id.hex()}@127.0.0.1:{port}", act1="00" * 50
+            )
+        except Exception as e:
+            self.assertEqual(getattr(e, "code", None), 11)
+        else:
+            self.fail("connect was not refused")
+        p.send(bytes.fromhex("0080") + b"\x02" * 40)
+        out, err, code = yield running
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out.splitlines()), 2)
+        yield self.wait_for(
+            lambda: devices.leases.holder(node) is None, what="the lease to end"
+        )

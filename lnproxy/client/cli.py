@@ -192,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the last handled seq is kept (default: KEYFILE.state)",
     )
+    p.add_argument(
+        "--lease",
+        action="store_true",
+        help="take the node's writer lease (without force) at every login: "
+        "only the holder re-handshakes persistent peers",
+    )
 
     p = sub.add_parser(
         "webhook",
@@ -304,6 +310,7 @@ def _make_client(
             server_id=server_id,
             request_timeout=getattr(args, "timeout", 30.0),
             tls_options=_tls_options(args, str(url)),
+            lease=bool(getattr(args, "lease", False)),
         )
     except (ValueError, StateError) as e:
         raise CliError(str(e)) from None
