@@ -71,7 +71,6 @@ from lnproxy.policy import MessageClass, Policy
 from lnproxy.protocol import (
     HANDSHAKE_FAILED,
     LIMIT_EXCEEDED,
-    NOT_ALLOWED,
     NOT_OPEN,
     PEER_UNREACHABLE,
     UNKNOWN_CONNECTION,
@@ -90,10 +89,6 @@ __all__ = [
     "Session",
     "EventSink",
     "ConnectPeer",
-    # Re-exported from lnproxy.protocol only for lnproxy.webhook, which
-    # still imports them from here; new code imports lnproxy.protocol.
-    "LIMIT_EXCEEDED",
-    "NOT_ALLOWED",
 ]
 
 #: How many stored events a catching-up session reads per reactor turn.

@@ -41,8 +41,9 @@ from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
 from lnproxy.policy import Policy
 from lnproxy.protocol import FEATURE_ACCOUNT, FEATURE_LEASE, FEATURE_VAULT
+from lnproxy.ssrf import Resolver, build_http_client, thread_resolver
 from lnproxy.store import Store, StoreError
-from lnproxy.webhook import Notifier, Resolver, build_http_client, thread_resolver
+from lnproxy.webhook import Notifier
 
 __all__ = [
     "ProxyService",

@@ -1,5 +1,5 @@
-"""Waking offline clients: signed webhooks (PROTOCOL.md, "Waking an offline
-client").
+"""Waking offline clients: signed webhooks (docs/protocol.md, "Waking an
+offline client (webhooks)").
 
 :class:`Notifier` is the proxy's webhook registry (``webhook.set`` /
 ``webhook.list`` / ``webhook.remove``) and the part that calls those webhooks.
@@ -33,357 +33,52 @@ until ``reconnect_backoff`` seconds have passed; each summon that does go
 out doubles that delay, up to ``reconnect_backoff_cap``.  A peer that has
 been quiet for ``reconnect_backoff_cap`` seconds starts afresh.
 
-SSRF: URLs must be ``https`` and their host must resolve only to globally
-routable unicast addresses (no loopback, private, link-local, multicast,
-reserved, unspecified or shared address space), unless the operator passed
-``--webhook-allow-private``, which also allows ``http``.  The check runs at
-``webhook.set`` and again at every connection (:class:`GuardedEndpointFactory`
-resolves the name, checks every address, then connects to a checked address
-while TLS still verifies the original host name), so a DNS answer that
-changes after ``webhook.set`` cannot point the proxy at an internal service.
+Every URL passes the SSRF guard of :mod:`lnproxy.ssrf`: its form and the
+addresses its host resolves to are checked at ``webhook.set``, and again at
+every connection by the HTTP client :func:`~lnproxy.ssrf.build_http_client`
+builds.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import secrets
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
-from typing import Protocol as TypingProtocol
-from urllib.parse import urlsplit
 
-from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
-from zope.interface import implementer
+from twisted.web.client import HTTPConnectionPool
 
 from lnproxy import keys
-from lnproxy.hub import LIMIT_EXCEEDED, NOT_ALLOWED, Hub, HubError
+from lnproxy.hub import Hub, HubError
+from lnproxy.protocol import LIMIT_EXCEEDED, NOT_ALLOWED, PROTOCOL_VERSION
+from lnproxy.ssrf import (
+    BadWebhookURL,
+    Resolver,
+    WebhookRefused,
+    check_addresses,
+    check_url,
+    resolve,
+)
 from lnproxy.store import EventRow, WebhookRow
 
-__all__ = [
-    "Notifier",
-    "Resolver",
-    "WebhookRefused",
-    "GuardedEndpointFactory",
-    "address_problem",
-    "check_url",
-    "thread_resolver",
-    "build_http_client",
-    "MAX_URL_LENGTH",
-    "RETRY_DELAYS",
-]
+__all__ = ["Notifier", "RETRY_DELAYS"]
 
-INVALID_PARAMS = -32602
-
-#: Longest URL ``webhook.set`` accepts.
-MAX_URL_LENGTH = 2048
 #: Seconds between the attempts of one webhook call (after a failure).
 RETRY_DELAYS: tuple[float, ...] = (2.0, 3.0, 5.0, 10.0)
 #: Bytes of a response body we read (and throw away) before closing.
 MAX_RESPONSE_BYTES = 64 * 1024
-#: Addresses of one host name we try at connect time.
-MAX_ADDRESSES_TRIED = 4
 #: Seconds a name resolution at ``webhook.set`` may take.
 RESOLVE_TIMEOUT = 10.0
-
-
-class WebhookRefused(Exception):
-    """A webhook target is not allowed (an SSRF guard refused it)."""
-
-
-class Resolver(TypingProtocol):
-    """Resolves a host name: ``(host, port) -> Deferred[list of IP strings]``.
-
-    The default is :func:`thread_resolver`; tests inject their own.
-    """
-
-    def __call__(self, host: str, port: int) -> defer.Deferred[list[str]]: ...
-
-
-def thread_resolver(reactor: Any) -> Resolver:
-    """A resolver running ``getaddrinfo`` in the reactor's thread pool.
-
-    It returns every address (IPv4 and IPv6), unlike ``getHostByName``, so
-    that all of them can be checked.
-    """
-
-    def lookup(host: str, port: int) -> list[str]:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        out: list[str] = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            address = str(sockaddr[0])
-            if address not in out:
-                out.append(address)
-        return out
-
-    def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), lookup, host, port)
-
-    return resolve
-
-
-def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def address_problem(address: str) -> str | None:
-    """Why a webhook must not be sent to ``address``, or None when it may.
-
-    IPv6 addresses that embed an IPv4 address (mapped, 6to4, NAT64) are
-    judged by the embedded address as well.
-
-    :param address: an IPv4 or IPv6 address (text).
-    :return: ``"loopback"``, ``"private"``, ``"link-local"``, ... or None.
-    """
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return "not an IP address"
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):
-        # Mapped and NAT64 addresses reach the embedded IPv4 address: judge
-        # that one (the IPv6 ranges themselves count as reserved).
-        if ip.ipv4_mapped is not None:
-            candidates = [ip.ipv4_mapped]
-        elif ip in _NAT64:
-            candidates = [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
-        elif ip.sixtofour is not None:
-            candidates.append(ip.sixtofour)
-    for c in candidates:
-        if c.is_unspecified:
-            return "unspecified"
-        if c.is_loopback:
-            return "loopback"
-        if c.is_link_local:
-            return "link-local"
-        if c.is_multicast:
-            return "multicast"
-        if c.is_private:
-            return "private"
-        if c.is_reserved:
-            return "reserved"
-        if not c.is_global:
-            return "not globally routable"
-    return None
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a webhook URL points: scheme, host (no brackets), port."""
-
-    scheme: str
-    host: str
-    port: int
-
-
-def check_url(url: str, allow_private: bool) -> Target:
-    """Check a webhook URL's form (not its addresses).
-
-    :param url: the URL a client asked for.
-    :param allow_private: whether ``http`` is allowed.
-    :return: its :class:`Target`.
-    :raise HubError: -32602 for a malformed URL, code 8 for a refused one
-        (scheme, user info), each with a message saying why.
-    """
-    if len(url) > MAX_URL_LENGTH:
-        raise HubError(
-            INVALID_PARAMS, f"url is longer than {MAX_URL_LENGTH} characters"
-        )
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
-        raise HubError(
-            INVALID_PARAMS, "url must not contain spaces or control characters"
-        )
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-        host = parts.hostname
-    except ValueError as e:
-        raise HubError(INVALID_PARAMS, f"url is malformed: {e}") from None
-    scheme = parts.scheme.lower()
-    allowed = ("https", "http") if allow_private else ("https",)
-    if scheme not in ("https", "http"):
-        raise HubError(
-            NOT_ALLOWED, f"webhook URL refused: scheme {scheme!r}; use https"
-        )
-    if scheme not in allowed:
-        raise HubError(NOT_ALLOWED, "webhook URL refused: plain http; use https")
-    if not host:
-        raise HubError(INVALID_PARAMS, "url has no host")
-    if parts.username is not None or parts.password is not None:
-        raise HubError(
-            NOT_ALLOWED,
-            "webhook URL refused: user info (user:password@) is not allowed",
-        )
-    if port is None:
-        port = 443 if scheme == "https" else 80
-    if port == 0:
-        raise HubError(INVALID_PARAMS, "url port must be 1-65535")
-    return Target(scheme, host, port)
-
-
-def _refusal(host: str, address: str, problem: str) -> str:
-    if host == address:
-        return f"webhook URL refused: {address} is a {problem} address"
-    return f"webhook URL refused: {host} resolves to {address}, a {problem} address"
-
-
-def _check_addresses(host: str, addresses: Sequence[str]) -> None:
-    """Raise :class:`WebhookRefused` if any address is not allowed."""
-    if not addresses:
-        raise WebhookRefused(f"webhook URL refused: {host} has no address")
-    for address in addresses:
-        problem = address_problem(address)
-        if problem is not None:
-            raise WebhookRefused(_refusal(host, address, problem))
-
-
-def _resolve(resolver: Resolver, host: str, port: int) -> defer.Deferred[list[str]]:
-    if _literal(host) is not None:
-        return defer.succeed([host])
-    return defer.maybeDeferred(resolver, host, port)
-
-
-# -- connect-time guard --------------------------------------------------------
-
-
-@implementer(IStreamClientEndpoint)
-class _GuardedEndpoint:
-    """Resolve, check every address, connect to a checked one (TLS keeps the
-    original host name for SNI and certificate checks)."""
-
-    def __init__(self, owner: GuardedEndpointFactory, target: Target) -> None:
-        self._owner = owner
-        self._target = target
-
-    def connect(self, factory: Any) -> defer.Deferred[Any]:
-        """Connect ``factory`` to a checked address of the target."""
-        return defer.Deferred.fromCoroutine(self._connect(factory))
-
-    async def _connect(self, factory: Any) -> Any:
-        owner, target = self._owner, self._target
-        addresses = await _resolve(owner.resolver, target.host, target.port)
-        if not owner.allow_private:
-            _check_addresses(target.host, addresses)
-        elif not addresses:
-            raise WebhookRefused(f"webhook URL refused: {target.host} has no address")
-        creator = None
-        if target.scheme == "https":
-            creator = owner.tls_policy.creatorForNetloc(
-                target.host.encode("idna"), target.port
-            )
-        last: BaseException | None = None
-        for address in addresses[:MAX_ADDRESSES_TRIED]:
-            endpoint: Any
-            if isinstance(ipaddress.ip_address(address), ipaddress.IPv6Address):
-                endpoint = TCP6ClientEndpoint(
-                    owner.reactor, address, target.port, timeout=owner.connect_timeout
-                )
-            else:
-                endpoint = TCP4ClientEndpoint(
-                    owner.reactor, address, target.port, timeout=owner.connect_timeout
-                )
-            if creator is not None:
-                endpoint = wrapClientTLS(creator, endpoint)
-            try:
-                return await endpoint.connect(factory)
-            except defer.CancelledError:
-                raise
-            except Exception as e:  # try the next address
-                last = e
-        assert last is not None
-        raise last
-
-
-@implementer(IAgentEndpointFactory)
-class GuardedEndpointFactory:
-    """An ``IAgentEndpointFactory`` that refuses non-public addresses.
-
-    Use with ``Agent.usingEndpointFactory``.  It checks at every new
-    connection, so it also protects against DNS rebinding.
-
-    :param reactor: for TCP connections.
-    :param resolver: name resolution (see :class:`Resolver`).
-    :param allow_private: skip the address check (``--webhook-allow-private``).
-    :param tls_policy: TLS policy for ``https`` (browser-like by default).
-    :param connect_timeout: seconds for the TCP connection.
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        resolver: Resolver,
-        allow_private: bool = False,
-        tls_policy: IPolicyForHTTPS | None = None,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        self.reactor = reactor
-        self.resolver = resolver
-        self.allow_private = allow_private
-        self.tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
-        self.connect_timeout = connect_timeout
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        """The guarded endpoint of a request URI (``twisted.web.client.URI``)."""
-        scheme = uri.scheme.decode("ascii")
-        if scheme not in ("https", "http") or (
-            scheme == "http" and not self.allow_private
-        ):
-            raise WebhookRefused(f"webhook URL refused: scheme {scheme!r}")
-        host = uri.host.decode("idna")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        return _GuardedEndpoint(self, Target(scheme, host, uri.port))
-
-
-def build_http_client(
-    reactor: Any,
-    resolver: Resolver,
-    allow_private: bool,
-    pool: HTTPConnectionPool | None = None,
-    connect_timeout: float = 10.0,
-) -> HTTPClient:
-    """The notifier's treq client: guarded endpoints, a pool, no cookies.
-
-    Cookies are refused so that one receiver cannot plant a cookie that
-    another node's webhook on the same domain would then send.
-    """
-    factory = GuardedEndpointFactory(
-        reactor, resolver, allow_private, connect_timeout=connect_timeout
-    )
-    agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(agent, cookiejar=jar)  # type: ignore[arg-type]
-
-
-# -- the notifier -----------------------------------------------------------------
+#: The ``User-Agent`` of every call: the protocol and its major version.
+_USER_AGENT = PROTOCOL_VERSION.encode("ascii")
 
 
 class _Discard(Protocol):
@@ -454,6 +149,9 @@ class _Backoff:
 class _Call:
     """One webhook call (first attempt plus retries) to one URL."""
 
+    # Logged under the notifier's name: operators see one source.
+    _log = Logger(namespace="lnproxy.webhook.Notifier")
+
     def __init__(
         self, notifier: Notifier, node_id: str, hook: WebhookRow, body: bytes
     ) -> None:
@@ -485,11 +183,10 @@ class _Call:
         )
         headers = {
             b"Content-Type": [b"application/json"],
-            b"User-Agent": [b"lnproxy/1"],
+            b"User-Agent": [_USER_AGENT],
             b"X-Lnproxy-Timestamp": [str(timestamp).encode("ascii")],
             b"X-Lnproxy-Signature": [signature.hex().encode("ascii")],
         }
-        n.in_flight += 1
         try:
             d = n.http.request(
                 "POST",
@@ -504,30 +201,24 @@ class _Call:
         except Exception:
             d = defer.fail()
         self.request = d
-        n._requests.add(d)
+        n.request_sent(d)
         d.addCallbacks(self._response, self._failure, callbackArgs=(now,))
         d.addErrback(self._bug)
         d.addBoth(self._settled)
 
     def _settled(self, _: Any) -> None:
-        if self.request is not None:
-            self.notifier._requests.discard(self.request)
-        self.request = None
-        self.notifier.in_flight -= 1
+        d, self.request = self.request, None
+        if d is not None:
+            self.notifier.request_settled(d)
 
     def _response(self, response: Any, sent_at: float) -> None:
         n = self.notifier
-        n._latency(n.clock.seconds() - sent_at)
+        n.report_latency(n.clock.seconds() - sent_at)
         code = int(response.code)
-        try:
-            response.deliverBody(
-                _Discard(n.clock, MAX_RESPONSE_BYTES, n.timeout, n._bodies)
-            )
-        except Exception:
-            pass
+        n.discard_body(response)
         if 200 <= code < 300:
-            n._count("webhook_sent")
-            n._log.info(
+            n.report("webhook_sent")
+            self._log.info(
                 "webhook {webhook} of node {node} answered {status}",
                 webhook=self.hook.webhook_id,
                 node=self.node_id,
@@ -545,8 +236,8 @@ class _Call:
         if self.done:
             return
         if f.check(WebhookRefused):
-            self.notifier._count("webhook_refused")
-            self.notifier._log.warn(
+            self.notifier.report("webhook_refused")
+            self._log.warn(
                 "webhook {webhook} of node {node} refused at connect time: {why}",
                 webhook=self.hook.webhook_id,
                 node=self.node_id,
@@ -561,7 +252,7 @@ class _Call:
         self._retry(why)
 
     def _bug(self, f: Failure) -> None:
-        self.notifier._log.failure("webhook call failed unexpectedly", failure=f)
+        self._log.failure("webhook call failed unexpectedly", failure=f)
 
     def _retry(self, why: str) -> None:
         n = self.notifier
@@ -571,8 +262,8 @@ class _Call:
             delay = n.retry_delays[self.attempt - 1]
             now = n.clock.seconds()
             if now + delay - self.started <= n.retry_budget:
-                n._count("webhook_retried")
-                n._log.info(
+                n.report("webhook_retried")
+                self._log.info(
                     "webhook {webhook} of node {node} failed ({why}); "
                     "retrying in {delay} s",
                     webhook=self.hook.webhook_id,
@@ -586,8 +277,8 @@ class _Call:
 
     def _give_up(self, why: str) -> None:
         n = self.notifier
-        n._count("webhook_failed")
-        n._log.warn(
+        n.report("webhook_failed")
+        self._log.warn(
             "webhook {webhook} of node {node} failed after {attempts} attempt(s): {why}",
             webhook=self.hook.webhook_id,
             node=self.node_id,
@@ -758,35 +449,40 @@ class Notifier(service.Service):
         """
         try:
             target = check_url(url, self.allow_private)
-        except HubError as e:
-            if e.code == NOT_ALLOWED:
-                self._count("webhook_refused")
-            return defer.fail(e)
-        for row in self.store.webhooks(node_id):
-            if row.url == url:
-                return defer.succeed(row.webhook_id)
+        except BadWebhookURL as e:
+            if isinstance(e, WebhookRefused):
+                self.report("webhook_refused")
+            return defer.fail(HubError(e.code, str(e)))
+        existing = self._existing(node_id, url)
+        if existing is not None:
+            return defer.succeed(existing)
         try:
             self._check_limit(node_id)
         except HubError as e:
             return defer.fail(e)
         if self.allow_private:
             return defer.succeed(self._store(node_id, url))
-        d = _resolve(self.resolver, target.host, target.port)
+        d = resolve(self.resolver, target.host, target.port)
         d.addTimeout(RESOLVE_TIMEOUT, self.clock)
 
         def resolved(addresses: list[str]) -> str:
             try:
-                _check_addresses(target.host, addresses)
+                check_addresses(target.host, addresses)
             except WebhookRefused as e:
-                self._count("webhook_refused")
+                self.report("webhook_refused")
                 raise HubError(NOT_ALLOWED, str(e)) from None
+            # Another webhook.set of the same URL may have stored it while
+            # this one resolved: answer its id rather than store it twice.
+            existing = self._existing(node_id, url)
+            if existing is not None:
+                return existing
             self._check_limit(node_id)
             return self._store(node_id, url)
 
         def unresolved(f: Failure) -> Failure:
             if f.check(HubError):
                 return f
-            self._count("webhook_refused")
+            self.report("webhook_refused")
             raise HubError(
                 NOT_ALLOWED,
                 f"webhook URL refused: cannot resolve {target.host} "
@@ -794,6 +490,13 @@ class Notifier(service.Service):
             )
 
         return d.addCallbacks(resolved, unresolved)
+
+    def _existing(self, node_id: str, url: str) -> str | None:
+        """The id of the node's webhook with ``url``, if it has one."""
+        for row in self.store.webhooks(node_id):
+            if row.url == url:
+                return row.webhook_id
+        return None
 
     def _check_limit(self, node_id: str) -> None:
         limit = self.hub.limits.webhooks_per_node
@@ -842,7 +545,7 @@ class Notifier(service.Service):
             except (ValueError, AttributeError):
                 peer = ""
             if not self._reconnect_allowed(row.node_id, peer, now):
-                self._count("webhook_suppressed")
+                self.report("webhook_suppressed")
                 self._log.info(
                     "reconnect summon of node {node} for peer {peer} held back "
                     "(peer keeps dropping)",
@@ -932,12 +635,35 @@ class Notifier(service.Service):
             return node.pending
         return self.store.pending_count(node_id)
 
-    # -- observers ---------------------------------------------------------------------
+    # -- what a call reports ----------------------------------------------------
 
-    def _count(self, name: str) -> None:
+    def report(self, name: str) -> None:
+        """Tell the ``on_count`` observers about one outcome
+        (``webhook_sent``, ``webhook_failed``, ...)."""
         for fn in self.on_count:
             fn(name)
 
-    def _latency(self, seconds: float) -> None:
+    def report_latency(self, seconds: float) -> None:
+        """Tell the ``on_latency`` observers how long a response took."""
         for fn in self.on_latency:
             fn(seconds)
+
+    def request_sent(self, d: defer.Deferred[Any]) -> None:
+        """A request is in flight (cancelled if the service stops first)."""
+        self.in_flight += 1
+        self._requests.add(d)
+
+    def request_settled(self, d: defer.Deferred[Any]) -> None:
+        """A request sent with :meth:`request_sent` has its outcome."""
+        self.in_flight -= 1
+        self._requests.discard(d)
+
+    def discard_body(self, response: Any) -> None:
+        """Read a response's body, up to a bound, and throw it away (so that
+        its connection can go back to the pool)."""
+        try:
+            response.deliverBody(
+                _Discard(self.clock, MAX_RESPONSE_BYTES, self.timeout, self._bodies)
+            )
+        except Exception:
+            pass

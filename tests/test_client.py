@@ -141,7 +141,7 @@ class OpenPeerTests(ClientTestCase):
         self.start_proxy()
         client = self.make_client()
         yield client.when_logged_in()
-        sock = client._protocol.transport.getHandle()
+        sock = client.transport.getHandle()
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
 
     @defer.inlineCallbacks

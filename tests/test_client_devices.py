@@ -186,7 +186,7 @@ class LeaseClientTests(DevicesClientTestCase):
         self.assertNotIn(peer.node_id.hex().encode(), blob)
         self.assertNotIn(peer.node_id, blob)
         # A acknowledges the drop but never re-handshakes, then is gone.
-        a._start_rehandshake = lambda node: None  # type: ignore[method-assign]
+        a._peers._start_rehandshake = lambda node: None  # type: ignore[method-assign]
         first.transport.abortConnection()
         yield self.wait_for(lambda: self.pending(a) == 0, what="a's ack")
         yield a.stopService()

@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
-from lnproxy import keys
+from lnproxy import keys, protocol
 from lnproxy.client import (
     Client,
     ClientStopped,
@@ -26,6 +26,7 @@ from lnproxy.client import (
     InternalError,
     InvalidParams,
     InvalidRequest,
+    LeaseHeld,
     LimitExceeded,
     LoginFailed,
     MethodNotFound,
@@ -37,10 +38,14 @@ from lnproxy.client import (
     ProxyError,
     ProxyUnreachable,
     RequestTimeout,
+    ServedElsewhere,
     UnknownConnection,
+    VersionConflict,
     error_for_code,
     parse_peer,
 )
+from lnproxy.client.connection import ProxyConnection, ProxyProtocol
+from lnproxy.client.errors import ERROR_CLASSES
 
 from .test_client_support import ClientTestCase, free_port
 
@@ -58,6 +63,9 @@ ALL = {
     6: NotOpen,
     7: LimitExceeded,
     8: NotAllowed,
+    9: ServedElsewhere,
+    10: VersionConflict,
+    11: LeaseHeld,
 }
 
 
@@ -73,6 +81,29 @@ class MappingTests(SynchronousTestCase):
             self.assertIsInstance(err, ProxyError)
             self.assertEqual((err.code, err.message, err.data), (code, "why", {"x": 1}))
             self.assertEqual(str(err), f"error {code}: why")
+
+    def test_every_protocol_code_mapped(self) -> None:
+        """The library has a class for exactly the codes lnproxy.protocol
+        defines, and each class's code is the protocol's constant."""
+        self.assertEqual(set(ERROR_CLASSES), set(protocol.KNOWN_CODES))
+        self.assertEqual(set(ALL), set(protocol.KNOWN_CODES))
+        for code, cls in ERROR_CLASSES.items():
+            self.assertEqual(cls.code_of_class, code)
+
+    def test_data_of_the_new_codes(self) -> None:
+        """Code 9 carries the owner's URL, code 10 the current version
+        (None when the data lacks them or has the wrong type)."""
+        err = error_for_code(9, "served elsewhere", {"url": "wss://b.example/"})
+        assert isinstance(err, ServedElsewhere)
+        self.assertEqual(err.url, "wss://b.example/")
+        err = error_for_code(10, "version conflict", {"version": 4})
+        assert isinstance(err, VersionConflict)
+        self.assertEqual(err.version, 4)
+        self.assertIsNone(ServedElsewhere(9, "x").url)
+        self.assertIsNone(ServedElsewhere(9, "x", {"url": 3}).url)
+        self.assertIsNone(VersionConflict(10, "x", {"version": True}).version)
+        self.assertIsNone(VersionConflict(10, "x", ["4"]).version)
+        self.assertIsInstance(error_for_code(11, "lease held"), LeaseHeld)
 
     def test_unknown_code(self) -> None:
         """A code this library does not know is a plain ProxyError."""
@@ -98,10 +129,13 @@ class MappingTests(SynchronousTestCase):
             self.assertEqual(cm.exception.code, -32602)
 
 
-class NoLoginClient(Client):
+class NoLoginConnection(ProxyConnection):
     """Connects but never logs in (to provoke code 1)."""
 
-    def _hello(self, proto: Any, params: dict[str, Any]) -> None:
+    greeted: defer.Deferred[dict[str, Any]]
+    raw: ProxyProtocol
+
+    def _hello(self, proto: ProxyProtocol, params: dict[str, Any]) -> None:
         self.raw = proto
         self.greeted.callback(params)
 
@@ -164,13 +198,23 @@ class CodeTests(ClientTestCase):
     def test_1_not_logged_in(self) -> Any:
         """A request before login fails with NotLoggedIn."""
         self.start_proxy()
-        client = NoLoginClient(reactor, self.proxy_url, os.urandom(32))
-        client.greeted = defer.Deferred()
-        client.startService()
-        self.addCleanup(client.stopService)
-        yield client.greeted
+        secret = os.urandom(32)
+        connection = NoLoginConnection(
+            reactor,
+            reactor,
+            self.proxy_url,
+            keys.public_key(secret),
+            owner=Client(reactor, self.proxy_url, secret),
+            expected_server_id=None,
+            request_timeout=5.0,
+            retry_policy=lambda attempt: 0.05,
+        )
+        connection.greeted = defer.Deferred()
+        connection.start()
+        self.addCleanup(connection.stop)
+        yield connection.greeted
         with self.assertRaises(NotLoggedIn) as cm:
-            yield client.raw.request("connections", {})
+            yield connection.raw.request("connections", {})
         self.assertEqual(cm.exception.code, 1)
 
     @defer.inlineCallbacks

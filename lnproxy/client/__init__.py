@@ -1,9 +1,18 @@
 """lnproxy's reference client: the side that holds the node key.
 
-The main class is :class:`Client`; see :mod:`lnproxy.client.session`.  The
-``lnproxy-client`` command line lives in :mod:`lnproxy.client.cli`.
+The main class is :class:`Client` (:mod:`lnproxy.client.session`), which
+composes the WebSocket connection (:mod:`~lnproxy.client.connection`), the
+event pipeline (:mod:`~lnproxy.client.events`) and the peer connections
+(:mod:`~lnproxy.client.peers`); several devices of one node (lease, vault,
+account) are :mod:`~lnproxy.client.devices`, with the account's key
+derivation in :mod:`~lnproxy.client.account`, the key restore in
+:mod:`~lnproxy.client.restore` and vault documents in
+:mod:`~lnproxy.client.vaultstate`.  The ``lnproxy-client`` command line lives
+in :mod:`lnproxy.client.cli`.  Import the public names from here.
 """
 
+from lnproxy.client.account import AccountError
+from lnproxy.client.connection import LoginInfo
 from lnproxy.client.errors import (
     ClientError,
     ClientStopped,
@@ -12,6 +21,7 @@ from lnproxy.client.errors import (
     InternalError,
     InvalidParams,
     InvalidRequest,
+    LeaseHeld,
     LimitExceeded,
     LoginFailed,
     MethodNotFound,
@@ -23,12 +33,17 @@ from lnproxy.client.errors import (
     ProxyError,
     ProxyUnreachable,
     RequestTimeout,
+    ServedElsewhere,
     ServerMismatch,
     UnknownConnection,
+    VersionConflict,
     error_for_code,
 )
+from lnproxy.client.events import Event
 from lnproxy.client.keyfile import KeyFileError, generate_key_file, read_key_file
-from lnproxy.client.session import Client, Event, LoginInfo, PeerLink, parse_peer
+from lnproxy.client.peers import PeerLink, parse_peer
+from lnproxy.client.restore import AccountRestoreError, RestoredAccount, restore_account
+from lnproxy.client.session import Client
 from lnproxy.client.state import (
     ClientState,
     FileState,
@@ -36,8 +51,15 @@ from lnproxy.client.state import (
     StateError,
     StateStore,
 )
+from lnproxy.client.vaultstate import VaultDocument, VaultError
 
 __all__ = [
+    "AccountError",
+    "AccountRestoreError",
+    "RestoredAccount",
+    "restore_account",
+    "VaultDocument",
+    "VaultError",
     "Client",
     "Event",
     "LoginInfo",
@@ -66,6 +88,9 @@ __all__ = [
     "NotOpen",
     "LimitExceeded",
     "NotAllowed",
+    "ServedElsewhere",
+    "VersionConflict",
+    "LeaseHeld",
     "RequestTimeout",
     "ConnectionLost",
     "ProxyUnreachable",

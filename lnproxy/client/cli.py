@@ -25,13 +25,14 @@ from twisted.internet import defer
 from lnproxy import wire
 from lnproxy.client import cli_devices
 from lnproxy.client.errors import ClientError, ProxyUnreachable
+from lnproxy.client.events import Event
 from lnproxy.client.keyfile import (
     KeyFileError,
     generate_key_file,
     is_private,
     read_key_file,
 )
-from lnproxy.client.session import Client, Event
+from lnproxy.client.session import Client
 from lnproxy.client.state import StateError
 
 __all__ = ["main", "build_parser", "run"]

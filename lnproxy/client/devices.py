@@ -69,14 +69,25 @@ class DevicesMixin:
     # state's record).
     _secret: bytes
     _reactor: Any
-    server_id: bytes | None
-    server_features: frozenset[str]
-    state: Any
     call: Callable[..., defer.Deferred[Any]]
     connections: Callable[[], defer.Deferred[list[dict[str, Any]]]]
     _resume_rehandshakes: Callable[[], None]
     _record_rehandshakes: Callable[[dict[str, dict[str, str]]], None]
     _guard: Callable[..., None]
+
+    if TYPE_CHECKING:
+
+        @property
+        def server_id(self) -> bytes | None:
+            """The proxy's id (the client's)."""
+
+        @property
+        def server_features(self) -> frozenset[str]:
+            """The proxy's ``hello.features`` (the client's)."""
+
+        @property
+        def state(self) -> Any:
+            """The client's state (the client's)."""
 
     def _devices_init(self, lease: bool) -> None:
         """Called by Client.__init__."""

@@ -1,7 +1,8 @@
 """Typed exceptions of the client library.
 
 Every error reply of the proxy becomes a :class:`ProxyError` subclass chosen
-by its code (PROTOCOL.md, "Error codes"), so callers write
+by its code (docs/protocol.md, "Error codes"; the codes themselves come
+from :mod:`lnproxy.protocol`), so callers write
 ``except PeerUnreachable`` instead of comparing numbers.  Failures that are
 not replies (a timeout, a dropped WebSocket, a proxy that cannot be reached)
 are :class:`ClientError` subclasses without a protocol code.
@@ -10,6 +11,8 @@ are :class:`ClientError` subclasses without a protocol code.
 from __future__ import annotations
 
 from typing import Any
+
+from lnproxy import protocol
 
 __all__ = [
     "ClientError",
@@ -27,6 +30,9 @@ __all__ = [
     "NotOpen",
     "LimitExceeded",
     "NotAllowed",
+    "ServedElsewhere",
+    "VersionConflict",
+    "LeaseHeld",
     "RequestTimeout",
     "ConnectionLost",
     "ProxyUnreachable",
@@ -67,82 +73,118 @@ class ProxyError(ClientError):
 class ParseError(ProxyError):
     """-32700: the proxy could not parse what we sent."""
 
-    code_of_class = -32700
+    code_of_class = protocol.PARSE_ERROR
 
 
 class InvalidRequest(ProxyError):
     """-32600: not a valid request (e.g. a second ``login``)."""
 
-    code_of_class = -32600
+    code_of_class = protocol.INVALID_REQUEST
 
 
 class MethodNotFound(ProxyError):
     """-32601: unknown method (or a feature this proxy has not enabled)."""
 
-    code_of_class = -32601
+    code_of_class = protocol.METHOD_NOT_FOUND
 
 
 class InvalidParams(ProxyError):
     """-32602: a parameter is missing, malformed or out of range."""
 
-    code_of_class = -32602
+    code_of_class = protocol.INVALID_PARAMS
 
 
 class InternalError(ProxyError):
     """-32603: the proxy failed internally."""
 
-    code_of_class = -32603
+    code_of_class = protocol.INTERNAL_ERROR
 
 
 class NotLoggedIn(ProxyError):
     """1: a request before a successful login."""
 
-    code_of_class = 1
+    code_of_class = protocol.NOT_LOGGED_IN
 
 
 class LoginFailed(ProxyError):
     """2: the login signature was refused."""
 
-    code_of_class = 2
+    code_of_class = protocol.LOGIN_FAILED
 
 
 class UnknownConnection(ProxyError):
     """3: no such connection (or a webhook) for this node."""
 
-    code_of_class = 3
+    code_of_class = protocol.UNKNOWN_CONNECTION
 
 
 class PeerUnreachable(ProxyError):
     """4: the proxy could not open TCP to the peer."""
 
-    code_of_class = 4
+    code_of_class = protocol.PEER_UNREACHABLE
 
 
 class HandshakeFailed(ProxyError):
     """5: the peer closed, or sent a malformed or unauthenticated act 2."""
 
-    code_of_class = 5
+    code_of_class = protocol.HANDSHAKE_FAILED
 
 
 class NotOpen(ProxyError):
     """6: the connection is still in its handshake, or closed."""
 
-    code_of_class = 6
+    code_of_class = protocol.NOT_OPEN
 
 
 class LimitExceeded(ProxyError):
     """7: a limit (connections, inbox, webhooks, message size, rate)."""
 
-    code_of_class = 7
+    code_of_class = protocol.LIMIT_EXCEEDED
 
 
 class NotAllowed(ProxyError):
     """8: refused by policy (e.g. a webhook URL)."""
 
-    code_of_class = 8
+    code_of_class = protocol.NOT_ALLOWED
 
 
-#: Code -> class, for every code PROTOCOL.md defines.
+class ServedElsewhere(ProxyError):
+    """9: another process of the deployment serves this node.
+
+    :ivar url: where (``data.url``), or None if the proxy did not say.
+    """
+
+    code_of_class = protocol.SERVED_ELSEWHERE
+
+    @property
+    def url(self) -> str | None:
+        """The owner's public URL from ``data.url``."""
+        url = self.data.get("url") if isinstance(self.data, dict) else None
+        return url if isinstance(url, str) else None
+
+
+class VersionConflict(ProxyError):
+    """10: the version a write names is not the current one (vault).
+
+    :ivar version: the current version (``data.version``), or None.
+    """
+
+    code_of_class = protocol.VERSION_CONFLICT
+
+    @property
+    def version(self) -> int | None:
+        """The current version from ``data.version``."""
+        v = self.data.get("version") if isinstance(self.data, dict) else None
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+class LeaseHeld(ProxyError):
+    """11: another session of the node holds the writer lease."""
+
+    code_of_class = protocol.LEASE_HELD
+
+
+#: Code -> class, for every code of docs/protocol.md, "Error codes".
 ERROR_CLASSES: dict[int, type[ProxyError]] = {
     int(cls.code_of_class or 0): cls
     for cls in (
@@ -159,6 +201,9 @@ ERROR_CLASSES: dict[int, type[ProxyError]] = {
         NotOpen,
         LimitExceeded,
         NotAllowed,
+        ServedElsewhere,
+        VersionConflict,
+        LeaseHeld,
     )
 }
 

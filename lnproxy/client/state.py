@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -34,6 +35,8 @@ __all__ = [
     "StateStore",
     "FileState",
     "MemoryState",
+    "SavedState",
+    "StateChange",
     "atomic_write",
 ]
 
@@ -204,3 +207,44 @@ class MemoryState:
     def save(self, state: ClientState) -> None:
         """Keep ``state``."""
         self.state = state
+
+
+#: A change of the state, applied to whatever the state is when it is saved.
+StateChange = Callable[[ClientState], ClientState]
+
+
+class SavedState:
+    """A node's state as last saved, and the one way to change it.
+
+    The parts of the client that change the state (the event pipeline, the
+    re-handshakes of persistent peers, the login) share one instance, and
+    each states its change as a function of the current state
+    (:meth:`update`), so that two changes prepared at the same time do not
+    undo each other.
+
+    :param store: where the state is kept.
+    :param node_id: our node id (hex).
+    :raise StateError: when the stored state cannot be read or belongs to
+        another node.
+    """
+
+    def __init__(self, store: StateStore, node_id: str) -> None:
+        self.store = store
+        loaded = store.load()
+        if loaded.node_id is not None and loaded.node_id != node_id:
+            raise StateError(
+                f"the state belongs to node {loaded.node_id}, not {node_id}"
+            )
+        #: The state as last saved (or loaded).
+        self.current: ClientState = loaded.evolve(node_id=node_id)
+
+    def update(self, change: StateChange) -> ClientState:
+        """Apply ``change`` to the current state and save the result.
+
+        :return: the new state.
+        :raise Exception: whatever the store raises; nothing changes then.
+        """
+        new = change(self.current)
+        self.store.save(new)
+        self.current = new
+        return new
