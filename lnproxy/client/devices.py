@@ -259,7 +259,7 @@ class DevicesMixin:
     def vault_put(self, name: str, blob: bytes, version: int) -> defer.Deferred[int]:
         """Write an entry replacing ``version``; fires with the new one.
 
-        :raise ProxyError: code 10 (``data["version"]`` is the current one)
+        :raise VersionConflict: (code 10; ``.version`` is the current one)
             when another device wrote first.
         """
         d = self.call(
