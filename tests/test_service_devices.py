@@ -122,6 +122,23 @@ class LeaseTests(DevicesTestCase):
         self.assertEqual(err["code"], INVALID_REQUEST)
 
     @defer.inlineCallbacks
+    def test_without_devices_methods_unknown(self) -> Any:
+        """A factory without the devices back end answers -32601 for the
+        lease, vault and account methods, and guards no writes."""
+        self.start_proxy()
+        self.proxy.factory.devices = None
+        peer, port = self.local_peer()
+        client = yield self.logged_in(NODE_SECRET)
+        for method in ("lease.acquire", "vault.list", "account.remove"):
+            err = yield self.error(client, method)
+            self.assertEqual(err["code"], METHOD_NOT_FOUND, method)
+        conn, _ = yield client.open_peer(peer, port)
+        self.assertTrue(conn)
+        fresh = yield self.opened()
+        err = yield self.error(fresh, "account.login", user="a", auth="00" * 32)
+        self.assertEqual(err["code"], METHOD_NOT_FOUND)
+
+    @defer.inlineCallbacks
     def test_refusals_and_forced_move(self) -> Any:
         """Three sessions of one node: the holder writes, the others get
         11 for connect/finish/send/disconnect and for a plain acquire; a
