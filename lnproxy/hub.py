@@ -13,7 +13,12 @@ the API calls; three units beside it do the rest (docs/architecture.md):
   them only once committed (durability, below);
 - :mod:`lnproxy.keepalive` pings silent peers and closes dead ones;
 - :mod:`lnproxy.answer` decides what the proxy answers by itself; the hub
-  only sends the reply (hub -> answer -> peer).
+  only carries the decision out (hub -> answer -> peer): it sends the reply,
+  delivers a pong that answers the client's ping, keeps a peer's
+  ``peer_storage`` blob (with the journal's next batch) and hands it back in
+  ``peer_storage_retrieval`` right behind the client's next ``init`` to that
+  peer.  The per-connection facts the answer needs (the pings waiting for a
+  pong, whether the client asked for gossip) live on the :class:`Connection`.
 
 Every connection's state is one :class:`~lnproxy.lifecycle.Lifecycle`,
 shared with its peer protocol.  A :class:`Connection` reports to the hub
@@ -56,7 +61,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lnproxy import noise, wire
-from lnproxy.answer import answer
+from lnproxy.answer import (
+    AnswerContext,
+    PingLedger,
+    PingOwner,
+    answer,
+    asks_for_gossip,
+)
 from lnproxy.journal import Journal, event_text, message_head
 from lnproxy.keepalive import KeepaliveSweep
 from lnproxy.lifecycle import (
@@ -340,6 +351,12 @@ class Connection:
         self.last_rx = since
         self.ping_sent_at: float | None = None
         self.body_since: float | None = None
+        #: Pings (the proxy's and the client's) waiting for their pong.
+        self.pings = PingLedger()
+        #: The client sent a gossip query: the peer's gossip reaches it.
+        self.gossip_asked = False
+        #: The client has sent its first message (its ``init``).
+        self.client_spoke = False
         #: When the peer's init must have come (while waiting for it).
         self.init_deadline: float | None = None
         #: The seq of its ``closed`` event, once recorded.
@@ -450,6 +467,8 @@ class Connection:
     def send_own(self, msg: bytes) -> bool:
         """Send a message of the proxy's own (a pong, a reply, a ping).
 
+        A ping is recorded in :attr:`pings` as the proxy's.
+
         :return: False when the connection can no longer take it (closing,
             or this frame hit the write buffer cap): there is no one left
             to answer.
@@ -458,7 +477,32 @@ class Connection:
             self.send(msg)
         except (HubError, ValueError):
             return False
+        if msg[:2] == _PING_TYPE:
+            self.pings.sent(PingOwner.PROXY, msg)
         return True
+
+    def send_client(self, msg: bytes) -> bool:
+        """Send a message of the client's (``send``) and note what it means
+        for this connection: a ping waits for its pong as the client's, a
+        gossip query opens the connection to the peer's gossip (the stop
+        filter closes it again).
+
+        :return: whether this was the client's first message on the
+            connection.
+        :raise HubError: as :meth:`send`.
+        """
+        self.send(msg)
+        first = not self.client_spoke
+        self.client_spoke = True
+        if len(msg) >= 2:
+            msg_type = (msg[0] << 8) | msg[1]
+            if msg_type == wire.PING:
+                self.pings.sent(PingOwner.CLIENT, msg)
+            else:
+                asked = asks_for_gossip(msg_type, msg)
+                if asked is not None:
+                    self.gossip_asked = asked
+        return first
 
     def close(self, reason: str, client_requested: bool = False) -> None:
         """Close the TCP connection; the closed event says ``reason``."""
@@ -536,6 +580,9 @@ class Connection:
         conn.last_rx = snap.last_rx
         conn.ping_sent_at = snap.ping_sent_at
         conn.body_since = snap.body_since
+        conn.pings = PingLedger(snap.pings)
+        conn.gossip_asked = snap.gossip_asked
+        conn.client_spoke = snap.client_spoke
         conn.protocol = PeerProtocol.resume(
             conn, clock, conn.life, noise.Transport.from_snapshot(snap.transport)
         )
@@ -564,6 +611,9 @@ class Connection:
             ping_sent_at=self.ping_sent_at,
             body_since=self.body_since,
             init_deadline=self.init_deadline,
+            pings=self.pings.waiting,
+            gossip_asked=self.gossip_asked,
+            client_spoke=self.client_spoke,
         )
 
     # -- timers (one-shot; they fire only when a peer misbehaves) -----------
@@ -672,6 +722,7 @@ class Hub(service.Service):
         #: Called as ``fn(seconds)`` from ``connect`` to act 2 relayed.
         self.on_handshake_relayed: list[Callable[[float], None]] = []
         self._table = self.policy.table
+        self._gossip_table = self.policy.gossip_table
 
     # -- service ------------------------------------------------------------
 
@@ -913,9 +964,23 @@ class Hub(service.Service):
         conn.finish(act3, sk, rk, ck)
 
     def send(self, node_id: str, conn_id: str, msg: bytes) -> None:
-        """Send a client's message to its peer."""
-        self.connection(node_id, conn_id).send(msg)
+        """Send a client's message to its peer.
+
+        When it is the client's first message on the connection and an
+        ``init``, the blob the peer gave the proxy to keep goes out right
+        behind it in a ``peer_storage_retrieval``, in the same call, so
+        before anything else the client sends (docs/protocol.md, "Peer
+        storage").
+        """
+        conn = self.connection(node_id, conn_id)
+        first = conn.send_client(msg)
         self.count("message_out")
+        if first and msg[:2] == _INIT_TYPE:
+            blob = self.journal.peer_storage(node_id, conn.peer)
+            if blob is not None:
+                retrieval = wire.PeerStorage(blob, retrieval=True).encode()
+                if conn.send_own(retrieval):
+                    self.count("peer_storage_retrieval_sent")
 
     def disconnect(self, node_id: str, conn_id: str) -> None:
         """Close a connection at the client's request."""
@@ -1070,7 +1135,7 @@ class Hub(service.Service):
         conn.last_rx = now
         conn.ping_sent_at = None
         conn.body_since = None
-        table = self._table
+        table = self._gossip_table if conn.gossip_asked else self._table
         life = conn.life
         node = conn.node
         emit = self.journal.emit_message
@@ -1093,7 +1158,12 @@ class Hub(service.Service):
                 if node.pending >= cap and not node.reading_paused:
                     self._inbox_full(node)
             elif cls is _HANDLE:
-                self._answer(conn, msg_type, msg)
+                if self._answer(conn, msg_type, msg, now):
+                    # A pong to the client's ping: queue class.
+                    emit(node, msg_type, msg, False, now, head)
+                    node.pending += 1
+                    if node.pending >= cap and not node.reading_paused:
+                        self._inbox_full(node)
             else:
                 self.count("dropped")
 
@@ -1129,10 +1199,18 @@ class Hub(service.Service):
             "peer connection {conn} closed: {reason}", conn=conn.conn_id, reason=reason
         )
 
-    def _answer(self, conn: Connection, msg_type: int, msg: bytes) -> None:
-        """Answer what needs no key: hub -> answer -> peer."""
+    def _answer(self, conn: Connection, msg_type: int, msg: bytes, now: float) -> bool:
+        """Answer what needs no key: hub -> answer -> peer.
+
+        :return: True when the message goes to the client after all (a pong
+            to the client's ping): the caller stores it, queue class.
+        """
         try:
-            decision = answer(msg_type, msg)
+            context = _NO_CONTEXT
+            if msg_type == wire.PONG:
+                pong = wire.Pong.decode(msg)
+                context = AnswerContext(conn.pings.match(len(pong.ignored)))
+            decision = answer(msg_type, msg, context)
         except wire.WireError as e:
             self._log.info(
                 "ignoring malformed message type {type} on {conn}: {err}",
@@ -1140,15 +1218,32 @@ class Hub(service.Service):
                 conn=conn.conn_id,
                 err=str(e),
             )
-            return
+            return False
+        if decision.deliver:
+            return True
+        if decision.refused is not None:
+            self._log.info(
+                "ignoring message type {type} from {peer} on {conn}: {why}",
+                type=msg_type,
+                peer=conn.peer,
+                conn=conn.conn_id,
+                why=decision.refused,
+            )
+            return False
+        if decision.keep is not None:
+            self.journal.keep_peer_storage(
+                conn.node.node_id, conn.peer, decision.keep, now
+            )
+            self.count("peer_storage_kept")
         if decision.reply is not None:
             if not conn.send_own(decision.reply):
                 # The connection is closing (or our answer hit the write
                 # buffer cap and aborted it): there is no one left to answer.
-                return
+                return False
             if decision.pong:
                 self.count("pong_sent")
         self.count("handled")
+        return False
 
     def _emit(self, node: Node, kind: str, fields: dict[str, Any], summon: bool) -> int:
         seq = self.journal.emit(node, kind, fields, summon)
@@ -1177,6 +1272,10 @@ class Hub(service.Service):
             return True
         return False
 
+
+_PING_TYPE = wire.PING.to_bytes(2, "big")
+_INIT_TYPE = wire.INIT.to_bytes(2, "big")
+_NO_CONTEXT = AnswerContext()
 
 #: Policy classes as plain module constants for the per-message loop.
 _HANDLE = MessageClass.HANDLE

@@ -3,6 +3,7 @@
 Every event (a relayed message, a ``closed``) gets its node's next ``seq``
 when it happens and joins the current batch.  The batch, with the
 connection rows changed in the same reactor turn and the closes to record,
+and the peer storage blobs kept in that turn (the newest per node and peer),
 is committed in one SQLite transaction at the end of the turn
 (``callLater(0)``).  Only after the commit is an event offered (to the
 node's sessions, through the ``offer`` callable the hub gives) and shown to
@@ -79,6 +80,8 @@ class Journal:
         self._closes: list[tuple[str, int]] = []
         #: Connection rows to write with the next batch, by conn id.
         self._rows: dict[str, ConnectionRow] = {}
+        #: Peer storage blobs to keep, by (node id, peer): the newest wins.
+        self._blobs: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._flush_call: IDelayedCall | None = None
 
     # -- adding ---------------------------------------------------------------
@@ -138,6 +141,25 @@ class Journal:
         of connection rows call :meth:`flush` first."""
         self._rows[row.conn_id] = row
 
+    def keep_peer_storage(
+        self, node_id: str, peer: str, blob: bytes, at: float
+    ) -> None:
+        """Keep a peer's ``peer_storage`` blob with the next batch (a later
+        one of the same node and peer replaces it, so a flood costs one
+        write per turn).  It is committed at the end of this turn, with no
+        fsync of its own when events ride in the same batch."""
+        self._blobs[(node_id, peer)] = (blob, at)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def peer_storage(self, node_id: str, peer: str) -> bytes | None:
+        """The newest blob of a node's peer: staged in this batch, or
+        stored."""
+        staged = self._blobs.get((node_id, peer))
+        if staged is not None:
+            return staged[0]
+        return self.store.get_peer_storage(node_id, peer)
+
     def _add(self, row: EventRow) -> None:
         self._batch.append(row)
         if self._flush_call is None:
@@ -150,10 +172,11 @@ class Journal:
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
-        if not self._batch and not self._rows:
+        if not self._batch and not self._rows and not self._blobs:
             return
         batch, closes, rows = self._batch, self._closes, self._rows
-        self._batch, self._closes, self._rows = [], [], {}
+        blobs = self._blobs
+        self._batch, self._closes, self._rows, self._blobs = [], [], {}, {}
         store = self.store
         try:
             with store.transaction():
@@ -164,6 +187,8 @@ class Journal:
                 store.append_events(batch)
                 for conn_id, seq in closes:
                     store.close_connection(conn_id, seq)
+                for (node_id, peer), (blob, at) in blobs.items():
+                    store.put_peer_storage(node_id, peer, blob, at)
         except Exception:
             # Keep everything and try again shortly: nothing is offered to a
             # client before it is on disk.
@@ -171,6 +196,7 @@ class Journal:
             self._batch = batch + self._batch
             self._closes = closes + self._closes
             self._rows = {**rows, **self._rows}
+            self._blobs = {**blobs, **self._blobs}
             if self._flush_call is None:
                 self._flush_call = self.clock.callLater(self.retry_delay, self.flush)
             return

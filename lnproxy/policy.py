@@ -22,7 +22,7 @@ import enum
 from collections.abc import Iterable, Mapping
 
 from lnproxy import wire
-from lnproxy.answer import ANSWERED_TYPES
+from lnproxy.answer import ANSWERED_TYPES, GOSSIP_REPLIES
 
 __all__ = ["MessageClass", "Policy", "PolicyError", "HANDLED_TYPES", "parse_override"]
 
@@ -59,15 +59,13 @@ def _default_class(msg_type: int) -> MessageClass:
         wire.REPLY_CHANNEL_RANGE,
     ):
         return MessageClass.DROP
-    if msg_type in (wire.INIT, wire.WARNING):
+    if msg_type in (wire.INIT, wire.WARNING, wire.PEER_STORAGE_RETRIEVAL):
         return MessageClass.QUEUE
     if msg_type in (
         wire.STFU,
         wire.ERROR,
         wire.ANNOUNCEMENT_SIGNATURES,
         wire.ONION_MESSAGE,
-        wire.PEER_STORAGE,
-        wire.PEER_STORAGE_RETRIEVAL,
     ):
         return MessageClass.SUMMON
     if 32 <= msg_type <= 255:
@@ -128,6 +126,12 @@ class Policy:
                 raise PolicyError(f"the proxy cannot handle type {msg_type}")
             table[msg_type] = cls
         self._table = tuple(table)
+        # Gossip the client asked for (docs/protocol.md, "Gossip the client
+        # asked for"): queue instead of drop, unless an override names it.
+        for msg_type in GOSSIP_REPLIES:
+            if msg_type not in self.overrides:
+                table[msg_type] = MessageClass.QUEUE
+        self._gossip_table = tuple(table)
 
     @classmethod
     def from_strings(cls, overrides: Iterable[str]) -> Policy:
@@ -142,3 +146,10 @@ class Policy:
     def table(self) -> tuple[MessageClass, ...]:
         """The whole table, indexed by type (for the relay's hot loop)."""
         return self._table
+
+    @property
+    def gossip_table(self) -> tuple[MessageClass, ...]:
+        """The table of a connection whose client asked for gossip: as
+        :attr:`table`, but 256, 257, 258, 262 and 264 are queue class unless
+        an operator override names them."""
+        return self._gossip_table

@@ -33,14 +33,19 @@ from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
-from lnproxy import keys
+from lnproxy import keys, wire
 from lnproxy.api import ClientFactory, ClientProtocol
 from lnproxy.devices import DeviceLimits, Devices, thread_runner
 from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
-from lnproxy.policy import Policy
-from lnproxy.protocol import FEATURE_ACCOUNT, FEATURE_LEASE, FEATURE_VAULT
+from lnproxy.policy import MessageClass, Policy
+from lnproxy.protocol import (
+    FEATURE_ACCOUNT,
+    FEATURE_LEASE,
+    FEATURE_PEER_STORAGE,
+    FEATURE_VAULT,
+)
 from lnproxy.ssrf import Resolver, build_http_client, thread_resolver
 from lnproxy.store import Store, StoreError
 from lnproxy.webhook import Notifier
@@ -164,6 +169,19 @@ class ProxyService(service.MultiService):
         self._log.info("lnproxy stopped; every stored event is kept")
 
 
+def _features(policy: Policy) -> list[str]:
+    """The optional features of ``hello.features`` this server offers.
+
+    ``peer_storage`` only while the proxy keeps type 7 itself: an operator
+    ``--policy 7=...`` hands peer storage to the client instead.  ``lease``,
+    ``vault`` and ``account`` always (:class:`lnproxy.devices.Devices`).
+    """
+    features = [FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT]
+    if policy.classify(wire.PEER_STORAGE) is MessageClass.HANDLE:
+        features.append(FEATURE_PEER_STORAGE)
+    return features
+
+
 def build_service(
     reactor: Any,
     config: Mapping[str, Any],
@@ -211,7 +229,7 @@ def build_service(
         login_timeout=config["login-timeout"],
         request_rate=config.get("max-requests-per-second", 5000.0),
         request_burst=2 * config.get("max-requests-per-second", 5000.0),
-        features=(FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT),
+        features=_features(hub.policy),
         devices=devices,
     )
     root = ProxyService(store, hub, factory)

@@ -6,16 +6,19 @@ docs/protocol.md, "Restarting without dropping peers (hot restart)"): who
 it belongs to, its lifecycle state, its cipher state in both directions
 (:class:`lnproxy.noise.TransportSnapshot`: keys, chaining keys, nonces, the
 bytes read but not yet decrypted and a decrypted length header whose body
-is pending), the peer's ``init`` and the keepalive and init deadlines.
+is pending), the peer's ``init``, the keepalive and init deadlines, the
+pings waiting for their pong, whether the client asked for gossip and
+whether it has sent its first message (:class:`lnproxy.answer.PingLedger`,
+docs/protocol.md, "What the proxy does by itself").
 
 It holds transport keys: its :func:`repr` hides them, it is never logged,
 and it is never written to disk.  :meth:`ConnectionSnapshot.to_bytes` is a
 compact fixed-layout encoding (not pickle: decoding runs no code and checks
-every length), version 1, all integers big-endian::
+every length), version 2, all integers big-endian::
 
-    "LNPS"  u8 version=1  u8 flags
+    "LNPS"  u8 version=2  u8 flags
             (1 persist, 2 their_init, 4 ping_sent_at, 8 body_since,
-             16 init_deadline)
+             16 init_deadline, 32 gossip_asked, 64 client_spoke)
     u8 n + n bytes      conn id (ASCII)
     33 bytes            node id
     33 bytes            peer node id
@@ -27,6 +30,12 @@ every length), version 1, all integers big-endian::
     32 rk, 32 rck, u16 receiving nonce,
     i32 body size (-1: waiting for a header), u32 n + n buffered bytes
     u16 n + n bytes     their init, when its flag is set
+    u8 n + n times (u8 owner: 0 proxy, 1 client; u16 num_pong_bytes)
+                        the pings waiting for their pong, oldest first
+
+Version 1 (no gossip or first-message flags, no pings) is still read: its
+connection waits for no pong, has no gossip asked, and counts its client
+as having spoken (no ``peer_storage_retrieval`` goes out mid-stream).
 
 The hub captures one with :meth:`lnproxy.hub.Hub.snapshot` and rebuilds it
 with :meth:`lnproxy.hub.Hub.adopt`.
@@ -38,19 +47,25 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
+from lnproxy.answer import MAX_WAITING_PINGS, PingOwner
 from lnproxy.lifecycle import ConnState
 from lnproxy.noise import TransportSnapshot
 
 __all__ = ["ConnectionSnapshot", "SnapshotError", "MAGIC", "VERSION"]
 
 MAGIC: Final = b"LNPS"
-VERSION: Final = 1
+VERSION: Final = 2
 
 _PERSIST = 1
 _THEIR_INIT = 2
 _PING = 4
 _BODY = 8
 _INIT_DEADLINE = 16
+_GOSSIP = 32
+_SPOKE = 64
+
+_OWNERS: Final = (PingOwner.PROXY, PingOwner.CLIENT)
+_PING_ENTRY = struct.Struct(">BH")
 
 _F64 = struct.Struct(">d")
 _KEYS = struct.Struct(">32s32sH32s32sHiI")
@@ -78,6 +93,10 @@ class ConnectionSnapshot:
     :ivar body_since: since when a frame body has been awaited.
     :ivar init_deadline: when the peer's ``init`` must have come (None
         once it came).
+    :ivar pings: the pings waiting for their pong, ``(owner,
+        num_pong_bytes)``, oldest first.
+    :ivar gossip_asked: the client asked for gossip on this connection.
+    :ivar client_spoke: the client has sent its first message.
     """
 
     conn_id: str
@@ -93,6 +112,9 @@ class ConnectionSnapshot:
     ping_sent_at: float | None = None
     body_since: float | None = None
     init_deadline: float | None = None
+    pings: tuple[tuple[PingOwner, int], ...] = ()
+    gossip_asked: bool = False
+    client_spoke: bool = True
 
     def to_bytes(self) -> bytes:
         """The compact encoding of the module docstring."""
@@ -102,6 +124,8 @@ class ConnectionSnapshot:
             | (_PING if self.ping_sent_at is not None else 0)
             | (_BODY if self.body_since is not None else 0)
             | (_INIT_DEADLINE if self.init_deadline is not None else 0)
+            | (_GOSSIP if self.gossip_asked else 0)
+            | (_SPOKE if self.client_spoke else 0)
         )
         t = self.transport
         parts = [
@@ -127,6 +151,11 @@ class ConnectionSnapshot:
         parts.append(t.buffered)
         if self.their_init is not None:
             parts.append(struct.pack(">H", len(self.their_init)) + self.their_init)
+        if len(self.pings) > MAX_WAITING_PINGS:
+            raise ValueError(f"more than {MAX_WAITING_PINGS} waiting pings")
+        parts.append(bytes((len(self.pings),)))
+        for owner, num_pong_bytes in self.pings:
+            parts.append(_PING_ENTRY.pack(_OWNERS.index(owner), num_pong_bytes))
         return b"".join(parts)
 
     @classmethod
@@ -140,8 +169,10 @@ class ConnectionSnapshot:
             if r.take(4) != MAGIC:
                 raise SnapshotError("not a connection snapshot (bad magic)")
             version, flags = r.take(2)
-            if version != VERSION:
-                raise SnapshotError(f"snapshot version {version} is not {VERSION}")
+            if version not in (1, VERSION):
+                raise SnapshotError(
+                    f"snapshot version {version} is not 1 or {VERSION}"
+                )
             conn_id = r.short().decode("ascii")
             node_id = r.take(33).hex()
             peer = r.take(33).hex()
@@ -162,6 +193,20 @@ class ConnectionSnapshot:
             if flags & _THEIR_INIT:
                 (n,) = struct.unpack(">H", r.take(2))
                 their_init = r.take(n)
+            pings: list[tuple[PingOwner, int]] = []
+            if version == 1:
+                flags = (flags & ~_GOSSIP) | _SPOKE
+            else:
+                count = r.take(1)[0]
+                if count > MAX_WAITING_PINGS:
+                    raise SnapshotError(f"{count} waiting pings (at most 32)")
+                for _ in range(count):
+                    owner, num_pong_bytes = _PING_ENTRY.unpack(
+                        r.take(_PING_ENTRY.size)
+                    )
+                    if owner >= len(_OWNERS):
+                        raise SnapshotError(f"unknown ping owner {owner}")
+                    pings.append((_OWNERS[owner], num_pong_bytes))
             if r.pos != len(r.data):
                 raise SnapshotError("trailing bytes after the snapshot")
         except SnapshotError:
@@ -182,6 +227,9 @@ class ConnectionSnapshot:
             ping,
             body,
             deadline,
+            tuple(pings),
+            bool(flags & _GOSSIP),
+            bool(flags & _SPOKE),
         )
 
 

@@ -846,6 +846,56 @@ def pong_for(ping: Ping) -> Pong | None:
     return Pong(bytes(ping.num_pong_bytes))
 
 
+#: The largest blob BOLT 1 peer storage carries (65535 - 2 type - 2 length).
+MAX_PEER_STORAGE_BLOB = 65531
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStorage:
+    """``peer_storage`` (7) or ``peer_storage_retrieval`` (9): one blob.
+
+    Both messages are ``type, u16 length, blob``; trailing bytes are
+    ignored.
+
+    :ivar blob: the stored bytes (opaque, encrypted by their owner).
+    :ivar retrieval: True for ``peer_storage_retrieval`` (9).
+    """
+
+    blob: bytes
+    retrieval: bool = False
+
+    def encode(self) -> bytes:
+        """The whole message, type included.
+
+        :raises InvalidFieldError: if the blob exceeds 65531 bytes.
+        """
+        if len(self.blob) > MAX_PEER_STORAGE_BLOB:
+            raise InvalidFieldError(
+                f"peer storage blob of {len(self.blob)} bytes exceeds "
+                f"{MAX_PEER_STORAGE_BLOB}"
+            )
+        msg_type = PEER_STORAGE_RETRIEVAL if self.retrieval else PEER_STORAGE
+        return _U16.pack(msg_type) + _u16_prefixed(bytes(self.blob), "blob")
+
+    @classmethod
+    def decode(cls, msg: bytes) -> PeerStorage:
+        """Parse a whole ``peer_storage`` or ``peer_storage_retrieval``.
+
+        The blob's size is not checked here (a caller decides what to do
+        with one over :data:`MAX_PEER_STORAGE_BLOB`).
+
+        :raises WireError: on another type or truncation.
+        """
+        if len(msg) >= 2 and (msg[0] << 8) | msg[1] == PEER_STORAGE_RETRIEVAL:
+            _check_type(msg, PEER_STORAGE_RETRIEVAL, 4)
+            retrieval = True
+        else:
+            _check_type(msg, PEER_STORAGE, 4)
+            retrieval = False
+        (length,) = _U16.unpack_from(msg, 2)
+        return cls(_take(msg, 4, length, "blob"), retrieval)
+
+
 def _encode_channel_text(msg_type: int, channel_id: bytes, data: bytes) -> bytes:
     _check_size(channel_id, 32, "channel_id")
     return _finish(_U16.pack(msg_type) + channel_id + _u16_prefixed(data, "data"))
@@ -1214,6 +1264,7 @@ Message = (
     | QueryChannelRange
     | ReplyChannelRange
     | GossipTimestampFilter
+    | PeerStorage
     | UnknownMessage
 )
 
@@ -1228,6 +1279,8 @@ _DECODERS: dict[int, Callable[[bytes], Message]] = {
     QUERY_CHANNEL_RANGE: QueryChannelRange.decode,
     REPLY_CHANNEL_RANGE: ReplyChannelRange.decode,
     GOSSIP_TIMESTAMP_FILTER: GossipTimestampFilter.decode,
+    PEER_STORAGE: PeerStorage.decode,
+    PEER_STORAGE_RETRIEVAL: PeerStorage.decode,
 }
 
 

@@ -8,9 +8,9 @@ Debian's ``python3-electrum``; ``LNPROXY_ELECTRUM_PYTHON`` overrides), run by
 (Electrum's ``LNResponderTransport``); the client reaches it only through
 the proxy, with the adapter :mod:`lnproxy.electrum`.
 
-The tests in :class:`ProxySideTests` need the proxy side of issue 10 (pongs
-matched to the client's pings, gossip the client asked for, peer storage):
-they are marked ``todo`` until that lands.
+The tests in :class:`ProxySideTests` prove the proxy side of issue 10
+(pongs matched to the client's pings, gossip the client asked for, peer
+storage) with Electrum's own code.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ SKIP = (
 )
 
 PING, PONG, OPEN, ACCEPT, CREATED, SIGNED = 18, 19, 32, 33, 34, 35
-TODO = "needs the proxy side of issue 10"
 
 
 class _Twistd(ProcessProtocol):
@@ -444,8 +443,6 @@ class ProxySideTests(ElectrumCase):
         yield peer.wait("recv", 10, type=PING)
         yield client.wait("pong", 10)
 
-    test_client_ping_gets_its_pong.todo = TODO  # type: ignore[attr-defined]
-
     @defer.inlineCallbacks
     def test_client_ping_after_idle_with_keepalive(self) -> Any:
         """After several keepalive rounds of idle (keepalive 1 s here, for
@@ -459,8 +456,6 @@ class ProxySideTests(ElectrumCase):
         client.send("ping")
         yield client.wait("pong", 10)
 
-    test_client_ping_after_idle_with_keepalive.todo = TODO  # type: ignore[attr-defined]
-
     @defer.inlineCallbacks
     def test_gossip_query_by_client_answered_by_peer(self) -> Any:
         """The client's query_channel_range reaches the peer, which
@@ -471,8 +466,6 @@ class ProxySideTests(ElectrumCase):
         yield peer.wait("recv", 10, type=263)
         reply = yield client.wait("reply_channel_range", 10)
         self.assertTrue(reply["complete"])
-
-    test_gossip_query_by_client_answered_by_peer.todo = TODO  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_peer_storage_retrieval_after_reconnect(self) -> Any:
@@ -499,8 +492,6 @@ class ProxySideTests(ElectrumCase):
         self.assertEqual([e["type"] for e in after][:2], [16, 9])
         retrieval = after[1]["hex"]
         self.assertEqual(retrieval[8:], blob.hex())
-
-    test_peer_storage_retrieval_after_reconnect.todo = TODO  # type: ignore[attr-defined]
 
 
 class ElectrumDemoTests(TestCase):

@@ -16,6 +16,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from lnproxy import noise
+from lnproxy.answer import MAX_WAITING_PINGS, PingOwner
 from lnproxy.hub import Hub, HubError, Limits
 from lnproxy.lifecycle import ConnState
 from lnproxy.policy import Policy
@@ -141,6 +142,45 @@ class EncodingTests(SynchronousTestCase):
         ):
             self.assertEqual(ConnectionSnapshot.from_bytes(snap.to_bytes()), snap)
 
+    def test_round_trip_new_state(self) -> None:
+        """Version 2 carries the waiting pings (owner and size, in order),
+        the gossip flag and the client's first-message flag."""
+        pings = tuple(
+            (PingOwner.CLIENT if i % 3 else PingOwner.PROXY, i * 1000)
+            for i in range(MAX_WAITING_PINGS)
+        )
+        for changes in (
+            dict(pings=pings, gossip_asked=True, client_spoke=False),
+            dict(pings=((PingOwner.PROXY, 0),), gossip_asked=False),
+            dict(pings=(), gossip_asked=True, client_spoke=True),
+        ):
+            snap = self.snapshot(**changes)
+            data = snap.to_bytes()
+            self.assertEqual(data[4], 2)
+            self.assertEqual(ConnectionSnapshot.from_bytes(data), snap)
+        with self.assertRaises(ValueError):
+            self.snapshot(pings=pings + pings[:1]).to_bytes()
+
+    def test_version_1_still_read(self) -> None:
+        """A version 1 snapshot (no trailing pings, no new flags) decodes
+        to no waiting pings, no gossip asked and a client that has spoken."""
+        snap = self.snapshot(gossip_asked=False, client_spoke=True)
+        data = snap.to_bytes()
+        assert data.endswith(b"\x00")  # zero waiting pings
+        v1 = data[:4] + b"\x01" + bytes((data[5] & 0x1F,)) + data[6:-1]
+        self.assertEqual(ConnectionSnapshot.from_bytes(v1), snap)
+        spoke_unset = data[:4] + b"\x01" + bytes((data[5] & 0x1F | 32,)) + data[6:-1]
+        self.assertEqual(ConnectionSnapshot.from_bytes(spoke_unset), snap)
+
+    def test_bad_pings_refused(self) -> None:
+        """An unknown ping owner or more than 32 waiting pings is a
+        SnapshotError."""
+        data = self.snapshot(pings=((PingOwner.PROXY, 5),)).to_bytes()
+        with self.assertRaises(SnapshotError):
+            ConnectionSnapshot.from_bytes(data[:-3] + b"\x02\x00\x05")
+        with self.assertRaises(SnapshotError):
+            ConnectionSnapshot.from_bytes(data[:-4] + b"\x21" + b"\x00\x00\x05" * 33)
+
     def test_repr_hides_keys(self) -> None:
         """The repr of a connection snapshot names the connection, not its
         keys."""
@@ -158,7 +198,7 @@ class EncodingTests(SynchronousTestCase):
         for n in range(len(data)):
             with self.assertRaises(SnapshotError):
                 ConnectionSnapshot.from_bytes(data[:n])
-        bad = [data + b"\x00", b"XXXX" + data[4:], data[:4] + b"\x02" + data[5:]]
+        bad = [data + b"\x00", b"XXXX" + data[4:], data[:4] + b"\x03" + data[5:]]
         at = data.index(b"open")
         bad.append(data[:at] + b"opex" + data[at + 4 :])
         for blob in bad:

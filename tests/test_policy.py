@@ -26,13 +26,13 @@ H, D, Q, S = (
 def contract_class(t: int) -> MessageClass:
     """The default class of type ``t``, written from docs/protocol.md's table
     (independently of lnproxy.policy)."""
-    if t in (18, 19, 261, 263, 265):
+    if t in (18, 19, 261, 263, 265, 7):
         return H
     if t in (256, 257, 258, 262, 264):
         return D
-    if t in (16, 1):
+    if t in (16, 1, 9):
         return Q
-    if t in (2, 17, 259, 513, 7, 9) or 32 <= t <= 255:
+    if t in (2, 17, 259, 513) or 32 <= t <= 255:
         return S
     # Every other type is unknown to the table: odd queue, even summon.
     return Q if t % 2 else S
@@ -76,8 +76,8 @@ class DefaultPolicyTests(SynchronousTestCase):
             255: S,
             259: S,
             513: S,
-            7: S,
-            9: S,
+            7: H,
+            9: Q,
             0: S,
             4: S,
             260: S,
@@ -88,9 +88,21 @@ class DefaultPolicyTests(SynchronousTestCase):
         self.assertEqual({t: policy.classify(t) for t in cases}, cases)
 
     def test_handled_types(self) -> None:
-        """The proxy can handle exactly ping, pong, the two gossip queries
-        and the timestamp filter."""
-        self.assertEqual(HANDLED_TYPES, frozenset({18, 19, 261, 263, 265}))
+        """The proxy can handle exactly peer_storage, ping, pong, the two
+        gossip queries and the timestamp filter."""
+        self.assertEqual(HANDLED_TYPES, frozenset({7, 18, 19, 261, 263, 265}))
+
+    def test_gossip_table(self) -> None:
+        """The table of a connection whose client asked for gossip differs
+        from the default in exactly 256, 257, 258, 262 and 264, which are
+        queue class there."""
+        policy = Policy()
+        self.assertEqual(len(policy.gossip_table), 65536)
+        changed = {
+            t for t in range(65536) if policy.gossip_table[t] is not policy.table[t]
+        }
+        self.assertEqual(changed, {256, 257, 258, 262, 264})
+        self.assertEqual({policy.gossip_table[t] for t in changed}, {Q})
 
 
 class OverrideTests(SynchronousTestCase):
@@ -106,6 +118,16 @@ class OverrideTests(SynchronousTestCase):
         self.assertEqual(
             [policy.classify(t) for t in (128, 256, 18, 19, 130)], [Q, S, Q, D, D]
         )
+
+    def test_overrides_win_over_asked_gossip(self) -> None:
+        """An override naming a gossip type keeps its class on a connection
+        whose client asked for gossip; the other gossip types are queued."""
+        policy = Policy({256: D, 264: S, 258: S})
+        self.assertEqual(
+            [policy.gossip_table[t] for t in (256, 257, 258, 262, 264)],
+            [D, Q, S, Q, S],
+        )
+        self.assertEqual(policy.table[257], D)
 
     def test_handle_only_for_handled_types(self) -> None:
         """``handle`` may be set on a handled type (back to its default) but
@@ -150,7 +172,7 @@ class ParseOverrideTests(SynchronousTestCase):
             "32=": "unknown class ''",
             "128=handle": (
                 "the proxy cannot handle type 128 by itself "
-                "(it handles 18, 19, 261, 263, 265)"
+                "(it handles 7, 18, 19, 261, 263, 265)"
             ),
         }
         for text, message in cases.items():

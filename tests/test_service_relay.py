@@ -256,9 +256,11 @@ class ProxyAnswersTests(ProxyTestCase):
 
     @defer.inlineCallbacks
     def test_default_policy_classes(self) -> Any:
-        """Gossip (256-258) and gossip replies (262, 264) are dropped; init,
-        warning and unknown odd types are queued (summon false); 2, 7, 9,
-        17, 32-255, 259, 513 and unknown even types summon the client."""
+        """Gossip (256-258) and gossip replies (262, 264) are dropped (the
+        client asked for none); init, warning, peer_storage_retrieval (9)
+        and unknown odd types are queued (summon false); peer_storage (7)
+        is kept by the proxy (this one is malformed: ignored); 2, 17,
+        32-255, 259, 513 and unknown even types summon the client."""
         client, conn, p, factory = yield self.open()
         sent = [
             256,
@@ -266,15 +268,15 @@ class ProxyAnswersTests(ProxyTestCase):
             258,
             262,
             264,  # drop
+            7,  # handled
             16,
             1,
+            9,
             33,
             32769,
             65535,
             601,  # queue
             2,
-            7,
-            9,
             17,
             32,
             100,
@@ -293,9 +295,9 @@ class ProxyAnswersTests(ProxyTestCase):
         for t in sent:
             p.send(t.to_bytes(2, "big") + b"payload")
         seen = yield self.events_until_marker(client, p, b"policy")
-        queue = {16, 1, 32769, 65535, 601}
+        queue = {16, 1, 9, 32769, 65535, 601}
         expected = [
-            (t, t not in queue) for t in sent if t not in (256, 257, 258, 262, 264)
+            (t, t not in queue) for t in sent if t not in (256, 257, 258, 262, 264, 7)
         ]
         self.assertEqual(seen, expected)
         # Type 33 is in 32-255: summon even though it is odd.

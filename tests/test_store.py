@@ -538,6 +538,60 @@ class StoreContractTests(_ContractBase):
         self.assertEqual(str(e), f"node {A} already has a webhook 'w1'")
         self.assertEqual(self.store.webhooks(A), [w])
 
+    # -- peer storage -------------------------------------------------------
+
+    def test_peer_storage_keeps_the_newest_blob(self) -> None:
+        """put_peer_storage keeps one blob per node and peer: a later one
+        replaces it (no history), an empty blob is a blob, and it survives
+        a reopen."""
+        peer, other = node(0xFEE), node(0xFED)
+        self.assertIsNone(self.store.get_peer_storage(A, peer))
+        for i in range(50):
+            self.store.put_peer_storage(A, peer, bytes([i]) * 100, float(i))
+        self.store.put_peer_storage(A, other, b"", 1.0)
+        self.assertEqual(self.store.get_peer_storage(A, peer), bytes([49]) * 100)
+        self.assertEqual(self.store.get_peer_storage(A, other), b"")
+        s2 = self.reopen_store(self.store)
+        self.assertEqual(s2.get_peer_storage(A, peer), bytes([49]) * 100)
+        self.assertEqual(s2.get_peer_storage(A, other), b"")
+
+    def test_peer_storage_tenant_isolation(self) -> None:
+        """A node never sees the blob another node's peer stored, even for
+        the same peer."""
+        peer = node(0xFEE)
+        self.store.put_peer_storage(A, peer, b"for A", 1.0)
+        self.assertIsNone(self.store.get_peer_storage(B, peer))
+        self.store.put_peer_storage(B, peer, b"for B", 2.0)
+        self.assertEqual(self.store.get_peer_storage(A, peer), b"for A")
+        self.assertEqual(self.store.get_peer_storage(B, peer), b"for B")
+
+    def test_peer_storage_size_limit(self) -> None:
+        """A 65531-byte blob is kept; a 65532-byte one is a StoreError and
+        leaves the kept blob as it was."""
+        peer = node(0xFEE)
+        biggest = bytes(range(256)) * 255 + bytes(251)
+        self.assertEqual(len(biggest), 65531)
+        self.store.put_peer_storage(A, peer, biggest, 1.0)
+        self.assertEqual(self.store.get_peer_storage(A, peer), biggest)
+        e = self.assertRaises(
+            StoreError, self.store.put_peer_storage, A, peer, bytes(65532), 2.0
+        )
+        self.assertIn("65532 bytes exceeds 65531", str(e))
+        self.assertEqual(self.store.get_peer_storage(A, peer), biggest)
+
+    def test_peer_storage_in_transaction(self) -> None:
+        """put_peer_storage joins an open transaction: undone with it."""
+        peer = node(0xFEE)
+
+        class Boom(Exception):
+            pass
+
+        with self.assertRaises(Boom):
+            with self.store.transaction():
+                self.store.put_peer_storage(A, peer, b"x", 1.0)
+                raise Boom()
+        self.assertIsNone(self.store.get_peer_storage(A, peer))
+
     # -- fsync=False --------------------------------------------------------
 
     def test_put_connection_without_fsync_commits(self) -> None:
@@ -847,7 +901,7 @@ class DataDirTests(StoreTestCase):
 
     def test_create_fresh(self) -> None:
         """A missing data dir (and its missing parents) is created with mode
-        0700, holding a v3 database, a lock file and a valid 32-byte key, all
+        0700, holding a v4 database, a lock file and a valid 32-byte key, all
         owner-only."""
         data_dir = os.path.join(self.data_dir, "nested", "data")
         s = self.open_store(data_dir)
@@ -858,8 +912,8 @@ class DataDirTests(StoreTestCase):
         )
         for name in os.listdir(data_dir):
             self.assertEqual(file_mode(os.path.join(data_dir, name)), 0o600, name)
-        self.assertEqual(read_version(os.path.join(data_dir, DB_FILE)), 3)
-        self.assertEqual(Store.SCHEMA_VERSION, 3)
+        self.assertEqual(read_version(os.path.join(data_dir, DB_FILE)), 4)
+        self.assertEqual(Store.SCHEMA_VERSION, 4)
         self.assertEqual(len(s.server_secret), 32)
         coincurve.PrivateKey(s.server_secret)  # raises if invalid
         self.assertEqual(s.data_dir, data_dir)
@@ -1194,13 +1248,56 @@ class DatabaseTests(StoreTestCase):
         self.assertEqual(str(e), "get_db needs a plain file path, not ':memory:'")
         self.assertFalse(os.path.exists(":memory:"))
 
-    def test_upgrade_v1_to_v3(self) -> None:
-        """A v1 database is backed up, upgraded step by step to v3 with its
-        rows kept, made owner-only, and then has exactly the schema of a
-        fresh v3 database."""
+    def make_v2_db(self) -> None:
+        """Build a v2 database from v2.sql with a few rows and a webhook,
+        as lnproxy before peer storage would have left it."""
+        conn = sqlite3.connect(self.db_path, isolation_level=None)
+        conn.executescript(schema_sql("v2.sql"))
+        conn.execute("INSERT INTO version (version) VALUES (2)")
+        conn.execute("INSERT INTO nodes VALUES (?, ?)", (A, 2))
+        e = event(A, 1)
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            (e.node_id, e.seq, e.kind, int(e.summon), e.at, e.params),
+        )
+        conn.execute(
+            "INSERT INTO webhooks VALUES (?, ?, ?, ?)",
+            (A, "w1", "https://example.com/", 1.0),
+        )
+        conn.close()
+
+    def test_upgrade_v2_to_v3(self) -> None:
+        """A v2 database is backed up and upgraded (to v3, then v4) with its
+        rows kept; peer storage works on it; its iterdump schema then equals
+        a fresh database's, the new table included."""
+        self.make_v2_db()
+        s = self.open_store()
+        self.assertEqual(read_version(self.db_path), 4)
+        self.assertEqual(read_version(self.db_path + "-backup-v2"), 2)
+        self.assertEqual(s.events_after(A, 0, 10), [event(A, 1)])
+        self.assertEqual(s.next_seq(A), 2)
+        self.assertEqual(
+            s.webhooks(A), [WebhookRow(A, "w1", "https://example.com/", 1.0)]
+        )
+        s.put_peer_storage(A, node(0xFEE), b"blob", 1.0)
+        self.assertEqual(s.get_peer_storage(A, node(0xFEE)), b"blob")
+        s.close()
+        fresh = get_db(os.path.join(self.data_dir, "fresh.sqlite"))
+        self.addCleanup(fresh.close)
+        upgraded = get_db(self.db_path)
+        self.addCleanup(upgraded.close)
+        self.assertEqual(schema_of(upgraded), schema_of(fresh))
+        dump, master = schema_of(fresh)
+        self.assertIn("peer_storage", {name for _, name, _, _ in master})
+        self.assertTrue(any("peer_storage" in line for line in dump))
+
+    def test_upgrade_v1_to_v2(self) -> None:
+        """A v1 database is backed up, upgraded (to v2, v3, then v4) with
+        its rows kept, made owner-only, and then has exactly the schema of a
+        fresh database."""
         self.make_v1_db()
         s = self.open_store()
-        self.assertEqual(read_version(self.db_path), 3)
+        self.assertEqual(read_version(self.db_path), 4)
         self.assertEqual(file_mode(self.db_path), 0o600)
         backup = self.db_path + "-backup-v1"
         self.assertEqual(read_version(backup), 1)
@@ -1232,26 +1329,41 @@ class DatabaseTests(StoreTestCase):
         self.assertTrue(
             {"version", "nodes", "events", "connections", "webhooks"} <= names
         )
-        self.assertTrue({"vault", "accounts"} <= names)
+        self.assertTrue({"peer_storage", "vault", "accounts"} <= names)
         self.assertIn("connections_node_id", names)
-        self.assertEqual(len(dump), 8)
+        self.assertEqual(len(dump), 9)
 
-    def test_upgrade_v2_to_v3(self) -> None:
-        """A v2 database (with a webhook) is backed up as v2, upgraded to v3
-        with its rows kept, gets a working vault and accounts, and has
-        exactly the schema of a fresh v3 database."""
+    def make_v3_db(self) -> None:
+        """Build a v3 database from v3.sql with an event, a webhook and a
+        peer storage blob, as lnproxy before the vault would have left it."""
         conn = sqlite3.connect(self.db_path, isolation_level=None)
-        conn.executescript(schema_sql("v2.sql"))
-        conn.execute("INSERT INTO version (version) VALUES (2)")
-        conn.execute("INSERT INTO nodes VALUES (?, ?)", (A, 1))
+        conn.executescript(schema_sql("v3.sql"))
+        conn.execute("INSERT INTO version (version) VALUES (3)")
+        conn.execute("INSERT INTO nodes VALUES (?, ?)", (A, 2))
+        e = event(A, 1)
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            (e.node_id, e.seq, e.kind, int(e.summon), e.at, e.params),
+        )
         conn.execute(
             "INSERT INTO webhooks VALUES (?, ?, ?, ?)", (A, "w1", "https://x/", 1.0)
         )
+        conn.execute(
+            "INSERT INTO peer_storage VALUES (?, ?, ?, ?)", (A, node(0xFEE), b"ps", 1.0)
+        )
         conn.close()
+
+    def test_upgrade_v3_to_v4(self) -> None:
+        """A v3 database is backed up as v3, upgraded to v4 with its rows
+        kept, gets a working vault and accounts, and has exactly the schema
+        of a fresh v4 database."""
+        self.make_v3_db()
         s = self.open_store()
-        self.assertEqual(read_version(self.db_path), 3)
-        self.assertEqual(read_version(self.db_path + "-backup-v2"), 2)
+        self.assertEqual(read_version(self.db_path), 4)
+        self.assertEqual(read_version(self.db_path + "-backup-v3"), 3)
+        self.assertEqual(s.events_after(A, 0, 10), [event(A, 1)])
         self.assertEqual(s.webhooks(A), [WebhookRow(A, "w1", "https://x/", 1.0)])
+        self.assertEqual(s.get_peer_storage(A, node(0xFEE)), b"ps")
         self.assertEqual(s.vault_put(A, "n", b"x", 0, 8, 2.0), 1)
         s.set_account(AccountRow("alice", A, "h", b"b", 2.0))
         self.assertEqual(s.get_account("alice"), AccountRow("alice", A, "h", b"b", 2.0))
@@ -1261,12 +1373,14 @@ class DatabaseTests(StoreTestCase):
         upgraded = get_db(self.db_path)
         self.addCleanup(upgraded.close)
         self.assertEqual(schema_of(upgraded), schema_of(fresh))
+        _, master = schema_of(fresh)
+        self.assertTrue({"vault", "accounts"} <= {name for _, name, _, _ in master})
 
     def test_upgrade_scripts_match_fresh_schema(self) -> None:
-        """The CREATE statements of upgrade-to-v3.sql appear word for word
-        in v3.sql (the two texts are kept identical)."""
-        upgrade = " ".join(schema_sql("upgrade-to-v3.sql").split())
-        fresh = " ".join(schema_sql("v3.sql").split())
+        """The CREATE statements of upgrade-to-v4.sql appear word for word
+        in v4.sql (the two texts are kept identical)."""
+        upgrade = " ".join(schema_sql("upgrade-to-v4.sql").split())
+        fresh = " ".join(schema_sql("v4.sql").split())
         for table in ("vault", "accounts"):
             start = upgrade.index(f"CREATE TABLE {table}")
             end = upgrade.index(";", start)
@@ -1294,7 +1408,7 @@ class DatabaseTests(StoreTestCase):
         self.assertTrue(os.path.exists(self.db_path + "-backup-v1"))
         patcher.restore()
         s = self.open_store()
-        self.assertEqual(read_version(self.db_path), 3)
+        self.assertEqual(read_version(self.db_path), 4)
         self.assertEqual(s.next_seq(A), 3)
 
     def test_newer_version_refused(self) -> None:
@@ -1307,7 +1421,7 @@ class DatabaseTests(StoreTestCase):
         e = self.assertRaises(DBError, Store.open, self.data_dir)
         self.assertEqual(
             str(e),
-            f"{self.db_path} has schema version 99, newer than the version 3 "
+            f"{self.db_path} has schema version 99, newer than the version 4 "
             "this lnproxy understands; refusing to open it (run a newer "
             "lnproxy, or restore a backup)",
         )

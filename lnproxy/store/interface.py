@@ -39,6 +39,7 @@ from lnproxy.lifecycle import PERSISTED_STATES
 
 __all__ = [
     "CONNECTION_STATES",
+    "MAX_PEER_STORAGE_BLOB",
     "StoreError",
     "DBError",
     "DataDirLocked",
@@ -56,6 +57,9 @@ __all__ = [
 #: Connection states a row may hold: the lifecycle's persisted names, as in
 #: the protocol's connection object (one vocabulary, :mod:`lnproxy.lifecycle`).
 CONNECTION_STATES = frozenset(PERSISTED_STATES)
+
+#: The largest peer storage blob a store keeps (BOLT 1: 65535 - 2 - 2).
+MAX_PEER_STORAGE_BLOB = 65531
 
 
 class StoreError(Exception):
@@ -187,8 +191,8 @@ class AccountRow:
 
 
 class IStore(Interface):
-    """The durable state of the proxy: events, connections, webhooks and the
-    server key.
+    """The durable state of the proxy: events, connections, webhooks, the
+    peers' stored blobs (peer storage) and the server key.
 
     Every mutating method runs inside the current :meth:`transaction` if one
     is open, otherwise in its own. After :meth:`close` every method except
@@ -413,6 +417,26 @@ class IStore(Interface):
         """Delete the node's account.
 
         :return: whether it had one.
+        """
+
+    def put_peer_storage(node_id: str, peer: str, blob: bytes, at: float) -> None:
+        """Keep the newest BOLT 1 ``peer_storage`` blob a peer of the node
+        gave (docs/protocol.md, "Peer storage"), replacing the one kept
+        before: one blob per node and peer, never a history.
+
+        :param node_id: the node, lowercase hex.
+        :param peer: the peer's node id, lowercase hex.
+        :param blob: the blob, at most 65531 bytes (may be empty).
+        :param at: unix seconds when it arrived.
+        :raises StoreError: if the blob is longer than 65531 bytes (nothing
+            is stored then, the kept blob stays).
+        """
+
+    def get_peer_storage(node_id: str, peer: str) -> bytes | None:
+        """Return the blob kept for this node and peer, or None.
+
+        :param node_id: the node; another node's blobs are never seen.
+        :param peer: the peer's node id.
         """
 
     def writable() -> bool:

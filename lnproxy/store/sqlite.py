@@ -26,6 +26,7 @@ from zope.interface import implementer
 from lnproxy.store import datadir
 from lnproxy.store.interface import (
     CONNECTION_STATES,
+    MAX_PEER_STORAGE_BLOB,
     AccountRow,
     ConnectionRow,
     EventRow,
@@ -720,6 +721,36 @@ class SqliteStore:
                 "DELETE FROM accounts WHERE node_id = ?", (node_id,)
             )
         return cursor.rowcount > 0
+    # -- peer storage -------------------------------------------------------
+
+    def put_peer_storage(self, node_id: str, peer: str, blob: bytes, at: float) -> None:
+        """Keep the newest blob of a node's peer, replacing the one before.
+
+        :raises StoreError: if the blob is longer than 65531 bytes.
+        """
+        if len(blob) > MAX_PEER_STORAGE_BLOB:
+            raise StoreError(
+                f"peer storage blob of {len(blob)} bytes exceeds "
+                f"{MAX_PEER_STORAGE_BLOB}"
+            )
+        with self.transaction():
+            self._db().execute(
+                "INSERT OR REPLACE INTO peer_storage (node_id, peer, blob, at)"
+                " VALUES (?, ?, ?, ?)",
+                (node_id, peer, bytes(blob), at),
+            )
+
+    def get_peer_storage(self, node_id: str, peer: str) -> bytes | None:
+        """Return the blob kept for this node and peer, or None."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT blob FROM peer_storage WHERE node_id = ? AND peer = ?",
+                (node_id, peer),
+            )
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
 
     # -- health -------------------------------------------------------------
 

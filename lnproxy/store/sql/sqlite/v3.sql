@@ -1,4 +1,4 @@
--- lnproxy store, schema version 3: v2 plus the vault and accounts.
+-- lnproxy store, schema version 3: v2 plus peer storage.
 -- The version row itself is inserted by lnproxy.store, not by this file.
 
 CREATE TABLE version
@@ -55,29 +55,14 @@ CREATE TABLE webhooks
  PRIMARY KEY (node_id, webhook_id)
 );
 
--- Added in version 3 (upgrade-to-v3.sql creates the same tables, keep the
--- texts identical): the vault, small opaque blobs per node under a name, each
--- with a version that every write must name (compare-and-swap); a removed
--- entry is deleted (its version is 0 again).
-CREATE TABLE vault
+-- Added in version 3 (upgrade-to-v3.sql creates the same table, keep the two
+-- texts identical): the newest BOLT 1 peer_storage blob each peer of a node
+-- gave the proxy to keep, handed back in peer_storage_retrieval.
+CREATE TABLE peer_storage
 (
  node_id TEXT NOT NULL,
- name TEXT NOT NULL,
- version INTEGER NOT NULL CHECK (version >= 1),
- blob BLOB NOT NULL,
- updated REAL NOT NULL,
- PRIMARY KEY (node_id, name)
+ peer TEXT NOT NULL,
+ blob BLOB NOT NULL CHECK (length(blob) <= 65531),
+ at REAL NOT NULL,
+ PRIMARY KEY (node_id, peer)
 ) WITHOUT ROWID;
-
--- Added in version 3: accounts. One per node, one node per user name.
--- auth_hash is a slow salted hash of the client's auth (never auth itself);
--- blob is the node key encrypted by the client with a key the proxy never
--- sees.
-CREATE TABLE accounts
-(
- user_name TEXT PRIMARY KEY,
- node_id TEXT NOT NULL UNIQUE,
- auth_hash TEXT NOT NULL,
- blob BLOB NOT NULL,
- updated REAL NOT NULL
-);
