@@ -288,3 +288,32 @@ class AccountClientTests(DevicesClientTestCase):
             LoginFailed,
         )
         self.assertEqual(keys.public_key(one._secret), one.node_id)
+
+    @defer.inlineCallbacks
+    def test_restore_refusals(self) -> Any:
+        """restore_account refuses a proxy with another server_id, one that
+        does not offer accounts, and a proxy that is not there; each time
+        its connection is closed before it answers."""
+        from lnproxy.client import MethodNotFound, ServerMismatch, restore_account
+        from lnproxy.client.errors import ProxyUnreachable
+
+        from .test_client_support import free_port
+
+        self.start_proxy()
+        yield self.assertFailure(
+            restore_account(
+                reactor, self.proxy_url, "alice", PASSWORD, server_id=b"\x02" * 33
+            ),
+            ServerMismatch,
+        )
+        self.proxy.factory.features = frozenset()
+        yield self.assertFailure(
+            restore_account(reactor, self.proxy_url, "alice", PASSWORD),
+            MethodNotFound,
+        )
+        yield self.assertFailure(
+            restore_account(
+                reactor, f"ws://127.0.0.1:{free_port()}/", "alice", PASSWORD
+            ),
+            ProxyUnreachable,
+        )
