@@ -43,7 +43,7 @@ def _count(name: str, value: str) -> int:
 
 
 class Options(usage.Options):
-    """Options of ``twistd lnproxy`` (PROTOCOL.md, "Running the server")."""
+    """Options of ``twistd lnproxy`` (docs/protocol.md, "Running the server")."""
 
     synopsis = "[options]"
     longdesc = (
