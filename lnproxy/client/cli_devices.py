@@ -1,6 +1,6 @@
 """``lnproxy-client account ...`` and ``lnproxy-client vault ...``.
 
-docs/client.md, "Several devices".  The commands of :mod:`lnproxy.client.cli`
+docs/client.md, "6. Several devices".  The commands of :mod:`lnproxy.client.cli`
 that deal with accounts and the vault:
 
 - ``account set --user NAME``: make (or replace) the node's account; the

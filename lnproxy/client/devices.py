@@ -1,6 +1,6 @@
 """What a :class:`~lnproxy.client.Client` does for several devices of one
 node: the writer lease, the shared peer list in the vault, the account
-(docs/client.md, "Several devices"; docs/protocol.md, "Several devices of
+(docs/client.md, "6. Several devices"; docs/protocol.md, "Several devices of
 one node").
 
 :class:`DevicesMixin` is part of :class:`~lnproxy.client.Client`; the
