@@ -64,8 +64,9 @@ T = TypeVar("T")
 def thread_runner(
     reactor: IReactorThreads,
 ) -> Callable[[Callable[[], Any]], defer.Deferred[Any]]:
-    """A runner for CPU-heavy calls (``run(fn) -> Deferred``) on the reactor's thread pool (scrypt releases
-    the GIL, so the reactor keeps running while it hashes)."""
+    """A runner for CPU-heavy calls (``run(fn) -> Deferred``) on the
+    reactor's thread pool (scrypt releases the GIL, so the reactor keeps
+    running while it hashes)."""
 
     def run(fn: Callable[[], Any]) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn)
