@@ -106,7 +106,7 @@ class DevicesMixin:
             d = self.acquire_lease(force=False)
             d.addErrback(self._lease_refused)
             return
-        self._devices_resume()
+        self._resume_logged()
 
     def _devices_closed(self) -> None:
         """The session closed: its lease ended with it."""
@@ -185,7 +185,7 @@ class DevicesMixin:
                 self._log.info("holding the writer lease")
                 for fn in list(self.on_lease):
                     self._guard(fn, True)
-            self._devices_resume()
+            self._resume_logged()
 
         return self.call("lease.acquire", {"force": force}).addCallback(won)
 
@@ -204,6 +204,12 @@ class DevicesMixin:
             self.writer = False
             return
         self._log.info("cannot take the writer lease: {e}", e=f.getErrorMessage())
+
+    def _resume_logged(self) -> None:
+        """:meth:`_devices_resume`, its failures logged."""
+        self._devices_resume().addErrback(
+            lambda f: self._log.failure("cannot resume the re-handshakes", f)
+        )
 
     @defer.inlineCallbacks
     def _devices_resume(self) -> Any:
