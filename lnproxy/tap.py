@@ -64,6 +64,7 @@ class Options(usage.Options):
         ["max-handshakes-per-node", None, "16", "unfinished handshakes per node"],
         ["max-handshakes", None, "1024", "unfinished handshakes in all"],
         ["login-timeout", None, "30", "seconds a client has to log in"],
+        ["max-vault-entries-per-node", None, "64", "vault names one node may keep"],
         [
             "max-requests-per-second",
             None,
@@ -112,6 +113,7 @@ class Options(usage.Options):
             "max-events-per-node",
             "max-handshakes-per-node",
             "max-handshakes",
+            "max-vault-entries-per-node",
         ):
             self[name] = _count(name, self[name])
         rate = self["max-requests-per-second"]

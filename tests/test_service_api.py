@@ -69,7 +69,11 @@ class HelloAndSubprotocolTests(ProxyTestCase):
         self.assertEqual(limits["handshake_timeout"], 7)
         self.assertEqual(limits["keepalive"], 9)
         self.assertIsInstance(limits["webhooks_per_node"], int)
-        self.assertEqual(hello["features"], ["peer_storage"])
+        self.assertEqual(limits["vault_entries_per_node"], 64)
+        self.assertEqual(limits["vault_blob_max"], 65535)
+        self.assertEqual(
+            hello["features"], ["account", "lease", "peer_storage", "vault"]
+        )
         # The hello is the first frame, and a notification (no id).
         self.assertEqual(client.frames[0]["method"], "hello")
         self.assertNotIn("id", client.frames[0])

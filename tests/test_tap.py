@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "max-handshakes-per-node": 16,
     "max-handshakes": 1024,
     "login-timeout": 30.0,
+    "max-vault-entries-per-node": 64,
     "max-requests-per-second": 5000.0,
     "policy": {},
 }
@@ -80,6 +81,8 @@ class OptionsTests(SynchronousTestCase):
             "9",
             "--login-timeout",
             "10",
+            "--max-vault-entries-per-node",
+            "5",
             "--max-requests-per-second",
             "0",
             "--policy",
@@ -106,6 +109,7 @@ class OptionsTests(SynchronousTestCase):
                 "max-handshakes-per-node": 4,
                 "max-handshakes": 9,
                 "login-timeout": 10.0,
+                "max-vault-entries-per-node": 5,
                 "max-requests-per-second": 0.0,
                 "policy": {32: MessageClass.DROP, 259: MessageClass.SUMMON},
             },
@@ -165,6 +169,7 @@ class BadOptionsTests(SynchronousTestCase):
             "max-events-per-node",
             "max-handshakes-per-node",
             "max-handshakes",
+            "max-vault-entries-per-node",
         ):
             self.assertUsage(
                 f"--{name} must be a whole number, not '1.5'", f"--{name}", "1.5"

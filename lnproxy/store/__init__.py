@@ -18,12 +18,17 @@ Everything importable from ``lnproxy.store`` before the split still is.
 from lnproxy.store.datadir import KEY_FILE, LOCK_FILE
 from lnproxy.store.interface import (
     CONNECTION_STATES,
+    AccountRow,
     ConnectionRow,
     DataDirLocked,
     DBError,
     EventRow,
     IStore,
     StoreError,
+    UserTaken,
+    VaultEntry,
+    VaultFull,
+    VersionConflict,
     WebhookRow,
 )
 from lnproxy.store.schema import SCHEMA_VERSION, dump_db, get_db
@@ -41,6 +46,11 @@ __all__ = [
     "EventRow",
     "ConnectionRow",
     "WebhookRow",
+    "VaultEntry",
+    "AccountRow",
+    "VersionConflict",
+    "VaultFull",
+    "UserTaken",
     "IStore",
     "SqliteStore",
     "Store",
