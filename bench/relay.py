@@ -61,26 +61,25 @@ import argparse
 import json
 import os
 import platform
-import select
 import shutil
 import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from _harness import ROOT, BenchChild, ChildGone, child_env, python_argv
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-ROOT = Path(__file__).resolve().parents[1]
+from lnproxy.testing import WholeSocket
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -208,35 +207,6 @@ def role_proxy(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------
 # Role: a pyln-proto peer (blocking sockets, no threads)
 # ---------------------------------------------------------------------------
-
-
-class WholeSocket:
-    """pyln-proto's connection object: exact reads, whole writes.
-
-    pyln reads an 18-byte header with one ``recv(18)``; ``MSG_WAITALL`` (and
-    the loop, for a socket with a timeout) makes that exact, as in
-    ``tests/test_interop.py``.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def recv(self, size: int) -> bytes:
-        """Read exactly ``size`` bytes, or fewer only at end of stream."""
-        chunks = []
-        missing = size
-        while missing:
-            chunk = self.sock.recv(missing, socket.MSG_WAITALL)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            missing -= len(chunk)
-        return b"".join(chunks)
-
-    def send(self, data: bytes) -> int:
-        """Write all of ``data``."""
-        self.sock.sendall(data)
-        return len(data)
 
 
 class Capture:
@@ -486,90 +456,13 @@ def _no_delay(transport: Any) -> None:
         pass
 
 
-def _client_classes() -> tuple[Any, Any]:
-    """The JSON-RPC WebSocket client protocol and a factory maker."""
-    from autobahn.twisted.websocket import (
-        WebSocketClientFactory,
-        WebSocketClientProtocol,
-    )
-    from twisted.internet import defer
-
-    class RpcClient(WebSocketClientProtocol):
-        """A minimal JSON-RPC client; ``on_event`` gets notifications."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.next_id = 0
-            self.calls: dict[int, defer.Deferred[Any]] = {}
-            self.hello: defer.Deferred[dict[str, Any]] = defer.Deferred()
-            self.closed: defer.Deferred[None] = defer.Deferred()
-            self.on_event: Callable[[dict[str, Any]], None] | None = None
-            self.on_raw: Callable[[bytes], bool] | None = None
-            self.opened: defer.Deferred[None] = defer.Deferred()
-
-        def connectionMade(self) -> None:
-            super().connectionMade()
-            _no_delay(self.transport)
-
-        def onOpen(self) -> None:
-            self.opened.callback(None)
-
-        def onMessage(self, payload: bytes, isBinary: bool) -> None:
-            if self.on_raw is not None and self.on_raw(payload):
-                return
-            obj = json.loads(payload)
-            if "id" in obj:
-                d = self.calls.pop(obj["id"], None)
-                if d is not None:
-                    if "error" in obj:
-                        d.errback(RuntimeError(f"error reply {obj['error']}"))
-                    else:
-                        d.callback(obj.get("result"))
-                return
-            if obj.get("method") == "hello" and not self.hello.called:
-                self.hello.callback(obj["params"])
-                return
-            if self.on_event is not None:
-                self.on_event(obj)
-
-        def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
-            if not self.closed.called:
-                self.closed.callback(None)
-
-        def call(self, method: str, **params: Any) -> defer.Deferred[Any]:
-            self.next_id += 1
-            d: defer.Deferred[Any] = defer.Deferred()
-            self.calls[self.next_id] = d
-            req = {
-                "jsonrpc": "2.0",
-                "id": self.next_id,
-                "method": method,
-                "params": params,
-            }
-            self.sendMessage(json.dumps(req).encode())
-            return d
-
-    def factory(port: int) -> Any:
-        f = WebSocketClientFactory(f"ws://127.0.0.1:{port}/", protocols=["lnproxy.v1"])
-        f.protocol = RpcClient
-        f.setProtocolOptions(tcpNoDelay=True)
-        return f
-
-    return RpcClient, factory
-
-
 def _connect_ws(reactor: Any, port: int) -> Any:
-    """A Deferred firing with an open :class:`RpcClient`."""
-    from twisted.internet.endpoints import TCP4ClientEndpoint
+    """A Deferred firing with an open :class:`lnproxy.testing.RpcClient`
+    (``on_event``/``on_raw`` take the notifications and frames)."""
+    from lnproxy.testing import connect_rpc
 
-    _, factory = _client_classes()
-    ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    d = ep.connect(factory(port))
-
-    def opened(client: Any) -> Any:
-        return client.opened.addCallback(lambda _: client)
-
-    return d.addCallback(opened)
+    d = connect_rpc(reactor, port)
+    return d.addCallback(lambda client: client.opened.addCallback(lambda _: client))
 
 
 @implementer(IPushProducer)
@@ -639,39 +532,18 @@ def role_client(args: argparse.Namespace) -> None:
     """The load generator's WebSocket side (Twisted + Autobahn)."""
     from twisted.internet import defer
 
-    from lnproxy import keys, noise
-
     @defer.inlineCallbacks
     def login(client: Any) -> Any:
-        hello = yield client.hello
         secret = os.urandom(32)
-        digest = keys.login_digest(
-            bytes.fromhex(hello["server_id"]), bytes.fromhex(hello["challenge"])
-        )
-        yield client.call(
-            "login",
-            node_id=keys.public_key(secret).hex(),
-            signature=keys.sign_digest(secret, digest).hex(),
-        )
+        yield client.login(secret)
         return secret
 
     @defer.inlineCallbacks
     def open_conn(client: Any, secret: bytes, peer: str) -> Any:
+        # ``secret`` is the one the client logged in with.
         node, host, port = peer.split(":")
-        init = noise.Initiator(secret, bytes.fromhex(node))
-        r = yield client.call(
-            "connect", peer=f"{node}@{host}:{port}", act1=init.act1().hex()
-        )
-        init.read_act2(bytes.fromhex(r["act2"]))
-        act3, tk = init.act3()
-        yield client.call(
-            "finish",
-            conn=r["conn"],
-            act3=act3.hex(),
-            sk=tk.sk.hex(),
-            rk=tk.rk.hex(),
-            ck=tk.ck.hex(),
-        )
+        r, init = yield client.start_connect(bytes.fromhex(node), int(port), host=host)
+        yield client.finish(r, init)
         return r["conn"]
 
     @defer.inlineCallbacks
@@ -921,81 +793,49 @@ class BenchError(Exception):
     """A child failed or did not answer in time."""
 
 
-class Child:
-    """A child process of this script, pinned to a core when possible."""
+class Child(BenchChild):
+    """A child process of this script, pinned to a core when possible (the
+    process harness is :class:`_harness.BenchChild`, shared with
+    bench/scale.py)."""
 
     def __init__(self, name: str, core: int | None, role_args: list[str], log_dir: str):
-        self.name = name
-        argv = [sys.executable, "-u", str(Path(__file__).resolve()), *role_args]
-        if core is not None:
-            argv = ["taskset", "-c", str(core), *argv]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.stderr_path = os.path.join(log_dir, f"{name}.stderr")
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            cwd=str(ROOT),
-            env=env,
+        super().__init__(
+            name,
+            python_argv(__file__, core, *role_args),
+            self.stderr_path,
+            child_env(),
+            cwd=ROOT,
         )
-        self._buf = b""
 
     def _stderr_tail(self) -> str:
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read()[-2000:].decode(errors="replace")
-        except OSError:
-            return ""
+        return self.log_tail(2000)
 
     def expect(self, tag: str, timeout: float = STEP_TIMEOUT) -> Any:
         """Wait for the line ``TAG [json]``; return the parsed json (or None)."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         while True:
-            while b"\n" in self._buf:
-                line, self._buf = self._buf.split(b"\n", 1)
-                text = line.decode()
-                word, _, rest = text.partition(" ")
-                if word == "FAILED":
-                    raise BenchError(
-                        f"{self.name} failed: {rest}\n{self._stderr_tail()}"
-                    )
-                if word == tag:
-                    return json.loads(rest) if rest else None
-            left = deadline - time.monotonic()
-            if left <= 0:
+            try:
+                line = self.read_line(deadline)
+            except ChildGone:
+                self.proc.wait(5)
+                raise BenchError(
+                    f"{self.name} exited with {self.proc.returncode} before {tag}\n"
+                    + self._stderr_tail()
+                ) from None
+            if line is None:
                 raise BenchError(
                     f"{self.name}: no {tag} within {timeout} s\n{self._stderr_tail()}"
                 )
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    self.proc.wait(5)
-                    raise BenchError(
-                        f"{self.name} exited with {self.proc.returncode} before {tag}\n"
-                        + self._stderr_tail()
-                    )
-                self._buf += chunk
+            word, _, rest = line.decode().partition(" ")
+            if word == "FAILED":
+                raise BenchError(f"{self.name} failed: {rest}\n{self._stderr_tail()}")
+            if word == tag:
+                return json.loads(rest) if rest else None
 
     def say(self, line: str) -> None:
         """One line on the child's stdin."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the child has used so far."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
+        self.write_line(line.encode())
 
     def ask_to_stop(self, sigterm: bool = False) -> None:
         """SIGTERM (the proxy) and stdin EOF (every child)."""
@@ -1010,12 +850,7 @@ class Child:
 
     def wait_stopped(self) -> None:
         """Wait for the child to exit; kill it after 10 s."""
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._stderr.close()
+        self.stop(sig=None, wait=10)
 
 
 class Run:

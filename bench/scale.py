@@ -16,10 +16,10 @@ Everything runs on 127.0.0.1 in child processes of this script, each with its
     nothing).
 ``peers`` (``taskset -c 1``)
     ``--listeners`` (default 100) BOLT 8 responders, each its own node id on
-    its own port, all on one reactor: a lean responder over
-    :class:`lnproxy.noise.Responder` that sends ``init``, answers pings and
-    counts what it receives (it keeps no message, so the soak does not grow
-    it).  It also offers a "sink" port that accepts and ignores connections,
+    its own port, all on one reactor: :class:`lnproxy.testing.ResponderFactory`
+    (``record=False``), which sends ``init`` and answers pings, and hooks
+    that count what it receives (it keeps no message, so the soak does not
+    grow it).  It also offers a "sink" port that accepts and ignores connections,
     for the floor measurement.
 ``clients`` (``taskset -c 1``)
     the client side: one WebSocket session per node (``N / listeners``
@@ -79,7 +79,6 @@ import os
 import platform
 import random
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -92,9 +91,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from _harness import (
+    ROOT,
+    BenchChild,
+    ChildGone,
+    cpu_seconds,
+    free_port,
+    proxy_argv,
+    python_argv,
+)
 
 #: Unknown odd message type: the default policy queues it (stored, no wake-up).
 SOAK_TYPE = 32769
@@ -139,15 +144,6 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    fields = text[text.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): utime is field 14, stime field 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy_seconds() -> float:
     """CPU seconds processes of the machine have used (from /proc/stat).
 
@@ -169,13 +165,6 @@ def own_cpu_seconds() -> float:
 def open_fds(pid: int) -> int:
     """How many descriptors a process holds."""
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------
@@ -223,8 +212,9 @@ def run_child(app: Any) -> None:
     reactor.run()
 
 
-class Child:
-    """A child process seen from the orchestrator."""
+class Child(BenchChild):
+    """A child process seen from the orchestrator (the process harness is
+    :class:`_harness.BenchChild`, shared with bench/relay.py)."""
 
     def __init__(
         self,
@@ -233,75 +223,45 @@ class Child:
         workdir: Path,
         env: dict[str, str] | None = None,
         control: bool = True,
+        port: int | None = None,
     ) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "ab")
         # Without a control channel (the proxy) stdout is the log too: an
         # unread pipe would block the process once 64 KiB of log piled up.
-        self.proc = subprocess.Popen(
+        super().__init__(
+            name,
             argv,
-            stdin=subprocess.PIPE if control else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if control else self._log,
-            stderr=self._log,
+            workdir / f"{name}.log",
+            dict(os.environ) if env is None else env,
+            cwd=workdir,
+            control=control,
             preexec_fn=_child_setup,
-            env=env,
-            cwd=str(workdir),
+            port=port,
         )
-        self._buf = b""
-
-    @property
-    def pid(self) -> int:
-        """The process id (taskset execs the command: same pid)."""
-        return self.proc.pid
 
     def call(self, cmd: str, timeout: float = 600.0, **args: Any) -> Any:
         """Send one command; wait for its reply.
 
         :raise RuntimeError: on an error reply, a dead child or a timeout.
         """
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        self.proc.stdin.flush()
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"{self.name}: no answer to {cmd} in {timeout} s")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if ready:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    raise RuntimeError(
-                        f"{self.name} exited (status {self.proc.poll()}) during "
-                        f"{cmd}; see {self.log_path}"
-                    )
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
+        self.write_line(json.dumps({"cmd": cmd, **args}).encode())
+        try:
+            line = self.read_line(time.monotonic() + timeout)
+        except ChildGone:
+            raise RuntimeError(
+                f"{self.name} exited (status {self.proc.poll()}) during "
+                f"{cmd}; see {self.log_path}"
+            ) from None
+        if line is None:
+            raise RuntimeError(f"{self.name}: no answer to {cmd} in {timeout} s")
         reply = json.loads(line)
         if "error" in reply:
             raise RuntimeError(f"{self.name}: {cmd} failed: {reply['error']}")
         return reply["ok"]
 
-    def stop(self, sig: int = signal.SIGTERM, wait: float = 30.0) -> None:
-        """Signal the process, wait, then SIGKILL it."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(sig)
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-
 
 def _python_argv(core: int | None, *args: str) -> list[str]:
     """argv running this script (a child role) pinned to ``core``."""
-    prefix = ["taskset", "-c", str(core)] if core is not None else []
-    return [*prefix, sys.executable, "-u", str(Path(__file__).resolve()), *args]
+    return python_argv(__file__, core, *args)
 
 
 # ---------------------------------------------------------------------------
@@ -321,25 +281,53 @@ class PeersApp:
         self.stats: Counter[str] = Counter()
         self._ticker: Any = None
         self._rr = 0
+        from lnproxy import wire
+
+        self._ping, self._pong, self._init = wire.PING, wire.PONG, wire.INIT
 
     def cmd_listen(
         self, secrets: list[str], ports: list[int] | None = None
     ) -> list[int]:
         """Listen as each node secret; ``ports`` to reuse (restart) or None."""
-        from twisted.internet.protocol import Factory
+        from lnproxy.testing import ResponderFactory
 
         out = []
         for i, hex_secret in enumerate(secrets):
-            factory = Factory()
-            factory.protocol = _peer_protocol_class()
-            factory.app = self  # type: ignore[attr-defined]
-            factory.secret = bytes.fromhex(hex_secret)  # type: ignore[attr-defined]
+            factory = ResponderFactory(secret=bytes.fromhex(hex_secret), record=False)
+            factory.on_open.append(self._opened)
+            factory.on_message.append(self._message)
+            factory.on_close.append(self._closed)
             port = self.reactor.listenTCP(
                 ports[i] if ports else 0, factory, backlog=4096, interface="127.0.0.1"
             )
             self.ports.append(port)
             out.append(port.getHost().port)
         return out
+
+    def _opened(self, p: Any) -> None:
+        self.open.add(p)
+        self.stats["handshakes"] += 1
+
+    def _message(self, p: Any, m: bytes) -> None:
+        # The responder answers pings itself.
+        t = (m[0] << 8) | m[1]
+        if t == self._ping:
+            self.stats["pings_answered"] += 1
+        elif t == self._init:
+            self.stats["inits"] += 1
+        elif t == self._pong:
+            self.stats["pongs"] += 1
+        else:
+            self.stats["msgs"] += 1
+
+    def _closed(self, p: Any) -> None:
+        from lnproxy import noise
+
+        self.open.discard(p)
+        if isinstance(p.error, noise.TransportError):
+            self.stats["decrypt_errors"] += 1
+        elif isinstance(p.error, noise.HandshakeError):
+            self.stats["handshake_errors"] += 1
 
     def cmd_sink(self) -> int:
         """A port that accepts and ignores connections (for the floor)."""
@@ -378,7 +366,7 @@ class PeersApp:
             for _ in range(k):
                 self._rr = (self._rr + 1) % len(conns)
                 p = conns[self._rr]
-                if p.cipher is not None:
+                if p.is_open:
                     p.send(ping)
                     p.send(msg)
                     self.stats["soak_sent"] += 2
@@ -400,89 +388,6 @@ class PeersApp:
         for port in self.ports:
             port.stopListening()
         return n
-
-
-def _peer_protocol_class() -> type:
-    """The responder protocol (built lazily: Twisted is imported in children)."""
-    global _PeerProtocol
-    if _PeerProtocol is not None:
-        return _PeerProtocol
-    from twisted.internet.protocol import Protocol
-
-    from lnproxy import noise, wire
-
-    init = wire.Init(features=b"").encode()
-
-    class PeerProtocol(Protocol):
-        """Responder: acts 1-3, sends init, answers pings, counts."""
-
-        def connectionMade(self) -> None:
-            """Start the responder handshake."""
-            self.transport.setTcpNoDelay(True)
-            self.responder: Any = noise.Responder(self.factory.secret)
-            self.buf = b""
-            self.step = 1
-            self.cipher: Any = None
-
-        def dataReceived(self, data: bytes) -> None:
-            stats = self.factory.app.stats
-            if self.cipher is not None:
-                try:
-                    messages = self.cipher.feed(data)
-                except noise.TransportError:
-                    stats["decrypt_errors"] += 1
-                    self.transport.abortConnection()
-                    return
-                for m in messages:
-                    t = (m[0] << 8) | m[1]
-                    if t == wire.PING:
-                        pong = wire.pong_for(wire.Ping.decode(m))
-                        if pong is not None:
-                            self.send(pong.encode())
-                        stats["pings_answered"] += 1
-                    elif t == wire.INIT:
-                        stats["inits"] += 1
-                    elif t == wire.PONG:
-                        stats["pongs"] += 1
-                    else:
-                        stats["msgs"] += 1
-                return
-            self.buf += data
-            try:
-                if self.step == 1 and len(self.buf) >= noise.ACT1_SIZE:
-                    self.responder.read_act1(self.buf[: noise.ACT1_SIZE])
-                    self.buf = self.buf[noise.ACT1_SIZE :]
-                    self.transport.write(self.responder.act2())
-                    self.step = 3
-                if self.step == 3 and len(self.buf) >= noise.ACT3_SIZE:
-                    keys_ = self.responder.read_act3(self.buf[: noise.ACT3_SIZE])
-                    rest, self.buf = self.buf[noise.ACT3_SIZE :], b""
-                    self.responder = None
-                    self.step = 4
-                    self.cipher = noise.Transport.from_keys(keys_)
-                    self.send(init)
-                    self.factory.app.open.add(self)
-                    stats["handshakes"] += 1
-                    if rest:
-                        self.dataReceived(rest)
-            except noise.HandshakeError:
-                stats["handshake_errors"] += 1
-                self.transport.abortConnection()
-
-        def send(self, msg: bytes) -> None:
-            """Encrypt and write one message."""
-            self.transport.write(self.cipher.encrypt(msg))
-
-        def connectionLost(self, reason: Any = None) -> None:
-            """Forget the link."""
-            self.factory.app.open.discard(self)
-            self.cipher = None
-
-    _PeerProtocol = PeerProtocol
-    return PeerProtocol
-
-
-_PeerProtocol: type | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -1281,27 +1186,17 @@ def orchestrate(args: argparse.Namespace) -> int:
         # -- 2. proxy and sessions -------------------------------------------------
         proxy_port = free_port()
         data_dir = workdir / "proxy-data"
-        proxy_argv = [
-            "taskset",
-            "-c",
-            "0",
-            sys.executable,
-            "-c",
-            "import sys; from twisted.scripts.twistd import run; "
-            "sys.argv[0] = 'twistd'; run()",
-            "-n",
-            "--pidfile=",
-            "lnproxy",
-            "--listen",
-            f"tcp:{proxy_port}:interface=127.0.0.1:backlog=1024",
-            "--data-dir",
+        argv, _ = proxy_argv(
+            proxy_port,
             str(data_dir),
             "--keepalive",
             str(args.keepalive),
-        ]
-        proxy = Child("proxy", proxy_argv, workdir, env, control=False)
+            core=0,
+            listen=f"tcp:{proxy_port}:interface=127.0.0.1:backlog=1024",
+        )
+        proxy = Child("proxy", argv, workdir, env, control=False, port=proxy_port)
         children.append(proxy)
-        _wait_listening(proxy, proxy_port, 60)
+        proxy.wait_listening(60)
         profiler = Profiler(args.profile_dir, proxy.pid)
         time.sleep(1.0)
         proxy_start = rss_kib(proxy.pid)
@@ -1699,20 +1594,6 @@ def _cpu_percent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, flo
         for k in before
         if not k.startswith("_")
     }
-
-
-def _wait_listening(proxy: Child, port: int, timeout: float) -> None:
-    """Wait until the proxy accepts TCP on ``port``; fail if it exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proxy.proc.poll() is not None:
-            raise RuntimeError(f"proxy exited; see {proxy.log_path}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("proxy did not listen in time")
 
 
 def _pyln(workdir: Path, env: dict[str, str], spec: dict[str, Any]) -> Any:

@@ -26,7 +26,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lnproxy import keys, protocol
+from lnproxy.devices import DeviceError, Devices
 from lnproxy.hub import Hub, HubError, Session
+from lnproxy.lease import WRITING_METHODS
 from lnproxy.protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -186,6 +188,19 @@ class ClientProtocol(WebSocketServerProtocol):
             "webhook.list": self.rpc_webhook_list,
             "webhook.remove": self.rpc_webhook_remove,
         }
+        #: Methods of the features lease, vault and account (only when the
+        #: factory has a :class:`~lnproxy.devices.Devices`).
+        self._device_methods: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "lease.acquire": self.rpc_lease_acquire,
+            "lease.release": self.rpc_lease_release,
+            "vault.put": self.rpc_vault_put,
+            "vault.get": self.rpc_vault_get,
+            "vault.list": self.rpc_vault_list,
+            "vault.remove": self.rpc_vault_remove,
+            "account.set": self.rpc_account_set,
+            "account.login": self.rpc_account_login,
+            "account.remove": self.rpc_account_remove,
+        }
 
     # -- Autobahn callbacks ---------------------------------------------------
 
@@ -249,9 +264,7 @@ class ClientProtocol(WebSocketServerProtocol):
             transport.registerProducer(_SessionFlow(self), True)
             self._notify(
                 "hello",
-                protocol.hello(
-                    f.server_id, self._challenge, f.hub.limits.as_hello(), f.features
-                ),
+                protocol.hello(f.server_id, self._challenge, f.hello_limits(), f.features),
             )
             self._login_timer = f.clock.callLater(f.login_timeout, self._login_timed_out)
         except Exception:
@@ -299,18 +312,28 @@ class ClientProtocol(WebSocketServerProtocol):
             return
         params = request.get("params", {})
         handler = self._methods.get(method)
+        devices = self.factory.devices
+        if handler is None and devices is not None:
+            handler = self._device_methods.get(method)
         try:
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}")
             if not isinstance(params, dict):
                 raise RpcError(INVALID_PARAMS, "params must be an object")
-            if method != "login" and self.session is None:
-                raise RpcError(NOT_LOGGED_IN, "not logged in")
+            if self.session is None:
+                if method != "login" and method != "account.login":
+                    raise RpcError(NOT_LOGGED_IN, "not logged in")
+            elif devices is not None and method in WRITING_METHODS:
+                assert self.node_id is not None
+                devices.check_write(self.node_id, self)
             result = handler(params)
         except RpcError as e:
             self._answer_error(has_id, req_id, e)
             return
         except HubError as e:
+            self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))
+            return
+        except DeviceError as e:
             self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))
             return
         except Exception:
@@ -331,6 +354,8 @@ class ClientProtocol(WebSocketServerProtocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._login_timer = self._close_timer = None
+        if self.factory.devices is not None and self.node_id is not None:
+            self.factory.devices.session_ended(self.node_id, self)
         if self.session is not None:
             self.factory.hub.logout(self.session)
             self.session = None
@@ -440,6 +465,9 @@ class ClientProtocol(WebSocketServerProtocol):
             self._answer_error(has_id, req_id, f.value)
         elif f.check(HubError):
             self._answer_error(has_id, req_id, RpcError(f.value.code, f.value.message, f.value.data))
+        elif f.check(DeviceError):
+            e = f.value
+            self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))
         else:
             self._log.failure("error in {method}", failure=f, method=method)
             self._answer_error(has_id, req_id, RpcError(INTERNAL_ERROR, "internal error"))
@@ -608,6 +636,63 @@ class ClientProtocol(WebSocketServerProtocol):
         return {}
 
 
+    # -- several devices: lease, vault, account --------------------------------
+    # docs/protocol.md, "Several devices of one node"; the work is done by
+    # lnproxy.devices.Devices, which raises DeviceError for error replies.
+
+    def _devices(self) -> Devices[ClientProtocol]:
+        devices = self.factory.devices
+        assert devices is not None  # only dispatched when there is one
+        return devices
+
+    def _node(self) -> str:
+        assert self.node_id is not None
+        return self.node_id
+
+    def rpc_lease_acquire(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``lease.acquire {force?}`` -> ``{writer: true}``; the session that
+        lost it to ``force`` gets ``lease {writer: false}``."""
+        result, former = self._devices().lease_acquire(self._node(), self, params)
+        if former is not None and former is not self:
+            former._notify("lease", {"writer": False})
+        return result
+
+    def rpc_lease_release(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``lease.release {}`` -> ``{}``."""
+        return self._devices().lease_release(self._node(), self)
+
+    def rpc_vault_put(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``vault.put {name, blob, version}`` -> ``{version}``."""
+        return self._devices().vault_put(self._node(), params)
+
+    def rpc_vault_get(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``vault.get {name}`` -> ``{version, blob}``."""
+        return self._devices().vault_get(self._node(), params)
+
+    def rpc_vault_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``vault.list {}`` -> ``{entries}``."""
+        return self._devices().vault_list(self._node())
+
+    def rpc_vault_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``vault.remove {name, version}`` -> ``{}``."""
+        return self._devices().vault_remove(self._node(), params)
+
+    def rpc_account_set(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """``account.set {user, auth, blob}`` -> ``{}``."""
+        return self._devices().account_set(self._node(), params)
+
+    def rpc_account_login(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """``account.login {user, auth}`` -> ``{node_id, blob}``, before login
+        only (it does not log the session in)."""
+        if self.session is not None:
+            raise RpcError(INVALID_REQUEST, "this session is already logged in")
+        return self._devices().account_login(params)
+
+    def rpc_account_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``account.remove {}`` -> ``{}``."""
+        return self._devices().account_remove(self._node())
+
+
 class ClientFactory(WebSocketServerFactory):
     """Builds :class:`ClientProtocol` with Autobahn's limits set for us.
 
@@ -622,6 +707,9 @@ class ClientFactory(WebSocketServerFactory):
         spell (the bucket's size).
     :param features: the optional features this server announces in
         ``hello.features`` (names from :mod:`lnproxy.protocol`).
+    :param devices: the lease, vault and account back end, or None when
+        this server offers none of them (their methods then answer
+        -32601); the service announces the features with it.
     """
 
     protocol = ClientProtocol  # type: ignore[assignment]
@@ -637,9 +725,11 @@ class ClientFactory(WebSocketServerFactory):
         request_rate: float = 5000.0,
         request_burst: float = 10000.0,
         features: Iterable[str] = (),
+        devices: Devices[ClientProtocol] | None = None,
     ) -> None:
         super().__init__(reactor=clock, protocols=[SUBPROTOCOL])
         self.features = frozenset(features)
+        self.devices = devices
         self.hub = hub
         self.server_id = server_id
         self.clock = clock
@@ -661,6 +751,13 @@ class ClientFactory(WebSocketServerFactory):
             webStatus=False,
             tcpNoDelay=True,
         )
+
+    def hello_limits(self) -> dict[str, Any]:
+        """``hello.limits``: the hub's, and the vault's when there is one."""
+        limits = self.hub.limits.as_hello()
+        if self.devices is not None:
+            limits.update(self.devices.limits.as_hello())
+        return limits
 
     def count_error(self, code: int) -> None:
         """Report an error reply to observers."""

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from twisted.web import resource, server
 from lnproxy import keys, wire
 from lnproxy.client import Client, Event, MethodNotFound
 from lnproxy.localpeer import LocalPeerFactory, LocalPeerProtocol
+from lnproxy.testing import free_port
 
 __all__ = ["main", "run_demo", "DemoFailed", "WebhookReceiver"]
 
@@ -94,12 +94,6 @@ class WebhookReceiver(resource.Resource):
         d: defer.Deferred[dict[str, Any]] = defer.Deferred()
         self._waiters.append(d)
         return d
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Narrator:
@@ -197,7 +191,7 @@ def run_demo(
         peer_addr = f"127.0.0.1:{peer_port.getHost().port}"
         n.say(f"peer      {peer.node_id.hex()} at {peer_addr}")
 
-        proxy_port = _free_port()
+        proxy_port = free_port()
         options = Options()
         options.parseOptions(
             [

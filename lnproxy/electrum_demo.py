@@ -78,6 +78,10 @@ def electrum_available(python: str = ELECTRUM_PYTHON) -> str | None:
             capture_output=True,
             timeout=60,
             cwd=tempfile.gettempdir(),
+            # The same clean environment the nodes get: a PYTHONPATH or
+            # PYTHONHOME of this process (a virtualenv's, trial's workers')
+            # would make the other Python load foreign extension modules.
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{python} cannot run: {e}"

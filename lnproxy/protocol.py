@@ -28,6 +28,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "DEFAULT_PEER_PORT",
     "LOGIN_TAG",
+    "ACCOUNT_TAG",
     "PARSE_ERROR",
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
@@ -72,6 +73,9 @@ PROTOCOL_VERSION: Final = "lnproxy/1"
 #: challenge)`` is what the node key signs (docs/protocol.md, "Session start
 #: and login").
 LOGIN_TAG: Final = b"lnproxy/1 login"
+#: The label of an account's key derivation salt and of its blob's
+#: associated data (docs/protocol.md, "Several devices of one node").
+ACCOUNT_TAG: Final = b"lnproxy/1 account"
 #: The port of a peer address that names none (BOLT 7's default).
 DEFAULT_PEER_PORT: Final = 9735
 

@@ -42,12 +42,18 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from lnproxy import keys, protocol, wire
-from lnproxy.api import ClientFactory
+from lnproxy.api import ClientFactory, ClientProtocol
+from lnproxy.devices import DeviceLimits, Devices, thread_runner
 from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
 from lnproxy.policy import MessageClass, Policy
-from lnproxy.protocol import FEATURE_PEER_STORAGE
+from lnproxy.protocol import (
+    FEATURE_ACCOUNT,
+    FEATURE_LEASE,
+    FEATURE_PEER_STORAGE,
+    FEATURE_VAULT,
+)
 from lnproxy.scaleout import Deployment, ReactorStore
 from lnproxy.ssrf import Resolver, build_http_client, thread_resolver
 from lnproxy.store import IStore, Store, StoreError, datadir
@@ -202,9 +208,10 @@ def _features(policy: Policy) -> list[str]:
     """The optional features of ``hello.features`` this server offers.
 
     ``peer_storage`` only while the proxy keeps type 7 itself: an operator
-    ``--policy 7=...`` hands peer storage to the client instead.
+    ``--policy 7=...`` hands peer storage to the client instead.  ``lease``,
+    ``vault`` and ``account`` always (:class:`lnproxy.devices.Devices`).
     """
-    features = []
+    features = [FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT]
     if policy.classify(wire.PEER_STORAGE) is MessageClass.HANDLE:
         features.append(FEATURE_PEER_STORAGE)
     return features
@@ -290,6 +297,15 @@ def build_service(
     notifier = _build_notifier(reactor, config, hub, store, resolver)
     if deployment is not None:
         hub.on_wake.append(lambda row: notifier.event_stored(row, online=False))
+    devices: Devices[ClientProtocol] = Devices(
+        store,
+        reactor,
+        thread_runner(reactor),
+        DeviceLimits(
+            vault_entries_per_node=config.get("max-vault-entries-per-node", 64),
+        ),
+        database=deployment.executor if deployment is not None else None,
+    )
     factory = ClientFactory(
         hub,
         server_id,
@@ -299,6 +315,7 @@ def build_service(
         request_rate=config.get("max-requests-per-second", 5000.0),
         request_burst=2 * config.get("max-requests-per-second", 5000.0),
         features=[*_features(hub.policy), *features],
+        devices=devices,
     )
     root = ProxyService(store, hub, factory, deployment)
     root.notifier = notifier

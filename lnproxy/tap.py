@@ -43,7 +43,7 @@ def _count(name: str, value: str) -> int:
 
 
 class Options(usage.Options):
-    """Options of ``twistd lnproxy`` (PROTOCOL.md, "Running the server")."""
+    """Options of ``twistd lnproxy`` (docs/protocol.md, "Running the server")."""
 
     synopsis = "[options]"
     longdesc = (
@@ -64,6 +64,7 @@ class Options(usage.Options):
         ["max-handshakes-per-node", None, "16", "unfinished handshakes per node"],
         ["max-handshakes", None, "1024", "unfinished handshakes in all"],
         ["login-timeout", None, "30", "seconds a client has to log in"],
+        ["max-vault-entries-per-node", None, "64", "vault names one node may keep"],
         [
             "database",
             None,
@@ -141,6 +142,7 @@ class Options(usage.Options):
             "max-events-per-node",
             "max-handshakes-per-node",
             "max-handshakes",
+            "max-vault-entries-per-node",
         ):
             self[name] = _count(name, self[name])
         self._check_database()

@@ -1299,7 +1299,7 @@ def decode_message(msg: bytes) -> Message:
 
 
 # ---------------------------------------------------------------------------
-# What the proxy answers by itself (PROTOCOL.md)
+# What the proxy answers by itself (docs/protocol.md, "What the proxy does by itself")
 # ---------------------------------------------------------------------------
 
 

@@ -1,35 +1,36 @@
-"""``lnproxy-client`` as a user runs it: subprocesses against ``twistd -n lnproxy``.
+"""``lnproxy-client`` as a user runs it, against a proxy.
 
-Each command runs as ``sys.executable -m lnproxy.client.cli ...`` with
-``PYTHONPATH`` set to the repository, against a proxy started as
-``twistd -n --pidfile= lnproxy ...`` in a child process (``python -m
-twisted.scripts.twistd`` has no ``__main__`` block, so the child calls
-twistd's entry point as the console script does).  A local peer runs in the
-test's reactor.
+Most commands run in-process: :func:`lnproxy.client.cli.build_parser` and
+:func:`lnproxy.client.cli.run` on the test's reactor, with stdout, stderr
+and ``LNPROXY_*`` variables swapped for the call, and ``SystemExit`` taken
+as the exit status, exactly what :func:`lnproxy.client.cli.main` does
+around them.  Two runs are real subprocesses (``sys.executable -m
+lnproxy.client.cli``): a keygen, and a command against ``twistd -n
+lnproxy`` started in a child process (:func:`lnproxy.testing.spawn_twistd`);
+so the console entry point, real exit codes and real output streams stay
+covered.  A local peer runs in the test's reactor.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.failure import Failure
 
 from lnproxy import keys, wire
+from lnproxy.client.cli import build_parser, run
+from lnproxy.testing import spawn_twistd
 
 from .test_client_support import ClientTestCase, free_port
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = (
-    "import sys; from twisted.scripts.twistd import run; "
-    "sys.argv[0] = 'twistd'; sys.exit(run())"
-)
 COMMANDS = [
     "keygen",
     "connect",
@@ -41,29 +42,16 @@ COMMANDS = [
 ]
 
 
-class Child(ProcessProtocol):
-    """A child process that collects its output and reports its end."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-    @property
-    def text(self) -> str:
-        """Everything written so far."""
-        return self.output.decode("utf-8", "replace")
+def _exit_status(e: SystemExit) -> int:
+    """The status ``sys.exit`` would give for ``e``."""
+    if e.code is None:
+        return 0
+    return e.code if isinstance(e.code, int) else 1
 
 
 class CliTestCase(ClientTestCase):
-    """Runs CLI subprocesses; optionally a twistd child."""
+    """Runs the CLI (in-process, or as a subprocess); optionally a twistd
+    child."""
 
     timeout = 60
 
@@ -74,8 +62,35 @@ class CliTestCase(ClientTestCase):
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LNPROXY_")}
         self.env["PYTHONPATH"] = REPO_ROOT
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> defer.Deferred[Any]:
-        """Run ``lnproxy-client ARGS``; fires with (stdout, stderr, status)."""
+    @defer.inlineCallbacks
+    def cli(self, *args: str, env: Mapping[str, str] | None = None) -> Any:
+        """Run ``lnproxy-client ARGS`` in-process; fires with (stdout,
+        stderr, status).  One at a time: it swaps process-wide state."""
+        out, err = io.StringIO(), io.StringIO()
+        saved_env = dict(os.environ)
+        saved_streams = sys.stdout, sys.stderr
+        for name in [k for k in os.environ if k.startswith("LNPROXY_")]:
+            del os.environ[name]
+        os.environ.update(env or {})
+        sys.stdout, sys.stderr = out, err
+        try:
+            try:
+                parsed = build_parser().parse_args(list(args))
+                yield run(reactor, parsed, out)
+                code = 0
+            except SystemExit as e:
+                code = _exit_status(e)
+        finally:
+            sys.stdout, sys.stderr = saved_streams
+            os.environ.clear()
+            os.environ.update(saved_env)
+        return out.getvalue(), err.getvalue(), code
+
+    def cli_subprocess(
+        self, *args: str, env: Mapping[str, str] | None = None
+    ) -> defer.Deferred[Any]:
+        """Run ``python -m lnproxy.client.cli ARGS`` in a child process;
+        fires with (stdout, stderr, status)."""
         argv = ["-m", "lnproxy.client.cli", *args]
         d = getProcessOutputAndValue(
             sys.executable, argv, env=dict(self.env, **(env or {})), path=self.workdir
@@ -86,30 +101,18 @@ class CliTestCase(ClientTestCase):
     def twistd(self, *extra: str) -> Any:
         """Start ``twistd -n lnproxy`` on a free port; returns its URL."""
         port = free_port()
-        child = Child()
-        args = [
-            sys.executable, "-c", TWISTD, "-n", "--pidfile=", "lnproxy",
-            "--listen", f"tcp:{port}:interface=127.0.0.1",
-            "--data-dir", os.path.join(self.workdir, "proxy-data"), *extra,
-        ]  # fmt: skip
-        transport = reactor.spawnProcess(
-            child, sys.executable, args, env=self.env, path=self.workdir
+        data_dir = os.path.join(self.workdir, "proxy-data")
+        child = spawn_twistd(
+            reactor, port, data_dir, *extra, cwd=self.workdir, env=self.env
         )
-        self.addCleanup(self.reap, child, transport)
-        yield self.wait_for(
-            lambda: "lnproxy started" in child.text or child.ended.called,
-            timeout=20,
-            what="twistd to start",
-        )
+        self.addCleanup(child.stop)
+        try:
+            yield child.wait_started().addTimeout(20, reactor)
+        except RuntimeError:
+            pass  # it ended: the assertion shows its output
         self.assertIn("lnproxy started", child.text, child.text)
         self.child = child
         return f"ws://127.0.0.1:{port}/"
-
-    def reap(self, child: Child, transport: Any) -> defer.Deferred[None] | None:
-        if child.ended.called:
-            return None
-        transport.signalProcess("TERM")
-        return child.ended
 
     @defer.inlineCallbacks
     def keygen(self, name: str = "node.key") -> Any:
@@ -130,12 +133,11 @@ class OfflineTests(CliTestCase):
         self.assertEqual(code, 0)
         for name in COMMANDS:
             self.assertIn(name, out)
-        runs = [self.cli(name, "--help") for name in COMMANDS]
-        runs += [
-            self.cli("webhook", action, "--help")
-            for action in ("set", "list", "remove")
-        ]
-        results = yield defer.gatherResults(runs)
+        argvs = [[name, "--help"] for name in COMMANDS]
+        argvs += [["webhook", action, "--help"] for action in ("set", "list", "remove")]
+        results = []
+        for argv in argvs:
+            results.append((yield self.cli(*argv)))
         for (out, err, code), name in zip(
             results, COMMANDS + ["set", "list", "remove"], strict=True
         ):
@@ -146,8 +148,13 @@ class OfflineTests(CliTestCase):
     @defer.inlineCallbacks
     def test_keygen(self) -> Any:
         """keygen writes a 64-hex-character key with mode 0600 and prints its
-        node id; a second keygen refuses to overwrite it (exit 1)."""
-        path, node_id = yield self.keygen()
+        node id; a second keygen refuses to overwrite it (exit 1).  The first
+        is a real subprocess (the ``-m`` entry point, its streams and exit
+        status)."""
+        path = os.path.join(self.workdir, "node.key")
+        out, err, code = yield self.cli_subprocess("keygen", "--key", path)
+        self.assertEqual((code, err), (0, ""))
+        node_id = out.strip()
         with open(path) as f:
             secret = bytes.fromhex(f.read().strip())
         self.assertEqual(keys.public_key(secret).hex(), node_id)
@@ -180,7 +187,9 @@ class OfflineTests(CliTestCase):
             (["connections", "--key", path, "--proxy", url],
              f"cannot reach the proxy at {url}: "),
         ]  # fmt: skip
-        results = yield defer.gatherResults([self.cli(*argv) for argv, _ in cases])
+        results = []
+        for argv, _ in cases:
+            results.append((yield self.cli(*argv)))
         for (out, err, code), (argv, message) in zip(results, cases, strict=True):
             self.assertEqual(code, 1, (argv, err))
             self.assertEqual(out, "")
@@ -192,7 +201,8 @@ class OfflineTests(CliTestCase):
 
 
 class ProxyCommandTests(CliTestCase):
-    """Every command against a running ``twistd -n lnproxy``."""
+    """Every command against a running proxy (``twistd -n lnproxy``, or
+    in-process)."""
 
     @defer.inlineCallbacks
     def test_connect_send_connections_listen_webhook(self) -> Any:
@@ -216,7 +226,8 @@ class ProxyCommandTests(CliTestCase):
         p = yield opened
         self.assertEqual(p.remote_node_id.hex(), node_id)
 
-        out, err, code = yield self.cli("connections", env=env)
+        # A real subprocess against the twistd child.
+        out, err, code = yield self.cli_subprocess("connections", env=env)
         self.assertEqual(code, 0, err)
         rows = [json.loads(line) for line in out.splitlines()]
         self.assertEqual(len(rows), 1)
@@ -281,7 +292,8 @@ class ProxyCommandTests(CliTestCase):
     def test_refused_login(self) -> Any:
         """A login the proxy refuses (here: the node already has its one
         allowed session) prints the code and message and exits 1."""
-        url = yield self.twistd("--max-sessions-per-node", "1")
+        self.start_proxy("--max-sessions-per-node", "1")
+        url = self.proxy_url
         path, _ = yield self.keygen()
         with open(path) as f:
             secret = bytes.fromhex(f.read().strip())

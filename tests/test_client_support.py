@@ -8,7 +8,6 @@ crashes and wait for things.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from twisted.internet import defer, reactor, task
 
 from lnproxy.client import Client, ClientState, Event, FileState
 from lnproxy.service import ProxyService, build_service
+from lnproxy.testing import free_port
 
 from .harness import ProxyTestCase, proxy_options
 
@@ -26,13 +26,6 @@ __all__ = [
     "free_port",
     "fast_retry",
 ]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fast_retry(attempt: int) -> float:

@@ -14,10 +14,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, error
@@ -29,6 +25,7 @@ from lnproxy.hub import Hub, HubError, Limits
 from lnproxy.peer import PeerFactory
 from lnproxy.policy import Policy
 from lnproxy.store import Store
+from lnproxy.testing import ProxyProcess, twistd_command
 
 from .harness import ProxyTestCase, RpcFailed, eventually, free_port
 
@@ -37,21 +34,12 @@ from .harness import ProxyTestCase, RpcFailed, eventually, free_port
 FD_LIMIT = 64
 #: More attempts than FD_LIMIT allows: the loop must hit the limit.
 MAX_ATTEMPTS = 2 * FD_LIMIT
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lower_nofile() -> None:
     """``preexec_fn``: lower the soft descriptor limit of the proxy."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-    except OSError:
-        return False
-    return True
 
 
 class DescriptorLimitTests(ProxyTestCase):
@@ -63,49 +51,26 @@ class DescriptorLimitTests(ProxyTestCase):
         """Start ``twistd -n lnproxy`` with the lowered limit; return its port."""
         port = free_port()
         data_dir = self.mktemp()
-        self.log_path = Path(self.mktemp() + ".log")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
-        self.addCleanup(log.close)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from twisted.scripts.twistd import run; "
-                "sys.argv[0] = 'twistd'; run()",
-                "-n",
-                "--pidfile=",
-                "lnproxy",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--data-dir",
-                data_dir,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            preexec_fn=_lower_nofile,
-        )
+        log_path = self.mktemp() + ".log"
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        argv, env = twistd_command(port, data_dir)
+        self.child = ProxyProcess(argv, env, log_path, port, preexec_fn=_lower_nofile)
+        self.process = self.child.proc
         self.addCleanup(self._stop_process)
         return port
 
     def _stop_process(self) -> defer.Deferred[Any] | None:
         if self.process.poll() is not None:
+            self.child.stop()
             return None
         self.process.send_signal(signal.SIGTERM)
-
-        def kill(_: Any) -> None:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.process.wait(5)
-
         d = eventually(lambda: self.process.poll() is not None, timeout=15)
-        return d.addBoth(kill)
+        # SIGKILL if it did not stop; close the log.
+        return d.addBoth(lambda _: self.child.stop(signal.SIGKILL, wait=5))
 
     def proxy_log(self) -> str:
         """The tail of the proxy's log, for failure messages."""
-        return self.log_path.read_text(errors="replace")[-3000:]
+        return self.child.log_tail()
 
     @defer.inlineCallbacks
     def test_connect_refused_then_recovers(self) -> defer.Generator:
@@ -113,7 +78,9 @@ class DescriptorLimitTests(ProxyTestCase):
         descriptors"; open connections and the session still work; after
         some connections close, new connections and sessions are accepted."""
         port = self.start_limited_proxy()
-        yield eventually(lambda: _listening(port) or self.process.poll() is not None)
+        yield eventually(
+            lambda: self.child.listening() or self.process.poll() is not None
+        )
         self.assertIsNone(self.process.poll(), self.proxy_log())
         peer, peer_port = self.local_peer()
         client = yield self.logged_in(port=port)

@@ -69,6 +69,7 @@ from lnproxy.noise import (
     Transport,
     TransportKeys,
 )
+from lnproxy.testing import WholeSocket
 from lnproxy.wire import Init
 
 #: BOLT 1 ``init``: type 16, global features length 0, features length 0,
@@ -99,36 +100,6 @@ def make_messages(seed: int) -> list[bytes]:
             size = rng.choice((rng.randint(2, 64), rng.randint(2, 2000)))
         messages.append(rng.randbytes(size))
     return messages
-
-
-class WholeSocket:
-    """The connection object handed to pyln-proto after its handshake.
-
-    Trap (b): ``recv(n)`` returns exactly ``n`` bytes unless the peer closed.
-    ``MSG_WAITALL`` asks the kernel for that, but a socket with a timeout is
-    non-blocking underneath, where ``MSG_WAITALL`` may still return less,
-    hence the loop.  Trap (e): ``send`` is ``sendall``.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def recv(self, size: int) -> bytes:
-        """Read exactly ``size`` bytes, or fewer only at end of stream."""
-        chunks = []
-        missing = size
-        while missing:
-            chunk = self.sock.recv(missing, socket.MSG_WAITALL)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            missing -= len(chunk)
-        return b"".join(chunks)
-
-    def send(self, data: bytes) -> int:
-        """Write all of ``data``."""
-        self.sock.sendall(data)
-        return len(data)
 
 
 def tame_pyln_connection(lconn: Any) -> tuple[socket.socket, bytes, bytes]:

@@ -42,7 +42,7 @@ class DefaultPolicyTests(SynchronousTestCase):
     """The default table."""
 
     def test_every_type_matches_the_contract(self) -> None:
-        """All 65,536 types have the class PROTOCOL.md gives them."""
+        """All 65,536 types have the class docs/protocol.md gives them ("The policy")."""
         policy = Policy()
         self.assertEqual(len(policy.table), 65536)
         wrong = [t for t in range(65536) if policy.classify(t) is not contract_class(t)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
@@ -26,16 +25,21 @@ from twisted.trial.unittest import SkipTest
 from twisted.web.server import Site
 
 from lnproxy import keys, wire
+from lnproxy.client import account
 from lnproxy.store import KEY_FILE
+from lnproxy.testing import TwistdProcess as Twistd
+from lnproxy.testing import spawn_twistd
 from lnproxy.testing_postgres import PostgresUnavailable, TemporaryPostgres
 
+from . import test_service_devices as devices_tests
 from .harness import ProxyTestCase, RpcFailed, eventually, free_port
 from .pg import new_database, shared_postgres
-from .test_service_twistd import CHILD_TIMEOUT, REPO_ROOT, TWISTD, Twistd
 from .test_webhook_e2e import Receiver
 
 #: Lease timeout of the children (seconds).
 LEASE = 2.0
+#: Seconds allowed for a child to start or to stop.
+CHILD_TIMEOUT = 20.0
 
 
 def closed_port() -> int:
@@ -75,20 +79,11 @@ class ScaleOutCase(ProxyTestCase):
     def spawn(self, *extra: str, database: str | None = None) -> Child:
         """Start ``twistd -n lnproxy`` on the database with its own data
         dir, the shared key and a 2 s lease."""
-        proto = Twistd()
         port = free_port()
         data_dir = os.path.join(self.work, f"data-{port}")
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        args = [
-            sys.executable,
-            "-c",
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "lnproxy",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--data-dir",
+        proto = spawn_twistd(
+            reactor,
+            port,
             data_dir,
             "--database",
             database or self.db,
@@ -100,10 +95,9 @@ class ScaleOutCase(ProxyTestCase):
             self.key_path,
             "--webhook-allow-private",
             *extra,
-        ]
-        transport = reactor.spawnProcess(
-            proto, sys.executable, args, env=env, path=self.work
+            cwd=self.work,
         )
+        transport = proto.transport
         self.addCleanup(self._reap, proto, transport)
         return Child(proto, transport, port)
 
@@ -239,6 +233,34 @@ class HandOverTests(ScaleOutCase):
         (link,) = [p for p in peer.connections if retrieval in p.received]
         self.assertEqual(link.received[0][:2], b"\x00\x10")  # the client's init
         self.assertEqual(link.received[1], retrieval)
+
+    @defer.inlineCallbacks
+    def test_vault_and_account_move_with_the_node(self) -> Any:
+        """Vault entries and the account written through one process are
+        there at the next owner: vault.get answers the same version and
+        blob, account.login (before any login) the same node and blob."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret, port=p1.port)
+        put = yield client.call("vault.put", name="channels", blob="8f3a", version=0)
+        self.assertEqual(put, {"version": 1})
+        server_id = bytes.fromhex(client.hello_params["server_id"])
+        derived = account.derive("correct horse", server_id, "alice")
+        blob = account.seal_node_key(derived.enc, "alice", secret)
+        yield client.call(
+            "account.set", user="alice", auth=derived.auth.hex(), blob=blob.hex()
+        )
+        os.kill(p1.transport.pid, signal.SIGTERM)
+        yield self.ended(p1)
+        fresh = yield self.ws(port=p2.port)
+        yield fresh.hello
+        found = yield fresh.call("account.login", user="alice", auth=derived.auth.hex())
+        self.assertEqual(found["node_id"], keys.public_key(secret).hex())
+        self.assertEqual(found["blob"], blob.hex())
+        again = yield self.logged_in(secret, port=p2.port)
+        got = yield again.call("vault.get", name="channels")
+        self.assertEqual(got, {"version": 1, "blob": "8f3a"})
 
     @defer.inlineCallbacks
     def test_kill9_failover(self) -> Any:
@@ -431,3 +453,37 @@ class ServerKeyOptionTests(ProxyTestCase):
         other = yield self.ws()
         hello = yield other.hello
         self.assertEqual(hello["server_id"], expected)
+
+
+class _OnPostgres:
+    """Mixin: run a ProxyTestCase's proxies on a fresh PostgreSQL database
+    (one process, fencing on) instead of SQLite."""
+
+    def start_proxy(self, *extra: str, data_dir: str | None = None) -> Any:
+        """Start the in-process proxy with ``--database postgresql://...``."""
+        url = new_database()
+        work = os.path.abspath(self.mktemp())  # type: ignore[attr-defined]
+        os.makedirs(work)
+        return super().start_proxy(  # type: ignore[misc]
+            *extra,
+            "--database",
+            url,
+            "--public-url",
+            "ws://127.0.0.1:1",
+            "--server-key",
+            os.path.join(work, KEY_FILE),
+            data_dir=data_dir,
+        )
+
+
+class PostgresLeaseTests(_OnPostgres, devices_tests.LeaseTests):
+    """The lease tests of tests/test_service_devices.py on PostgreSQL."""
+
+
+class PostgresVaultTests(_OnPostgres, devices_tests.VaultTests):
+    """The vault tests of tests/test_service_devices.py on PostgreSQL: the
+    store calls run on the database threads."""
+
+
+class PostgresAccountTests(_OnPostgres, devices_tests.AccountTests):
+    """The account tests of tests/test_service_devices.py on PostgreSQL."""

@@ -1,5 +1,5 @@
 """End-to-end tests of the client API: hello, subprotocol, login, every
-method and every error code of PROTOCOL.md (except 8, which needs webhooks).
+method and every error code of docs/protocol.md (except 8, which needs webhooks).
 
 Real reactor, real TCP on 127.0.0.1, real SQLite under ``mktemp()``, real
 Autobahn WebSocket clients; peers are local Twisted BOLT 8 responders.
@@ -69,7 +69,11 @@ class HelloAndSubprotocolTests(ProxyTestCase):
         self.assertEqual(limits["handshake_timeout"], 7)
         self.assertEqual(limits["keepalive"], 9)
         self.assertIsInstance(limits["webhooks_per_node"], int)
-        self.assertEqual(hello["features"], ["peer_storage"])
+        self.assertEqual(limits["vault_entries_per_node"], 64)
+        self.assertEqual(limits["vault_blob_max"], 65535)
+        self.assertEqual(
+            hello["features"], ["account", "lease", "peer_storage", "vault"]
+        )
         # The hello is the first frame, and a notification (no id).
         self.assertEqual(client.frames[0]["method"], "hello")
         self.assertNotIn("id", client.frames[0])
@@ -692,16 +696,7 @@ class ConnectionErrorTests(ProxyTestCase):
         r, init = yield a.start_connect(peer, port)
         err = yield self.expect_error(b.start_connect(peer, port), 7)
         self.assertIn("unfinished handshakes", err.message)
-        init.read_act2(bytes.fromhex(r["act2"]))
-        act3, tk = init.act3()
-        yield a.call(
-            "finish",
-            conn=r["conn"],
-            act3=act3.hex(),
-            sk=tk.sk.hex(),
-            rk=tk.rk.hex(),
-            ck=tk.ck.hex(),
-        )
+        yield a.finish(r, init)
         yield b.open_peer(peer, port)
 
     @defer.inlineCallbacks

@@ -257,19 +257,7 @@ class ClosedEventTests(ProxyTestCase):
         listed = yield client.call("connections")
         self.assertEqual(listed["connections"][0]["state"], "closed")
         self.assertIsNone(listed["connections"][0]["their_init"])
-        init.read_act2(bytes.fromhex(r["act2"]))
-        act3, tk = init.act3()
-        yield self.expect_error(
-            client.call(
-                "finish",
-                conn=r["conn"],
-                act3=act3.hex(),
-                sk=tk.sk.hex(),
-                rk=tk.rk.hex(),
-                ck=tk.ck.hex(),
-            ),
-            6,
-        )
+        yield self.expect_error(client.finish(r, init), 6)
         self.assertEqual(self.proxy.hub._handshakes, 0)
 
     @defer.inlineCallbacks

@@ -13,49 +13,20 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from typing import Any
 
 from twisted.internet import defer, error, reactor
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 
 from lnproxy import keys
+from lnproxy.testing import STARTED_LINE, TwistdProcess, spawn_twistd, twistd_command
 
 from .harness import ProxyTestCase, eventually, free_port
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = (
-    "import sys; from twisted.scripts.twistd import run; "
-    "sys.argv[0] = 'twistd'; sys.exit(run())"
-)
 #: Seconds allowed for a child to start or to stop.
 CHILD_TIMEOUT = 20.0
 
-
-class Twistd(ProcessProtocol):
-    """A ``twistd`` child: collects its output, reports its end."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        #: Fires (with None) when the child is gone; see :attr:`reason`.
-        self.ended: defer.Deferred[None] = defer.Deferred()
-        self.reason: Failure | None = None
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        # Not callback(reason): a Failure passed to callback is an errback.
-        self.reason = reason
-        self.ended.callback(None)
-
-    @property
-    def text(self) -> str:
-        """Everything the child wrote so far."""
-        return self.output.decode("utf-8", "replace")
+#: The child process (from :mod:`lnproxy.testing`).
+Twistd = TwistdProcess
 
 
 class TwistdTests(ProxyTestCase):
@@ -65,24 +36,10 @@ class TwistdTests(ProxyTestCase):
 
     def spawn(self, data_dir: str, port: int) -> Twistd:
         """Start ``twistd -n --pidfile= lnproxy --listen ... --data-dir ...``."""
-        proto = Twistd()
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
         cwd = self.mktemp()
         os.makedirs(cwd)
-        args = [
-            sys.executable,
-            "-c",
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "lnproxy",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--data-dir",
-            data_dir,
-        ]
-        transport = reactor.spawnProcess(proto, sys.executable, args, env=env, path=cwd)
-        self.addCleanup(self._reap, proto, transport)
+        proto = spawn_twistd(reactor, port, data_dir, cwd=cwd)
+        self.addCleanup(self._reap, proto, proto.transport)
         return proto
 
     def _reap(self, proto: Twistd, transport: Any) -> defer.Deferred[Any] | None:
@@ -94,12 +51,11 @@ class TwistdTests(ProxyTestCase):
     @defer.inlineCallbacks
     def started(self, proto: Twistd) -> Any:
         """Wait until the child logs that it serves (its port is bound)."""
-        yield eventually(
-            lambda: "lnproxy started" in proto.text or proto.ended.called,
-            timeout=CHILD_TIMEOUT,
-            interval=0.05,
-        )
-        self.assertIn("lnproxy started", proto.text, proto.text)
+        try:
+            yield proto.wait_started().addTimeout(CHILD_TIMEOUT, reactor)
+        except RuntimeError:
+            pass  # it ended: the assertion below shows its output
+        self.assertIn(STARTED_LINE, proto.text, proto.text)
 
     @defer.inlineCallbacks
     def test_run_login_sigterm(self) -> Any:
@@ -227,13 +183,11 @@ class TwistdTests(ProxyTestCase):
         logfile = os.path.join(work, "twistd.log")
         port = free_port()
         launcher = Twistd()
-        args = [
-            sys.executable, "-c", TWISTD, f"--pidfile={pidfile}",
-            f"--logfile={logfile}", "lnproxy",
-            "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", data_dir,
-        ]
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        reactor.spawnProcess(launcher, sys.executable, args, env=env, path=work)
+        args, env = twistd_command(
+            port, data_dir, foreground=False, pidfile=pidfile,
+            twistd_args=[f"--logfile={logfile}"],
+        )  # fmt: skip
+        reactor.spawnProcess(launcher, args[0], args, env=env, path=work)
         yield launcher.ended.addTimeout(CHILD_TIMEOUT, reactor)
         self.assertEqual(launcher.reason.value.exitCode, 0, launcher.text)
 
@@ -243,7 +197,8 @@ class TwistdTests(ProxyTestCase):
 
         yield eventually(
             lambda: os.path.exists(logfile) and "lnproxy started" in log(),
-            timeout=CHILD_TIMEOUT, interval=0.05,
+            timeout=CHILD_TIMEOUT,
+            interval=0.05,
         )
         with open(pidfile) as f:
             daemon_pid = int(f.read())

@@ -32,6 +32,7 @@ from lnproxy.store import (
     DB_FILE,
     KEY_FILE,
     LOCK_FILE,
+    AccountRow,
     ConnectionRow,
     DataDirLocked,
     DBError,
@@ -40,6 +41,10 @@ from lnproxy.store import (
     SqliteStore,
     Store,
     StoreError,
+    UserTaken,
+    VaultEntry,
+    VaultFull,
+    VersionConflict,
     WebhookRow,
     dump_db,
     get_db,
@@ -192,7 +197,7 @@ class StoreContractTests(_ContractBase):
 
     def committed_count(self, table: str) -> int:
         """Count the committed rows of ``table`` (``"events"``,
-        ``"connections"`` or ``"webhooks"``) as a separate connection to
+        ``"connections"``, ``"webhooks"``, ``"vault"`` or ``"accounts"``) as a separate connection to
         the same storage sees them."""
         raise NotImplementedError
 
@@ -695,6 +700,158 @@ class StoreContractTests(_ContractBase):
         self.assertEqual(self.store.next_seq(A), 1)
         self.assertEqual(self.committed_count("events"), 0)
 
+    # -- vault --------------------------------------------------------------
+
+    def test_vault_round_trip(self) -> None:
+        """put (0 -> 1 -> 2), get, list and remove; a removed name reads as
+        never written and can be created again from version 0."""
+        s = self.store
+        self.assertIsNone(s.vault_get(A, "channels.v1"))
+        self.assertEqual(s.vault_put(A, "channels.v1", b"\x8f\x3a", 0, 8, 1.0), 1)
+        self.assertEqual(s.vault_get(A, "channels.v1"), (1, b"\x8f\x3a"))
+        self.assertEqual(s.vault_put(A, "channels.v1", b"abc", 1, 8, 2.0), 2)
+        self.assertEqual(s.vault_put(A, "a", b"", 0, 8, 3.0), 1)
+        self.assertEqual(s.vault_get(A, "a"), (1, b""))
+        self.assertEqual(
+            s.vault_list(A),
+            [VaultEntry("a", 1, 0), VaultEntry("channels.v1", 2, 3)],
+        )
+        s.vault_remove(A, "channels.v1", 2)
+        self.assertIsNone(s.vault_get(A, "channels.v1"))
+        self.assertEqual(s.vault_list(A), [VaultEntry("a", 1, 0)])
+        self.assertEqual(s.vault_put(A, "channels.v1", b"new", 0, 8, 4.0), 1)
+        self.assertEqual(self.committed_count("vault"), 2)
+
+    def test_vault_conflicts_change_nothing(self) -> None:
+        """A put or remove naming another version raises VersionConflict
+        with the current version and leaves the entry as it was."""
+        s = self.store
+        s.vault_put(A, "n", b"one", 0, 8, 1.0)
+        s.vault_put(A, "n", b"two", 1, 8, 1.0)
+        for stale in (0, 1, 3):
+            e = self.assertRaises(
+                VersionConflict, s.vault_put, A, "n", b"x", stale, 8, 2.0
+            )
+            self.assertEqual(e.current, 2)
+            e = self.assertRaises(VersionConflict, s.vault_remove, A, "n", stale)
+            self.assertEqual(e.current, 2)
+        self.assertEqual(s.vault_get(A, "n"), (2, b"two"))
+        e = self.assertRaises(VersionConflict, s.vault_put, A, "new", b"x", 5, 8, 2.0)
+        self.assertEqual(e.current, 0)
+        self.assertIsNone(s.vault_get(A, "new"))
+        e = self.assertRaises(VersionConflict, s.vault_remove, A, "new", 1)
+        self.assertEqual(e.current, 0)
+        s.vault_remove(A, "new", 0)  # nothing there, nothing to do
+        self.assertIsInstance(e, StoreError)
+
+    def test_vault_two_writers_one_wins(self) -> None:
+        """Two writers that read the same version: the first write wins,
+        the second conflicts, rereads and then wins."""
+        s = self.store
+        s.vault_put(A, "state", b"base", 0, 8, 1.0)
+        seen_by_1 = seen_by_2 = s.vault_get(A, "state")
+        assert seen_by_1 is not None and seen_by_2 is not None
+        self.assertEqual(s.vault_put(A, "state", b"w1", seen_by_1[0], 8, 2.0), 2)
+        e = self.assertRaises(
+            VersionConflict, s.vault_put, A, "state", b"w2", seen_by_2[0], 8, 2.0
+        )
+        self.assertEqual(e.current, 2)
+        self.assertEqual(s.vault_put(A, "state", b"w1+w2", e.current, 8, 3.0), 3)
+        self.assertEqual(s.vault_get(A, "state"), (3, b"w1+w2"))
+
+    def test_vault_entry_limit(self) -> None:
+        """New names beyond max_entries raise VaultFull (nothing stored);
+        existing names can still be rewritten, and removing frees a slot."""
+        s = self.store
+        s.vault_put(A, "a", b"1", 0, 2, 1.0)
+        s.vault_put(A, "b", b"1", 0, 2, 1.0)
+        self.assertRaises(VaultFull, s.vault_put, A, "c", b"1", 0, 2, 1.0)
+        self.assertIsNone(s.vault_get(A, "c"))
+        self.assertEqual(s.vault_put(A, "a", b"2", 1, 2, 1.0), 2)
+        s.vault_put(B, "c", b"1", 0, 2, 1.0)  # another node's own limit
+        s.vault_remove(A, "b", 1)
+        self.assertEqual(s.vault_put(A, "c", b"1", 0, 2, 1.0), 1)
+
+    def test_vault_isolation(self) -> None:
+        """One node never sees or touches another's entries."""
+        s = self.store
+        s.vault_put(A, "n", b"a-secret", 0, 8, 1.0)
+        self.assertIsNone(s.vault_get(B, "n"))
+        self.assertEqual(s.vault_list(B), [])
+        self.assertEqual(s.vault_put(B, "n", b"b", 0, 8, 1.0), 1)
+        self.assertRaises(VersionConflict, s.vault_remove, B, "n", 5)
+        s.vault_remove(B, "n", 1)
+        self.assertEqual(s.vault_get(A, "n"), (1, b"a-secret"))
+
+    def test_vault_and_accounts_survive_reopen(self) -> None:
+        """Vault entries and accounts are durable."""
+        self.store.vault_put(A, "n", b"blob", 0, 8, 1.0)
+        row = AccountRow("alice", A, "scrypt$14$8$1$00$11", b"sealed", 5.0)
+        self.store.set_account(row)
+        s2 = self.reopen_store(self.store)
+        self.assertEqual(s2.vault_get(A, "n"), (1, b"blob"))
+        self.assertEqual(s2.get_account("alice"), row)
+
+    # -- accounts -----------------------------------------------------------
+
+    def test_account_set_get_remove(self) -> None:
+        """set binds a user name, get finds it by exact name, remove
+        deletes the node's account."""
+        s = self.store
+        row = AccountRow("alice", A, "scrypt$14$8$1$00$11", b"sealed", 5.0)
+        s.set_account(row)
+        self.assertEqual(s.get_account("alice"), row)
+        self.assertIsNone(s.get_account("Alice"))
+        self.assertIsNone(s.get_account("bob"))
+        self.assertEqual(self.committed_count("accounts"), 1)
+        self.assertTrue(s.remove_account(A))
+        self.assertIsNone(s.get_account("alice"))
+        self.assertFalse(s.remove_account(A))
+
+    def test_account_replaced(self) -> None:
+        """A node has one account: a new set replaces it (also under a new
+        user name, which frees the old one)."""
+        s = self.store
+        s.set_account(AccountRow("alice", A, "h1", b"b1", 1.0))
+        s.set_account(AccountRow("alice", A, "h2", b"b2", 2.0))
+        self.assertEqual(
+            s.get_account("alice"), AccountRow("alice", A, "h2", b"b2", 2.0)
+        )
+        s.set_account(AccountRow("alice2", A, "h3", b"b3", 3.0))
+        self.assertIsNone(s.get_account("alice"))
+        self.assertEqual(
+            s.get_account("alice2"), AccountRow("alice2", A, "h3", b"b3", 3.0)
+        )
+        self.assertEqual(self.committed_count("accounts"), 1)
+        s.set_account(AccountRow("alice", B, "h4", b"b4", 4.0))
+        self.assertEqual(
+            s.get_account("alice"), AccountRow("alice", B, "h4", b"b4", 4.0)
+        )
+
+    def test_account_user_taken(self) -> None:
+        """A user name bound to another node raises UserTaken; nothing
+        changes for either node."""
+        s = self.store
+        s.set_account(AccountRow("alice", A, "h1", b"b1", 1.0))
+        s.set_account(AccountRow("bob", B, "h2", b"b2", 1.0))
+        e = self.assertRaises(
+            UserTaken, s.set_account, AccountRow("alice", B, "h3", b"b3", 2.0)
+        )
+        self.assertIsInstance(e, StoreError)
+        self.assertEqual(
+            s.get_account("alice"), AccountRow("alice", A, "h1", b"b1", 1.0)
+        )
+        self.assertEqual(s.get_account("bob"), AccountRow("bob", B, "h2", b"b2", 1.0))
+        self.assertFalse(s.remove_account(node(0xC)))
+        self.assertIsNotNone(s.get_account("alice"))
+
+    def test_account_row_repr_hides_secrets(self) -> None:
+        """An AccountRow's repr shows neither the auth hash nor the blob."""
+        text = repr(AccountRow("alice", A, "scrypt$secret-hash", b"sealed-key", 1.0))
+        self.assertNotIn("secret-hash", text)
+        self.assertNotIn("sealed-key", text)
+        self.assertIn("alice", text)
+
     def test_writable_probe_changes_nothing(self) -> None:
         """writable() is True on a healthy store, also inside a transaction
         whose writes it does not disturb, and changes nothing itself."""
@@ -733,7 +890,7 @@ class SqliteContractTests(StoreContractTests, StoreTestCase):
 
     def committed_count(self, table: str) -> int:
         """Count with a separate sqlite3 connection (committed rows only)."""
-        assert table in {"events", "connections", "webhooks"}, table
+        assert table in {"events", "connections", "webhooks", "vault", "accounts"}
         conn = sqlite3.connect(os.path.join(self.data_dir, DB_FILE))
         try:
             (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
@@ -745,6 +902,12 @@ class SqliteContractTests(StoreContractTests, StoreTestCase):
         """``Store`` is the old name of SqliteStore: the same class."""
         self.assertIs(Store, SqliteStore)
         self.assertIsInstance(self.store, SqliteStore)
+
+
+#: The tables committed_count may be asked about.
+COMMITTED_TABLES = frozenset(
+    {"events", "connections", "webhooks", "vault", "accounts", "peer_storage"}
+)
 
 
 class PostgresContractTests(StoreContractTests, SynchronousTestCase):
@@ -774,7 +937,7 @@ class PostgresContractTests(StoreContractTests, SynchronousTestCase):
         """Count with a separate connection (committed rows only)."""
         import psycopg
 
-        assert table in {"events", "connections", "webhooks"}, table
+        assert table in COMMITTED_TABLES, table
         with psycopg.connect(self.url, autocommit=True) as conn:
             row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
         assert row is not None
@@ -786,7 +949,7 @@ class DataDirTests(StoreTestCase):
 
     def test_create_fresh(self) -> None:
         """A missing data dir (and its missing parents) is created with mode
-        0700, holding a v3 database, a lock file and a valid 32-byte key, all
+        0700, holding a v4 database, a lock file and a valid 32-byte key, all
         owner-only."""
         data_dir = os.path.join(self.data_dir, "nested", "data")
         s = self.open_store(data_dir)
@@ -797,8 +960,8 @@ class DataDirTests(StoreTestCase):
         )
         for name in os.listdir(data_dir):
             self.assertEqual(file_mode(os.path.join(data_dir, name)), 0o600, name)
-        self.assertEqual(read_version(os.path.join(data_dir, DB_FILE)), 3)
-        self.assertEqual(Store.SCHEMA_VERSION, 3)
+        self.assertEqual(read_version(os.path.join(data_dir, DB_FILE)), 4)
+        self.assertEqual(Store.SCHEMA_VERSION, 4)
         self.assertEqual(len(s.server_secret), 32)
         coincurve.PrivateKey(s.server_secret)  # raises if invalid
         self.assertEqual(s.data_dir, data_dir)
@@ -1152,12 +1315,12 @@ class DatabaseTests(StoreTestCase):
         conn.close()
 
     def test_upgrade_v2_to_v3(self) -> None:
-        """A v2 database is backed up and upgraded to v3 with its rows kept;
-        peer storage works on it; its iterdump schema then equals a fresh
-        v3 database's, the new table included."""
+        """A v2 database is backed up and upgraded (to v3, then v4) with its
+        rows kept; peer storage works on it; its iterdump schema then equals
+        a fresh database's, the new table included."""
         self.make_v2_db()
         s = self.open_store()
-        self.assertEqual(read_version(self.db_path), 3)
+        self.assertEqual(read_version(self.db_path), 4)
         self.assertEqual(read_version(self.db_path + "-backup-v2"), 2)
         self.assertEqual(s.events_after(A, 0, 10), [event(A, 1)])
         self.assertEqual(s.next_seq(A), 2)
@@ -1177,12 +1340,12 @@ class DatabaseTests(StoreTestCase):
         self.assertTrue(any("peer_storage" in line for line in dump))
 
     def test_upgrade_v1_to_v2(self) -> None:
-        """A v1 database is backed up, upgraded (to v2, then v3) with its
-        rows kept, made owner-only, and then has exactly the schema of a
+        """A v1 database is backed up, upgraded (to v2, v3, then v4) with
+        its rows kept, made owner-only, and then has exactly the schema of a
         fresh database."""
         self.make_v1_db()
         s = self.open_store()
-        self.assertEqual(read_version(self.db_path), 3)
+        self.assertEqual(read_version(self.db_path), 4)
         self.assertEqual(file_mode(self.db_path), 0o600)
         backup = self.db_path + "-backup-v1"
         self.assertEqual(read_version(backup), 1)
@@ -1214,8 +1377,62 @@ class DatabaseTests(StoreTestCase):
         self.assertTrue(
             {"version", "nodes", "events", "connections", "webhooks"} <= names
         )
+        self.assertTrue({"peer_storage", "vault", "accounts"} <= names)
         self.assertIn("connections_node_id", names)
-        self.assertEqual(len(dump), 7)
+        self.assertEqual(len(dump), 9)
+
+    def make_v3_db(self) -> None:
+        """Build a v3 database from v3.sql with an event, a webhook and a
+        peer storage blob, as lnproxy before the vault would have left it."""
+        conn = sqlite3.connect(self.db_path, isolation_level=None)
+        conn.executescript(schema_sql("v3.sql"))
+        conn.execute("INSERT INTO version (version) VALUES (3)")
+        conn.execute("INSERT INTO nodes VALUES (?, ?)", (A, 2))
+        e = event(A, 1)
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            (e.node_id, e.seq, e.kind, int(e.summon), e.at, e.params),
+        )
+        conn.execute(
+            "INSERT INTO webhooks VALUES (?, ?, ?, ?)", (A, "w1", "https://x/", 1.0)
+        )
+        conn.execute(
+            "INSERT INTO peer_storage VALUES (?, ?, ?, ?)", (A, node(0xFEE), b"ps", 1.0)
+        )
+        conn.close()
+
+    def test_upgrade_v3_to_v4(self) -> None:
+        """A v3 database is backed up as v3, upgraded to v4 with its rows
+        kept, gets a working vault and accounts, and has exactly the schema
+        of a fresh v4 database."""
+        self.make_v3_db()
+        s = self.open_store()
+        self.assertEqual(read_version(self.db_path), 4)
+        self.assertEqual(read_version(self.db_path + "-backup-v3"), 3)
+        self.assertEqual(s.events_after(A, 0, 10), [event(A, 1)])
+        self.assertEqual(s.webhooks(A), [WebhookRow(A, "w1", "https://x/", 1.0)])
+        self.assertEqual(s.get_peer_storage(A, node(0xFEE)), b"ps")
+        self.assertEqual(s.vault_put(A, "n", b"x", 0, 8, 2.0), 1)
+        s.set_account(AccountRow("alice", A, "h", b"b", 2.0))
+        self.assertEqual(s.get_account("alice"), AccountRow("alice", A, "h", b"b", 2.0))
+        s.close()
+        fresh = get_db(os.path.join(self.data_dir, "fresh.sqlite"))
+        self.addCleanup(fresh.close)
+        upgraded = get_db(self.db_path)
+        self.addCleanup(upgraded.close)
+        self.assertEqual(schema_of(upgraded), schema_of(fresh))
+        _, master = schema_of(fresh)
+        self.assertTrue({"vault", "accounts"} <= {name for _, name, _, _ in master})
+
+    def test_upgrade_scripts_match_fresh_schema(self) -> None:
+        """The CREATE statements of upgrade-to-v4.sql appear word for word
+        in v4.sql (the two texts are kept identical)."""
+        upgrade = " ".join(schema_sql("upgrade-to-v4.sql").split())
+        fresh = " ".join(schema_sql("v4.sql").split())
+        for table in ("vault", "accounts"):
+            start = upgrade.index(f"CREATE TABLE {table}")
+            end = upgrade.index(";", start)
+            self.assertIn(upgrade[start:end], fresh)
 
     def test_upgrade_failure_leaves_v1(self) -> None:
         """If the upgrade script fails halfway, DBError is raised, the
@@ -1239,7 +1456,7 @@ class DatabaseTests(StoreTestCase):
         self.assertTrue(os.path.exists(self.db_path + "-backup-v1"))
         patcher.restore()
         s = self.open_store()
-        self.assertEqual(read_version(self.db_path), 3)
+        self.assertEqual(read_version(self.db_path), 4)
         self.assertEqual(s.next_seq(A), 3)
 
     def test_newer_version_refused(self) -> None:
@@ -1252,7 +1469,7 @@ class DatabaseTests(StoreTestCase):
         e = self.assertRaises(DBError, Store.open, self.data_dir)
         self.assertEqual(
             str(e),
-            f"{self.db_path} has schema version 99, newer than the version 3 "
+            f"{self.db_path} has schema version 99, newer than the version 4 "
             "this lnproxy understands; refusing to open it (run a newer "
             "lnproxy, or restore a backup)",
         )
@@ -1376,7 +1593,7 @@ class SqliteTransactionTests(StoreTestCase):
         self.assertTrue(self.store.writable())
         with self.store.transaction():
             self.assertTrue(self.store.writable())
-        self.assertEqual(read_version(self.db_path), 3)
+        self.assertEqual(read_version(self.db_path), SqliteStore.SCHEMA_VERSION)
 
     def test_writable_false_when_locked(self) -> None:
         """writable() is False when another connection holds SQLite's write

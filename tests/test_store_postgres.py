@@ -110,6 +110,8 @@ class SchemaTests(PgCase):
                 "connections",
                 "webhooks",
                 "peer_storage",
+                "vault",
+                "accounts",
             },
         )
 

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "max-handshakes-per-node": 16,
     "max-handshakes": 1024,
     "login-timeout": 30.0,
+    "max-vault-entries-per-node": 64,
     "max-requests-per-second": 5000.0,
     "database": "sqlite",
     "public-url": None,
@@ -84,6 +85,8 @@ class OptionsTests(SynchronousTestCase):
             "9",
             "--login-timeout",
             "10",
+            "--max-vault-entries-per-node",
+            "5",
             "--max-requests-per-second",
             "0",
             "--database",
@@ -118,6 +121,7 @@ class OptionsTests(SynchronousTestCase):
                 "max-handshakes-per-node": 4,
                 "max-handshakes": 9,
                 "login-timeout": 10.0,
+                "max-vault-entries-per-node": 5,
                 "max-requests-per-second": 0.0,
                 "database": "postgresql://lnproxy@db.internal/lnproxy",
                 "public-url": "wss://p1.example.com/",
@@ -181,6 +185,7 @@ class BadOptionsTests(SynchronousTestCase):
             "max-events-per-node",
             "max-handshakes-per-node",
             "max-handshakes",
+            "max-vault-entries-per-node",
         ):
             self.assertUsage(
                 f"--{name} must be a whole number, not '1.5'", f"--{name}", "1.5"

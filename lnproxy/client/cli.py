@@ -1,7 +1,7 @@
 """``lnproxy-client``: use a running proxy from a shell.
 
-Every command except ``keygen`` logs in to the proxy with the node key, does
-one thing and exits; ``listen`` stays and prints events.  The proxy URL and
+Every command except ``keygen`` and ``account restore`` logs in to the proxy
+with the node key, does one thing and exits; ``listen`` stays and prints events.  The proxy URL and
 the key file come from ``--proxy``/``--key`` or ``LNPROXY_URL``/``LNPROXY_KEY``.
 
 Output is for scripts: results go to stdout (a connection id, a webhook id,
@@ -23,6 +23,7 @@ from typing import Any
 from twisted.internet import defer
 
 from lnproxy import wire
+from lnproxy.client import cli_devices
 from lnproxy.client.errors import ClientError, ProxyUnreachable
 from lnproxy.client.events import Event
 from lnproxy.client.keyfile import (
@@ -192,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the last handled seq is kept (default: KEYFILE.state)",
     )
+    p.add_argument(
+        "--lease",
+        action="store_true",
+        help="take the node's writer lease (without force) at every login: "
+        "only the holder re-handshakes persistent peers",
+    )
 
     p = sub.add_parser(
         "webhook",
@@ -221,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Remove the webhook ID.",
     )
     w.add_argument("id", metavar="ID")
+    cli_devices.add_commands(sub, common)
     return parser
 
 
@@ -264,6 +272,16 @@ def _tls_options(args: argparse.Namespace, url: str) -> Any:
     return optionsForClientTLS(urlsplit(url).hostname or "", trustRoot=ca)
 
 
+def _server_id(args: argparse.Namespace) -> bytes | None:
+    server_id: bytes | None = getattr(args, "server_id", None)
+    if server_id is None and os.environ.get("LNPROXY_SERVER_ID"):
+        try:
+            server_id = bytes.fromhex(os.environ["LNPROXY_SERVER_ID"])
+        except ValueError:
+            raise CliError("LNPROXY_SERVER_ID is not hex") from None
+    return server_id
+
+
 def _make_client(
     reactor: Any,
     args: argparse.Namespace,
@@ -282,12 +300,7 @@ def _make_client(
         sys.stderr.write(
             f"{PROG}: warning: key file {path} is readable by other users\n"
         )
-    server_id = getattr(args, "server_id", None)
-    if server_id is None and os.environ.get("LNPROXY_SERVER_ID"):
-        try:
-            server_id = bytes.fromhex(os.environ["LNPROXY_SERVER_ID"])
-        except ValueError:
-            raise CliError("LNPROXY_SERVER_ID is not hex") from None
+    server_id = _server_id(args)
     try:
         return Client(
             reactor,
@@ -298,6 +311,7 @@ def _make_client(
             server_id=server_id,
             request_timeout=getattr(args, "timeout", 30.0),
             tls_options=_tls_options(args, str(url)),
+            lease=bool(getattr(args, "lease", False)),
         )
     except (ValueError, StateError) as e:
         raise CliError(str(e)) from None
@@ -345,6 +359,16 @@ def _one_shot(reactor: Any, args: argparse.Namespace, out: Any) -> Any:
         elif cmd == "connections":
             for c in (yield client.connections()):
                 _print_json(out, c)
+        elif cmd == "account":
+            secret = read_key_file(_key_path(args))
+            line = yield cli_devices.run_account(reactor, client, secret, args)
+            out.write(line + "\n")
+        elif cmd == "vault":
+            for item in (yield cli_devices.run_vault(client, args)):
+                if isinstance(item, str):
+                    out.write(item + "\n")
+                else:
+                    _print_json(out, item)
         elif cmd == "webhook":
             action = args.webhook_command
             if action == "set":
@@ -390,6 +414,23 @@ def _listen(reactor: Any, args: argparse.Namespace, out: Any) -> Any:
         yield client.stopService()
 
 
+@defer.inlineCallbacks
+def _restore(reactor: Any, args: argparse.Namespace, out: Any) -> Any:
+    url = _setting(args, "proxy", "LNPROXY_URL")
+    if not url:
+        raise CliError("no proxy URL: use --proxy URL or set LNPROXY_URL")
+    node_id = yield cli_devices.account_restore(
+        reactor,
+        str(url),
+        args,
+        _key_path(args),
+        server_id=_server_id(args),
+        tls_options=_tls_options(args, str(url)),
+        timeout=getattr(args, "timeout", 30.0) + 30.0,
+    )
+    out.write(node_id + "\n")
+
+
 def run(
     reactor: Any, args: argparse.Namespace, out: Any = None
 ) -> defer.Deferred[None]:
@@ -408,11 +449,13 @@ def run(
         try:
             if args.command == "keygen":
                 keygen(args, out)
+            elif args.command == "account" and args.account_command == "restore":
+                yield _restore(reactor, args, out)
             elif args.command == "listen":
                 yield _listen(reactor, args, out)
             else:
                 yield _one_shot(reactor, args, out)
-        except (CliError, ClientError) as e:
+        except (CliError, ClientError, cli_devices.CommandError) as e:
             sys.stderr.write(f"{PROG}: {e}\n")
             raise SystemExit(1) from None
 

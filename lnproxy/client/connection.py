@@ -341,6 +341,8 @@ class ProxyConnection:
 
         self.server_id: bytes | None = None
         self.limits: dict[str, Any] = {}
+        #: ``hello.features`` of the proxy.
+        self.features: frozenset[str] = frozenset()
         self.login_info: LoginInfo | None = None
         self._service: ClientService | None = None
         #: The WebSocket of the current attempt (logged in or not).
@@ -559,6 +561,12 @@ class ProxyConnection:
         self.server_id = server_id
         limits = params.get("limits")
         self.limits = limits if isinstance(limits, dict) else {}
+        features = params.get("features")
+        self.features = frozenset(
+            f
+            for f in (features if isinstance(features, list) else [])
+            if isinstance(f, str)
+        )
         try:
             self._owner.adopt_server(server_id)
         except Exception as e:

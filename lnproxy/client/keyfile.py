@@ -12,7 +12,13 @@ import stat
 
 from lnproxy import keys
 
-__all__ = ["KeyFileError", "generate_key_file", "read_key_file", "is_private"]
+__all__ = [
+    "KeyFileError",
+    "generate_key_file",
+    "write_key_file",
+    "read_key_file",
+    "is_private",
+]
 
 
 class KeyFileError(Exception):
@@ -29,6 +35,18 @@ def generate_key_file(path: str) -> bytes:
     # not is ~2^-128, but checking costs nothing.
     while not _valid_secret(secret):
         secret = os.urandom(32)
+    return write_key_file(path, secret)
+
+
+def write_key_file(path: str, secret: bytes) -> bytes:
+    """Write an existing node secret (e.g. restored from an account) to a
+    new key file ``path``, mode 0600; return its node id.
+
+    :raise KeyFileError: when ``path`` exists or cannot be created, or the
+        secret is not a node key.
+    """
+    if len(secret) != 32 or not _valid_secret(secret):
+        raise KeyFileError("not a node key (32 bytes, a valid secp256k1 secret)")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

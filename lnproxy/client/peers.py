@@ -121,6 +121,11 @@ class Peers:
     :param retry_policy: ``attempt -> seconds`` between re-handshakes.
     :param narrate: ``fn(step, detail)`` as a handshake progresses.
     :param linked: ``fn(link)`` after each successful re-handshake.
+    :param may_rehandshake: ``fn()``: whether re-handshakes may start now
+        (not while another device holds the writer lease).
+    :param refused: ``fn(error, peer)``: True when a failed re-handshake
+        must stop without a retry (the writer lease, code 11); the peer
+        stays on record.
     """
 
     _log = Logger()
@@ -135,6 +140,8 @@ class Peers:
         retry_policy: Callable[[int], float],
         narrate: Callable[[str, str], None],
         linked: Callable[[PeerLink], None],
+        may_rehandshake: Callable[[], bool] = lambda: True,
+        refused: Callable[[ClientError, str], bool] = lambda e, node: False,
     ) -> None:
         self._requests = requests
         self.clock = clock
@@ -144,6 +151,8 @@ class Peers:
         self.retry_policy = retry_policy
         self._narrate = narrate
         self._linked = linked
+        self._may_rehandshake = may_rehandshake
+        self._refused = refused
         self._running = False
         #: Our links, by connection id, until their ``closed`` is recorded.
         self._links: dict[str, PeerLink] = {}
@@ -179,6 +188,10 @@ class Peers:
         if isinstance(c, dict) and isinstance(c.get("conn"), str):
             if isinstance(c.get("address"), str):
                 self._addresses[c["conn"]] = c["address"]
+
+    def link(self, conn: str) -> PeerLink | None:
+        """The link this client opened as ``conn``, if it is still known."""
+        return self._links.get(conn)
 
     def known(self, conn: str) -> bool:
         """Whether an address is remembered for connection ``conn``."""
@@ -293,6 +306,8 @@ class Peers:
     def _start_rehandshake(self, node: str) -> None:
         if node in self._rehandshakes or not self._running:
             return
+        if not self._may_rehandshake():
+            return  # another device holds the writer lease
         d = self._rehandshake(node)
         if d.called:
             return
@@ -325,6 +340,8 @@ class Peers:
                         features=bytes.fromhex(entry.get("features", "")),
                     )
             except ClientError as e:
+                if self._refused(e, node):
+                    return  # kept on record until we hold the lease
                 attempt += 1
                 delay = self.retry_policy(attempt)
                 self._log.info(

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from lnproxy import keys
 from lnproxy.client.connection import LoginInfo, ProxyConnection
+from lnproxy.client.devices import DevicesMixin
 from lnproxy.client.errors import ClientError, ClientStopped
 from lnproxy.client.events import Event, EventPipeline
 from lnproxy.client.peers import PeerLink, Peers, parse_peer
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-class Client(service.Service):
+class Client(DevicesMixin, service.Service):
     """A node's connection to an lnproxy (see the module docstring).
 
     :param reactor: the reactor (TCP, TLS, timers).
@@ -109,8 +110,10 @@ class Client(service.Service):
         tls_options: Any = None,
         clock: IReactorTime | None = None,
         connect_timeout: float = 10.0,
+        lease: bool = False,
     ) -> None:
         self.url = url
+        self._reactor = reactor
         self.clock: IReactorTime = clock or reactor
         self._secret = node_secret
         self.node_id = keys.public_key(node_secret)
@@ -147,6 +150,8 @@ class Client(service.Service):
             self.retry_policy,
             narrate=self._narrate,
             linked=self._linked,
+            may_rehandshake=self._devices_may_rehandshake,
+            refused=self._devices_rehandshake_refused,
         )
         self._events = EventPipeline(
             self.clock,
@@ -163,6 +168,8 @@ class Client(service.Service):
         self.on_disconnect: list[Callable[[], Any]] = []
         self.on_handshake: list[Callable[[str, str], Any]] = []
         self._aborted = False
+        # Several devices: the writer lease, the vault's peer list.
+        self._devices_init(lease)
 
     def __repr__(self) -> str:
         return f"<Client node={self.node_id.hex()[:16]}... url={self.url}>"
@@ -197,6 +204,11 @@ class Client(service.Service):
     def limits(self) -> dict[str, Any]:
         """The ``limits`` of the last ``hello``."""
         return self._connection.limits
+
+    @property
+    def server_features(self) -> frozenset[str]:
+        """The ``features`` of the last ``hello``."""
+        return self._connection.features
 
     @property
     def login_info(self) -> LoginInfo | None:
@@ -293,11 +305,15 @@ class Client(service.Service):
             self._peers.remember(c)
         for fn in list(self.on_login):
             self._guard(fn, info)
-        self._peers.resume()
+        # Takes the lease again if wanted, then resumes the re-handshakes.
+        self._devices_logged_in()
         self._events.pump()
 
     def notification_received(self, method: str, params: dict[str, Any]) -> None:
-        """An event (anything with a seq) goes to the pipeline."""
+        """A session notification (``lease``) is handled here; an event
+        (anything with a seq) goes to the pipeline."""
+        if self._devices_notification(method, params):
+            return
         seq = params.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool):
             self._log.warn(
@@ -310,6 +326,7 @@ class Client(service.Service):
 
     def session_lost(self, reason: str) -> None:
         """The logged-in WebSocket closed; the connection reconnects."""
+        self._devices_closed()
         for fn in list(self.on_disconnect):
             self._guard(fn)
 
@@ -368,7 +385,13 @@ class Client(service.Service):
             did not authenticate (code 5; ``local`` when we found it).
         """
         d: defer.Deferred[PeerLink] = self._peers.open(peer, persist, features)
-        return d
+
+        def opened(link: PeerLink) -> PeerLink:
+            if link.persist:
+                self._devices_link_opened(link.peer, link.address, link.features)
+            return link
+
+        return d.addCallback(opened)
 
     def send(self, conn: str, msg: bytes) -> defer.Deferred[None]:
         """Send one Lightning message (type included) on a connection."""
@@ -377,8 +400,15 @@ class Client(service.Service):
         )
 
     def disconnect(self, conn: str) -> defer.Deferred[None]:
-        """Close a connection; its ``closed`` event has ``reconnect: false``."""
-        return self.call("disconnect", {"conn": conn}).addCallback(lambda _: None)
+        """Close a connection; its ``closed`` event has ``reconnect: false``
+        (a persistent peer leaves the vault's peer list)."""
+        link = self._peers.link(conn)
+
+        def done(_: Any) -> None:
+            if link is not None and link.persist:
+                self._devices_link_dropped(link.peer)
+
+        return self.call("disconnect", {"conn": conn}).addCallback(done)
 
     def connections(self) -> defer.Deferred[list[dict[str, Any]]]:
         """The node's connection objects (closed but unacknowledged included)."""
@@ -423,6 +453,18 @@ class Client(service.Service):
                     "ack {seq} not sent: {e}", seq=seq, e=f.getErrorMessage()
                 )
             )
+
+    def _resume_rehandshakes(self) -> None:
+        """Start every re-handshake the state lists."""
+        self._peers.resume()
+
+    def _record_rehandshakes(self, entries: dict[str, dict[str, str]]) -> None:
+        """Add peers to re-handshake to the state's record."""
+
+        def add(st: ClientState) -> ClientState:
+            return st.evolve(rehandshake={**st.rehandshake, **entries})
+
+        self._saved.update(add)
 
     def _narrate(self, step: str, detail: str) -> None:
         for fn in list(self.on_handshake):

@@ -18,6 +18,7 @@ Everything importable from ``lnproxy.store`` before the split still is.
 from lnproxy.store.datadir import KEY_FILE, LOCK_FILE
 from lnproxy.store.interface import (
     CONNECTION_STATES,
+    AccountRow,
     ConnectionRow,
     DataDirLocked,
     DBError,
@@ -25,6 +26,10 @@ from lnproxy.store.interface import (
     IStore,
     NodeLost,
     StoreError,
+    UserTaken,
+    VaultEntry,
+    VaultFull,
+    VersionConflict,
     WebhookRow,
 )
 from lnproxy.store.schema import SCHEMA_VERSION, dump_db, get_db
@@ -43,6 +48,11 @@ __all__ = [
     "EventRow",
     "ConnectionRow",
     "WebhookRow",
+    "VaultEntry",
+    "AccountRow",
+    "VersionConflict",
+    "VaultFull",
+    "UserTaken",
     "IStore",
     "SqliteStore",
     "Store",

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zope.interface import Attribute, Interface
 
@@ -47,6 +47,11 @@ __all__ = [
     "EventRow",
     "ConnectionRow",
     "WebhookRow",
+    "VaultEntry",
+    "AccountRow",
+    "VersionConflict",
+    "VaultFull",
+    "UserTaken",
     "IStore",
 ]
 
@@ -65,6 +70,25 @@ class StoreError(Exception):
 class DBError(StoreError):
     """The database cannot be used: unreadable, not ours, or a schema
     version this code cannot create, upgrade or understand."""
+
+
+class VersionConflict(StoreError):
+    """A vault write named a version that is not the entry's current one.
+
+    :param current: the entry's current version (0 if it does not exist).
+    """
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"version conflict: the current version is {current}")
+        self.current = current
+
+
+class VaultFull(StoreError):
+    """A new vault name would exceed the node's entry limit."""
+
+
+class UserTaken(StoreError):
+    """An account user name is already bound to another node."""
 
 
 class DataDirLocked(StoreError):
@@ -151,6 +175,39 @@ class WebhookRow:
     webhook_id: str
     url: str
     created: float
+
+
+@dataclass(frozen=True)
+class VaultEntry:
+    """One vault entry of a node, as ``vault.list`` shows it.
+
+    :param name: the entry's name.
+    :param version: its current version, from 1.
+    :param size: the blob's length in bytes.
+    """
+
+    name: str
+    version: int
+    size: int
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    """The account of a node.
+
+    :param user: the user name (unique over all nodes).
+    :param node_id: the node, lowercase hex.
+    :param auth_hash: the slow, salted hash of the client's ``auth``
+        (:func:`lnproxy.accounts.hash_auth`); never ``auth`` itself.
+    :param blob: the node key as the client encrypted it.
+    :param updated: unix seconds of the last ``account.set``.
+    """
+
+    user: str
+    node_id: str
+    auth_hash: str = field(repr=False)
+    blob: bytes = field(repr=False)
+    updated: float
 
 
 class IStore(Interface):
@@ -318,6 +375,68 @@ class IStore(Interface):
         """Return the number of the node's webhooks.
 
         :param node_id: the node.
+        """
+
+    def vault_get(node_id: str, name: str) -> tuple[int, bytes] | None:
+        """Return ``(version, blob)`` of the node's entry, or None when the
+        name was never written or was removed.
+
+        :param node_id: the node; another node's entries are never seen.
+        :param name: the entry's name.
+        """
+
+    def vault_put(
+        node_id: str, name: str, blob: bytes, version: int, max_entries: int, now: float
+    ) -> int:
+        """Write an entry if its current version is ``version`` (0: the name
+        does not exist), atomically (compare-and-swap).
+
+        :param node_id: the node.
+        :param name: the entry's name.
+        :param blob: the new content.
+        :param version: the version this write replaces.
+        :param max_entries: the node's entry limit; only a new name counts.
+        :param now: unix seconds, kept as the entry's ``updated``.
+        :return: the new version, ``version + 1``.
+        :raises VersionConflict: when ``version`` is not the current one
+            (nothing changes); its ``current`` is the current version.
+        :raises VaultFull: when a new name would make more than
+            ``max_entries`` (nothing changes).
+        """
+
+    def vault_list(node_id: str) -> list[VaultEntry]:
+        """Return the node's entries, ordered by name.
+
+        :param node_id: the node.
+        """
+
+    def vault_remove(node_id: str, name: str, version: int) -> None:
+        """Delete an entry if its current version is ``version``.
+
+        Removing a name that does not exist with ``version`` 0 changes
+        nothing and succeeds.
+
+        :raises VersionConflict: when ``version`` is not the current one.
+        """
+
+    def set_account(row: AccountRow) -> None:
+        """Bind ``row.user`` to ``row.node_id``, replacing the node's
+        previous account (whatever its user name), atomically.
+
+        :raises UserTaken: when the user name belongs to another node
+            (nothing changes).
+        """
+
+    def get_account(user: str) -> AccountRow | None:
+        """Return the account of a user name, or None.
+
+        :param user: the user name, compared exactly.
+        """
+
+    def remove_account(node_id: str) -> bool:
+        """Delete the node's account.
+
+        :return: whether it had one.
         """
 
     def put_peer_storage(node_id: str, peer: str, blob: bytes, at: float) -> None:

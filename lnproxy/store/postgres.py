@@ -50,12 +50,17 @@ from lnproxy.store import datadir
 from lnproxy.store.interface import (
     CONNECTION_STATES,
     MAX_PEER_STORAGE_BLOB,
+    AccountRow,
     ConnectionRow,
     DBError,
     EventRow,
     IStore,
     NodeLost,
     StoreError,
+    UserTaken,
+    VaultEntry,
+    VaultFull,
+    VersionConflict,
     WebhookRow,
 )
 
@@ -939,6 +944,165 @@ class PostgresStore:
                 .fetchone()
             )
         return int(row[0]) if row else 0
+
+    # -- vault ----------------------------------------------------------------
+
+    def vault_get(self, node_id: str, name: str) -> tuple[int, bytes] | None:
+        """Return ``(version, blob)`` of the node's entry, or None."""
+        with self._errors():
+            row = (
+                self._db()
+                .execute(
+                    "SELECT version, blob FROM vault WHERE node_id = %s AND name = %s",
+                    (node_id, name),
+                )
+                .fetchone()
+            )
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def _vault_version(self, conn: psycopg.Connection[Any], node_id: str, name: str) -> int:
+        row = conn.execute(
+            "SELECT version FROM vault WHERE node_id = %s AND name = %s FOR UPDATE",
+            (node_id, name),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def vault_put(
+        self,
+        node_id: str,
+        name: str,
+        blob: bytes,
+        version: int,
+        max_entries: int,
+        now: float,
+    ) -> int:
+        """Write an entry if its current version is ``version``; return the
+        new version. The entry's row is locked (and, when fencing, the node
+        row, as by every write of a node), so two writers naming the same
+        version cannot both win.
+
+        :raises VersionConflict: ``version`` is not the current one.
+        :raises VaultFull: a new name beyond ``max_entries``.
+        :raises NodeLost: if this process no longer owns the node.
+        """
+        try:
+            with self._write(savepoint=True) as conn:
+                self._guard(conn, [node_id])
+                current = self._vault_version(conn, node_id, name)
+                if current != version:
+                    raise VersionConflict(current)
+                if current == 0:
+                    (count,) = conn.execute(
+                        "SELECT count(*) FROM vault WHERE node_id = %s", (node_id,)
+                    ).fetchone() or (0,)
+                    if count >= max_entries:
+                        raise VaultFull(
+                            f"node {node_id} has {count} vault entries, the limit"
+                        )
+                    conn.execute(
+                        "INSERT INTO vault (node_id, name, version, blob, updated)"
+                        " VALUES (%s, %s, 1, %s, %s)",
+                        (node_id, name, bytes(blob), now),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE vault SET version = version + 1, blob = %s,"
+                        " updated = %s WHERE node_id = %s AND name = %s",
+                        (bytes(blob), now, node_id, name),
+                    )
+        except DBError as e:
+            if isinstance(e.__cause__, pg_errors.UniqueViolation):
+                # Another writer created the name first (only possible
+                # without fencing; with it the node row serializes writers).
+                raise VersionConflict(1) from e
+            raise
+        return version + 1
+
+    def vault_list(self, node_id: str) -> list[VaultEntry]:
+        """Return the node's entries (name, version, size), by name."""
+        with self._errors():
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT name, version, length(blob) FROM vault"
+                    " WHERE node_id = %s ORDER BY name COLLATE \"C\"",
+                    (node_id,),
+                )
+                .fetchall()
+            )
+        return [VaultEntry(name, int(v), int(size)) for name, v, size in rows]
+
+    def vault_remove(self, node_id: str, name: str, version: int) -> None:
+        """Delete an entry if its current version is ``version``.
+
+        :raises VersionConflict: ``version`` is not the current one.
+        :raises NodeLost: if this process no longer owns the node.
+        """
+        with self._write() as conn:
+            self._guard(conn, [node_id])
+            current = self._vault_version(conn, node_id, name)
+            if current != version:
+                raise VersionConflict(current)
+            conn.execute(
+                "DELETE FROM vault WHERE node_id = %s AND name = %s", (node_id, name)
+            )
+
+    # -- accounts -------------------------------------------------------------
+
+    def set_account(self, row: AccountRow) -> None:
+        """Bind the user name to the node, replacing the node's previous
+        account.
+
+        :raises UserTaken: the user name belongs to another node (also when
+            another process binds it at the same moment).
+        :raises NodeLost: if this process no longer owns the node.
+        """
+        try:
+            with self._write(savepoint=True) as conn:
+                self._guard(conn, [row.node_id])
+                taken = conn.execute(
+                    "SELECT node_id FROM accounts WHERE user_name = %s", (row.user,)
+                ).fetchone()
+                if taken is not None and taken[0] != row.node_id:
+                    raise UserTaken(f"user name {row.user!r} belongs to another node")
+                conn.execute("DELETE FROM accounts WHERE node_id = %s", (row.node_id,))
+                conn.execute(
+                    "INSERT INTO accounts (user_name, node_id, auth_hash, blob,"
+                    " updated) VALUES (%s, %s, %s, %s, %s)",
+                    (row.user, row.node_id, row.auth_hash, bytes(row.blob), row.updated),
+                )
+        except DBError as e:
+            if isinstance(e.__cause__, pg_errors.UniqueViolation):
+                raise UserTaken(
+                    f"user name {row.user!r} belongs to another node"
+                ) from e
+            raise
+
+    def get_account(self, user: str) -> AccountRow | None:
+        """Return the account of a user name, or None."""
+        with self._errors():
+            row = (
+                self._db()
+                .execute(
+                    "SELECT user_name, node_id, auth_hash, blob, updated FROM accounts"
+                    " WHERE user_name = %s",
+                    (user,),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        return AccountRow(row[0], row[1], row[2], bytes(row[3]), float(row[4]))
+
+    def remove_account(self, node_id: str) -> bool:
+        """Delete the node's account; return whether it had one.
+
+        :raises NodeLost: if this process no longer owns the node.
+        """
+        with self._write() as conn:
+            self._guard(conn, [node_id])
+            cur = conn.execute("DELETE FROM accounts WHERE node_id = %s", (node_id,))
+            return cur.rowcount > 0
 
     # -- peer storage -------------------------------------------------------
 

@@ -28,7 +28,7 @@ __all__ = ["SCHEMA_VERSION", "BUSY_TIMEOUT", "get_db", "dump_db"]
 _log = Logger()
 
 #: The schema version this code creates and works with.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Seconds SQLite waits for a lock held by another connection. Only an
 #: operator's tool can hold one (our own process is the only writer, guarded

@@ -27,10 +27,15 @@ from lnproxy.store import datadir
 from lnproxy.store.interface import (
     CONNECTION_STATES,
     MAX_PEER_STORAGE_BLOB,
+    AccountRow,
     ConnectionRow,
     EventRow,
     IStore,
     StoreError,
+    UserTaken,
+    VaultEntry,
+    VaultFull,
+    VersionConflict,
     WebhookRow,
 )
 from lnproxy.store.schema import SCHEMA_VERSION, get_db
@@ -572,6 +577,150 @@ class SqliteStore:
         )
         return int(count)
 
+    # -- vault --------------------------------------------------------------
+
+    def _vault_version(self, node_id: str, name: str) -> int:
+        row = (
+            self._db()
+            .execute(
+                "SELECT version FROM vault WHERE node_id = ? AND name = ?",
+                (node_id, name),
+            )
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    def vault_get(self, node_id: str, name: str) -> tuple[int, bytes] | None:
+        """Return ``(version, blob)`` of the node's entry, or None.
+
+        :param node_id: the node; another node's entries are never seen.
+        :param name: the entry's name.
+        """
+        row = (
+            self._db()
+            .execute(
+                "SELECT version, blob FROM vault WHERE node_id = ? AND name = ?",
+                (node_id, name),
+            )
+            .fetchone()
+        )
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def vault_put(
+        self,
+        node_id: str,
+        name: str,
+        blob: bytes,
+        version: int,
+        max_entries: int,
+        now: float,
+    ) -> int:
+        """Write an entry if its current version is ``version``; return the
+        new version.  Check and write happen in one ``BEGIN IMMEDIATE``
+        transaction, so two writers naming the same version cannot both
+        win.
+
+        :raises VersionConflict: ``version`` is not the current one.
+        :raises VaultFull: a new name beyond ``max_entries``.
+        """
+        with self.transaction():
+            current = self._vault_version(node_id, name)
+            if current != version:
+                raise VersionConflict(current)
+            db = self._db()
+            if current == 0:
+                (count,) = db.execute(
+                    "SELECT count(*) FROM vault WHERE node_id = ?", (node_id,)
+                ).fetchone()
+                if count >= max_entries:
+                    raise VaultFull(
+                        f"node {node_id} has {count} vault entries, the limit"
+                    )
+                db.execute(
+                    "INSERT INTO vault (node_id, name, version, blob, updated)"
+                    " VALUES (?, ?, 1, ?, ?)",
+                    (node_id, name, blob, now),
+                )
+            else:
+                db.execute(
+                    "UPDATE vault SET version = version + 1, blob = ?, updated = ?"
+                    " WHERE node_id = ? AND name = ?",
+                    (blob, now, node_id, name),
+                )
+        return version + 1
+
+    def vault_list(self, node_id: str) -> list[VaultEntry]:
+        """Return the node's entries (name, version, size), by name.
+
+        :param node_id: the node.
+        """
+        cursor = self._db().execute(
+            "SELECT name, version, length(blob) FROM vault"
+            " WHERE node_id = ? ORDER BY name",
+            (node_id,),
+        )
+        return [VaultEntry(name, int(v), int(size)) for name, v, size in cursor]
+
+    def vault_remove(self, node_id: str, name: str, version: int) -> None:
+        """Delete an entry if its current version is ``version``.
+
+        :raises VersionConflict: ``version`` is not the current one.
+        """
+        with self.transaction():
+            current = self._vault_version(node_id, name)
+            if current != version:
+                raise VersionConflict(current)
+            self._db().execute(
+                "DELETE FROM vault WHERE node_id = ? AND name = ?", (node_id, name)
+            )
+
+    # -- accounts -----------------------------------------------------------
+
+    def set_account(self, row: AccountRow) -> None:
+        """Bind the user name to the node, replacing the node's previous
+        account.
+
+        :raises UserTaken: the user name belongs to another node.
+        """
+        with self.transaction():
+            db = self._db()
+            taken = db.execute(
+                "SELECT node_id FROM accounts WHERE user_name = ?", (row.user,)
+            ).fetchone()
+            if taken is not None and taken[0] != row.node_id:
+                raise UserTaken(f"user name {row.user!r} belongs to another node")
+            db.execute("DELETE FROM accounts WHERE node_id = ?", (row.node_id,))
+            db.execute(
+                "INSERT INTO accounts (user_name, node_id, auth_hash, blob, updated)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (row.user, row.node_id, row.auth_hash, row.blob, row.updated),
+            )
+
+    def get_account(self, user: str) -> AccountRow | None:
+        """Return the account of a user name, or None.
+
+        :param user: the user name, compared exactly.
+        """
+        row = (
+            self._db()
+            .execute(
+                "SELECT user_name, node_id, auth_hash, blob, updated FROM accounts"
+                " WHERE user_name = ?",
+                (user,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return AccountRow(row[0], row[1], row[2], bytes(row[3]), row[4])
+
+    def remove_account(self, node_id: str) -> bool:
+        """Delete the node's account; return whether it had one."""
+        with self.transaction():
+            cursor = self._db().execute(
+                "DELETE FROM accounts WHERE node_id = ?", (node_id,)
+            )
+        return cursor.rowcount > 0
     # -- peer storage -------------------------------------------------------
 
     def put_peer_storage(self, node_id: str, peer: str, blob: bytes, at: float) -> None:

@@ -89,3 +89,28 @@ CREATE TABLE peer_storage
  at DOUBLE PRECISION NOT NULL,
  PRIMARY KEY (node_id, peer)
 );
+
+-- The vault: small opaque blobs per node under a name, each with a version
+-- that every write must name (compare-and-swap); a removed entry is deleted
+-- (its version is 0 again).
+CREATE TABLE vault
+(
+ node_id TEXT NOT NULL,
+ name TEXT NOT NULL,
+ version BIGINT NOT NULL CHECK (version >= 1),
+ blob BYTEA NOT NULL,
+ updated DOUBLE PRECISION NOT NULL,
+ PRIMARY KEY (node_id, name)
+);
+
+-- Accounts: one per node, one node per user name. auth_hash is a slow
+-- salted hash of the client's auth (never auth itself); blob is the node
+-- key encrypted by the client with a key the proxy never sees.
+CREATE TABLE accounts
+(
+ user_name TEXT PRIMARY KEY,
+ node_id TEXT NOT NULL UNIQUE,
+ auth_hash TEXT NOT NULL,
+ blob BYTEA NOT NULL,
+ updated DOUBLE PRECISION NOT NULL
+);
