@@ -11,8 +11,9 @@ node's sessions, through the ``offer`` callable the hub gives) and shown to
 that a crash could lose.  When the commit fails, everything is kept and the
 same rows (same seqs) are tried again after ``retry_delay`` seconds.
 
-With a database executor (PostgreSQL, docs/architecture.md, "The store")
-the commit runs on the executor's writer thread instead of inline: one
+With a database executor (PostgreSQL; docs/architecture.md, "PostgreSQL
+and several processes") the commit runs on the executor's writer thread
+instead of inline: one
 commit is in flight at a time, events of later turns gather meanwhile and
 go in the next one, and the offer still happens only after the commit
 (back on the reactor thread). A commit refused with

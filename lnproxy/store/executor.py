@@ -17,9 +17,10 @@ connections (one store object per thread; a store is not thread-safe):
   (its own connection, no transaction), or the writer when there is none.
 
 Why threads rather than psycopg's asyncio API is argued in
-docs/architecture.md ("The store"): in short, the reactor is not an asyncio
-loop in every deployment, the store interface is synchronous and shared with
-SQLite, and one writer thread gives group commit for free.
+docs/architecture.md, "PostgreSQL and several processes": in short, the
+reactor is not an asyncio loop in every deployment, the store interface is
+synchronous and shared with SQLite, and one writer thread gives group
+commit for free.
 """
 
 from __future__ import annotations
