@@ -120,7 +120,10 @@ def postgres_rate(
     alive = [writers]
     lock = threading.Lock()
     stores = [PostgresStore.open(url, key_path=key_path) for _ in range(writers)]
-    executors = [DatabaseExecutor(Reactor(), s) for s in stores]  # type: ignore[arg-type]
+    executors = [
+        DatabaseExecutor(Reactor(), s)  # type: ignore[arg-type]
+        for s in stores
+    ]
     for ex in executors:
         ex.start()
 

@@ -464,7 +464,8 @@ class ClientProtocol(WebSocketServerProtocol):
         if f.check(RpcError):
             self._answer_error(has_id, req_id, f.value)
         elif f.check(HubError):
-            self._answer_error(has_id, req_id, RpcError(f.value.code, f.value.message, f.value.data))
+            e = f.value
+            self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))
         elif f.check(DeviceError):
             e = f.value
             self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))

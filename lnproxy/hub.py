@@ -745,6 +745,10 @@ class Node:
         return sum(1 for c in self.connections.values() if c.life.state in PENDING)
 
 
+#: What :meth:`Hub.login` gives: the session and the login result.
+LoginResult = tuple["Session", dict[str, Any]]
+
+
 def _connection_object(row: ConnectionRow) -> dict[str, Any]:
     """The protocol's connection object of a stored row."""
     return {
@@ -943,7 +947,7 @@ class Hub(service.Service):
 
     def login(
         self, node_id: str, sink: EventSink
-    ) -> tuple[Session, dict[str, Any]] | defer.Deferred[tuple[Session, dict[str, Any]]]:
+    ) -> LoginResult | defer.Deferred[LoginResult]:
         """Attach a session to a node.
 
         With PostgreSQL, a Deferred: the node is claimed first (it fails
@@ -1095,7 +1099,9 @@ class Hub(service.Service):
                 try:
                     session.sink.close_session("node moved to another process")
                 except Exception:
-                    self._log.failure("could not close a session of {node}", node=node_id)
+                    self._log.failure(
+                        "could not close a session of {node}", node=node_id
+                    )
             node.sessions.clear()
             for conn in list(node.connections.values()):
                 self.connections.pop(conn.conn_id, None)

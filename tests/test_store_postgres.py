@@ -227,7 +227,9 @@ class SchemaTests(PgCase):
         )
         self.assertIn("cannot connect", str(e))
         missing = self.url.rsplit("/", 1)[0] + "/no_such_db"
-        e = self.assertRaises(DBError, PostgresStore.open, missing, key_path=self.key_path)
+        e = self.assertRaises(
+            DBError, PostgresStore.open, missing, key_path=self.key_path
+        )
         self.assertIn("no_such_db", str(e))
 
     def test_describe_url_hides_password(self) -> None:

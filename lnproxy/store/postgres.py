@@ -960,7 +960,10 @@ class PostgresStore:
             )
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    def _vault_version(self, conn: psycopg.Connection[Any], node_id: str, name: str) -> int:
+    def _vault_version(
+        self, conn: psycopg.Connection[Any], node_id: str, name: str
+    ) -> int:
+        """The entry's current version (0 if none), its row locked."""
         row = conn.execute(
             "SELECT version FROM vault WHERE node_id = %s AND name = %s FOR UPDATE",
             (node_id, name),
@@ -1069,7 +1072,13 @@ class PostgresStore:
                 conn.execute(
                     "INSERT INTO accounts (user_name, node_id, auth_hash, blob,"
                     " updated) VALUES (%s, %s, %s, %s, %s)",
-                    (row.user, row.node_id, row.auth_hash, bytes(row.blob), row.updated),
+                    (
+                        row.user,
+                        row.node_id,
+                        row.auth_hash,
+                        bytes(row.blob),
+                        row.updated,
+                    ),
                 )
         except DBError as e:
             if isinstance(e.__cause__, pg_errors.UniqueViolation):
@@ -1479,7 +1488,9 @@ class PostgresStore:
         Only rows this process owns at its epoch are changed.
         """
         me = self._registered()
-        held = [(n, self._epochs[n]) for n in sorted(set(node_ids)) if n in self._epochs]
+        held = [
+            (n, self._epochs[n]) for n in sorted(set(node_ids)) if n in self._epochs
+        ]
         if not held:
             return
         with self._write(savepoint=True) as conn:
