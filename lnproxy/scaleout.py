@@ -90,10 +90,13 @@ class ReactorStore:
         """The number of the node's webhooks."""
         return len(self._webhooks.get(node_id, ()))
 
-    def add_webhook(self, row: WebhookRow) -> None:
+    def add_webhook(self, row: WebhookRow) -> defer.Deferred[None]:
         """Add a webhook here at once and in the database by the next
         group commit.
 
+        :return: fires once the row is committed (``webhook.set`` answers
+            then); fails, with the webhook taken out again, if the write
+            failed.
         :raises StoreError: if the node has one with that id, or is not
             served by this process.
         """
@@ -105,7 +108,16 @@ class ReactorStore:
                 f"node {row.node_id} already has a webhook {row.webhook_id!r}"
             )
         hooks.append(row)
-        self._queue(row.node_id, lambda s: s.add_webhook(row))
+
+        def undo(f: Failure) -> Failure:
+            kept = self._webhooks.get(row.node_id)
+            if kept is not None and row in kept:
+                kept.remove(row)
+            return f
+
+        return self._queue(row.node_id, lambda s: s.add_webhook(row)).addErrback(
+            undo
+        )
 
     def remove_webhook(self, node_id: str, webhook_id: str) -> bool:
         """Remove a webhook here at once and in the database by the next
@@ -115,20 +127,25 @@ class ReactorStore:
         if len(kept) == len(hooks):
             return False
         self._webhooks[node_id] = kept
-        self._queue(node_id, lambda s: s.remove_webhook(node_id, webhook_id))
+        self._queue(node_id, lambda s: s.remove_webhook(node_id, webhook_id)).addErrback(
+            lambda _: None
+        )
         return True
 
-    def _queue(self, node_id: str, fn: Callable[[PostgresStore], Any]) -> None:
+    def _queue(
+        self, node_id: str, fn: Callable[[PostgresStore], Any]
+    ) -> defer.Deferred[None]:
         """Queue a webhook write; a lost node is reported, other errors
-        logged (the row stays in memory and is lost with the process)."""
+        logged; the Deferred fails then too."""
 
-        def failed(f: Failure) -> None:
+        def failed(f: Failure) -> Failure:
             if isinstance(f.value, NodeLost):
                 self._on_lost(f.value.node_ids)
             else:
                 _log.failure("could not store a webhook of {node}", f, node=node_id)
+            return f
 
-        self.executor.write(fn).addErrback(failed)
+        return self.executor.write(fn).addCallback(lambda _: None).addErrback(failed)
 
     def get_peer_storage(self, node_id: str, peer: str) -> bytes | None:
         """The blob a peer of the node gave, as loaded when the node was
