@@ -32,6 +32,10 @@ from lnproxy.testing import spawn_twistd
 from lnproxy.testing_postgres import PostgresUnavailable, TemporaryPostgres
 
 from . import test_service_devices as devices_tests
+from . import test_service_inbox as inbox_tests
+from . import test_service_relay as relay_tests
+from . import test_service_smoke as smoke_tests
+from . import test_webhook_e2e as webhook_tests
 from .harness import ProxyTestCase, RpcFailed, eventually, free_port
 from .pg import new_database, shared_postgres
 from .test_webhook_e2e import Receiver
@@ -487,3 +491,52 @@ class PostgresVaultTests(_OnPostgres, devices_tests.VaultTests):
 
 class PostgresAccountTests(_OnPostgres, devices_tests.AccountTests):
     """The account tests of tests/test_service_devices.py on PostgreSQL."""
+
+
+class _WebhooksOnPostgres:
+    """Mixin: the webhook end-to-end tests' proxy on PostgreSQL."""
+
+    def start(self, *extra: str, resolver: Any = None) -> Any:
+        """Start the proxy with ``--database postgresql://...``."""
+        url = new_database()
+        work = os.path.abspath(self.mktemp())  # type: ignore[attr-defined]
+        os.makedirs(work)
+        return super().start(  # type: ignore[misc]
+            *extra,
+            "--database",
+            url,
+            "--public-url",
+            "ws://127.0.0.1:1",
+            "--server-key",
+            os.path.join(work, KEY_FILE),
+            resolver=resolver,
+        )
+
+
+class PostgresWebhookHappyPathTests(
+    _WebhooksOnPostgres, webhook_tests.HappyPathTests
+):
+    """The webhook happy path (signed call, coalescing, reset at login, no
+    call when online) with the notifier reading the owner's memory."""
+
+
+class PostgresWebhookRetryTests(_WebhooksOnPostgres, webhook_tests.RetryTests):
+    """Webhook retries on PostgreSQL."""
+
+
+class PostgresReplayAndAckTests(_OnPostgres, inbox_tests.ReplayAndAckTests):
+    """Replay, ack, the inbox cap and several sessions of
+    tests/test_service_inbox.py on PostgreSQL (backlogs read on reader
+    threads, acks on the writer)."""
+
+
+class PostgresRelayTests(_OnPostgres, relay_tests.PylnRelayTests):
+    """The relay through pyln-proto peers on PostgreSQL."""
+
+
+class PostgresAnswersTests(_OnPostgres, relay_tests.ProxyAnswersTests):
+    """What the proxy answers by itself, on PostgreSQL."""
+
+
+class PostgresSmokeTests(_OnPostgres, smoke_tests.HappyPathTests):
+    """The service smoke test on PostgreSQL."""
