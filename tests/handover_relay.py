@@ -188,7 +188,7 @@ def resume(proc: Process, received: Any) -> None:
     """Build protocols from the blobs and adopt everything."""
     relays = [Relay.resume(c.blob) for c in received.connections]
     adopted = received.adopt(R, relays, [proc.factory()] * len(received.listeners))
-    proc.relays = [r for r, t in zip(relays, adopted.transports) if t is not None]
+    proc.relays = [r for r, t in zip(relays, adopted.transports, strict=True) if t is not None]
     proc.port = next((p for p in adopted.ports if p is not None), None)
     say("adopted", len(proc.relays), len(adopted.ports))
 
