@@ -24,7 +24,8 @@ For each N, three windows in the same run, on the same connections:
 
 Figures: the stall (ms), the old side's freeze-to-commit time (ms), the
 new side's request-to-adopted time (ms; takeover only), and the messages
-answered; every line must be answered exactly once, in order, with no EOF
+answered; medians over ``--repeat`` runs (3) as a shared machine is
+noisy.  Every line must be answered exactly once, in order, with no EOF
 (checked, else the run fails).
 """
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -176,9 +178,17 @@ def main(reactor_: Any, args: argparse.Namespace) -> Any:
     rows = []
     with tempfile.TemporaryDirectory(prefix="lnproxy-handover-") as workdir:
         for n in args.sizes:
-            row = yield run_size(n, args.window, workdir)
-            rows.append(row)
-            print(f"N={n} done", flush=True)
+            runs = []
+            for i in range(args.repeat):
+                run = yield run_size(n, args.window, os.path.join(workdir, str(i)))
+                runs.append(run)
+            rows.append(
+                {
+                    key: statistics.median(r.get(key, 0.0) for r in runs)
+                    for key in runs[0]
+                }
+            )
+            print(f"N={n} done ({args.repeat} runs)", flush=True)
     ms = lambda x: f"{1000 * x:8.1f}"  # noqa: E731
     print()
     print(
@@ -192,6 +202,7 @@ def main(reactor_: Any, args: argparse.Namespace) -> Any:
             f" {ms(r.get('takeover_new', 0))} ms       | {ms(r['systemd_wall'])} ms"
         )
     print()
+    print(f"medians of {args.repeat} runs; load average {os.getloadavg()[0]:.2f}")
     print(
         "every line answered exactly once and in order, no EOF, on every"
         " connection, in every window"
@@ -204,4 +215,5 @@ if __name__ == "__main__":
         "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100, 1000]
     )
     parser.add_argument("--window", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per N (median)")
     task.react(main, [parser.parse_args()])

@@ -184,9 +184,8 @@ class Process:
         say("listening", self.port.getHost().port)
 
 
-def resume(proc: Process, received: Any) -> None:
-    """Build protocols from the blobs and adopt everything."""
-    relays = [Relay.resume(c.blob) for c in received.connections]
+def resume(proc: Process, received: Any, relays: list[Relay]) -> None:
+    """Adopt everything under the protocols built from the blobs."""
     adopted = received.adopt(R, relays, [proc.factory()] * len(received.listeners))
     proc.relays = [r for r, t in zip(relays, adopted.transports, strict=True) if t is not None]
     proc.port = next((p for p in adopted.ports if p is not None), None)
@@ -217,13 +216,20 @@ def main() -> int:
             say("failed", e)
             return 2
         else:
-            say("received", len(takeover.received.connections))
+            say(
+                "received",
+                len(takeover.received.connections),
+                f"{time.monotonic() - started:.4f}",
+            )
             if args.fail == "abort":
                 takeover.abort("cannot adopt (test)")
                 return 3
             if args.fail == "hang":
                 time.sleep(600)
                 return 4
+            # Prepare everything that can fail before confirming: the
+            # stall peers see only covers the adoption after the commit.
+            relays = [Relay.resume(c.blob) for c in takeover.received.connections]
             relays_ok = True
             try:
                 takeover.confirm()
@@ -232,14 +238,16 @@ def main() -> int:
                 relays_ok = False
             if not relays_ok:
                 return 2
-            resume(proc, takeover.received)
+            say("confirmed", f"{time.monotonic() - started:.4f}")
+            resume(proc, takeover.received, relays)
             say("takeover-seconds", f"{time.monotonic() - started:.4f}")
     else:
         received = systemd.restore(LISTEN)
         if received is None:
             proc.fresh()
         else:
-            resume(proc, received)
+            relays = [Relay.resume(c.blob) for c in received.connections]
+            resume(proc, received, relays)
             for name in (systemd.PEER, systemd.LISTENER, systemd.STATE):
                 notifier.remove(name)
     proc.serve_channel()

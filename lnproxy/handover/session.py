@@ -238,8 +238,9 @@ class Received:
 
 
 def _is_stream_socket(fd: int) -> bool:
+    """Whether ``fd`` is a TCP socket (IPv4 or IPv6); no descriptor is made."""
     try:
-        skt = socket.socket(fileno=os.dup(fd))
+        skt = socket.socket(fileno=fd)  # reads family and type from fd
     except OSError:
         return False
     try:
@@ -248,7 +249,7 @@ def _is_stream_socket(fd: int) -> bool:
             socket.AF_INET6,
         )
     finally:
-        skt.close()
+        skt.detach()  # not close: fd stays open and ours
 
 
 def match(manifest_bytes: bytes, fds: Sequence[int]) -> Received:
