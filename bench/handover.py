@@ -136,7 +136,7 @@ def run_size(n: int, window: float, workdir: str) -> Any:
                 new = spawn(argv, env=env, fds=fds, full_argv=True)
                 manager.main_pid = new.pid
                 children.append(new)
-            yield wait(lambda: new.line("serving") is not None)
+            yield wait(lambda new=new: new.line("serving") is not None)
             took = R.seconds() - t0
             yield sleep(window)
             results[mode] = stall(peers, t0, R.seconds())

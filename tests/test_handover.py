@@ -74,8 +74,8 @@ class Collector(protocol.Protocol):
         self.reason = reason
 
 
-class DetachTests(TestCase):
-    """Freezing, releasing, thawing and adopting real TCP connections."""
+class _PeerSocket(TestCase):
+    """A plain-socket peer and Twisted connections to it."""
 
     def setUp(self) -> None:
         self.server = socket.socket()
@@ -93,6 +93,10 @@ class DetachTests(TestCase):
         peer, _ = self.server.accept()
         self.addCleanup(peer.close)
         return proto, peer
+
+
+class DetachTests(_PeerSocket):
+    """Freezing, releasing, thawing and adopting real TCP connections."""
 
     @defer.inlineCallbacks
     def test_release_then_adopt_keeps_every_byte(self) -> Any:
@@ -201,6 +205,51 @@ class DetachTests(TestCase):
         yield eventually(lambda: second.data == b"hi")
         second.transport.loseConnection()
         yield adopted.stopListening()
+
+
+class SessionTests(_PeerSocket):
+    """Frozen and Received in one process (dup plays SCM_RIGHTS)."""
+
+    @defer.inlineCallbacks
+    def test_closing_connection_is_flushed_then_closed(self) -> Any:
+        """A connection the old owner was closing crosses as "closing": the
+        new side writes what was pending, then closes; no protocol needed."""
+        proto, peer = yield self.connect()
+        gone, _ = yield self.connect()
+        gone.transport.loseConnection()
+        yield eventually(lambda: gone.reason is not None)
+        stream = os.urandom(4 << 20)
+        proto.transport.write(stream)
+        proto.transport.loseConnection()
+        frozen = session.Frozen(
+            session.Handover([(proto.transport, b"a"), (gone.transport, b"b")]), 0.0
+        )
+        self.assertEqual(frozen.skipped, 1)
+        fds = [os.dup(fd) for fd in frozen.fds]
+        frozen.commit(notify=False)
+        received = session.match(frozen.manifest, fds)
+        self.assertEqual(len(received.connections), 1)
+        self.assertTrue(received.connections[0].closing)
+        adopted = received.adopt(R, [None])
+        self.assertEqual(adopted.transports, [None])
+        data = yield _read_in_thread(peer, len(stream))
+        self.assertEqual(data, stream)
+        peer.settimeout(5)
+        self.assertEqual(peer.recv(1), b"")  # then EOF, as asked
+
+    @defer.inlineCallbacks
+    def test_rollback_is_invisible(self) -> Any:
+        """Frozen then rolled back: the peer's bytes are read, ours sent."""
+        proto, peer = yield self.connect()
+        frozen = session.Frozen(session.Handover([(proto.transport, b"")]), 0.0)
+        proto.transport.write(b"later")
+        peer.sendall(b"meanwhile")
+        yield task.deferLater(R, 0.05, lambda: None)
+        self.assertEqual(proto.data, b"")
+        frozen.rollback()
+        yield eventually(lambda: proto.data == b"meanwhile")
+        self.assertEqual((yield _read_in_thread(peer, 5)), b"later")
+        proto.transport.loseConnection()
 
 
 class _Once(protocol.Factory):

@@ -9,11 +9,13 @@ Layout (big-endian)::
 
     b"LNPHOVR1"
     u32 connections, u32 listeners, u32 state length, state
-    per connection: u64 inode, u8 family, u32 n, n pending bytes,
+    per connection: u64 inode, u8 family, u8 flags, u32 n, n pending bytes,
                     u32 m, m bytes of the caller's blob
     per listener:   u64 inode, u8 family, u16 n, n bytes of UTF-8 name
 
-``pending`` is what the old owner's Twisted had accepted for writing and
+Flag 1 (``closing``): the old owner had asked to close the connection
+once its buffer was written (``loseConnection``); the new one writes the
+pending bytes and closes it.  ``pending`` is what the old owner's Twisted had accepted for writing and
 the kernel had not taken; the blob and ``state`` are opaque here (the
 caller's connection snapshots and process state).  Keys may be inside:
 this value only ever lives in memory, a Unix socket or a memfd.
@@ -58,6 +60,7 @@ class ConnectionRecord:
     family: int
     pending: bytes
     blob: bytes
+    closing: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,9 @@ def encode(manifest: Manifest) -> bytes:
         manifest.state,
     ]
     for c in manifest.connections:
-        parts.append(struct.pack(">QBI", c.inode, c.family, len(c.pending)))
+        parts.append(
+            struct.pack(">QBBI", c.inode, c.family, int(c.closing), len(c.pending))
+        )
         parts.append(c.pending)
         parts.append(struct.pack(">I", len(c.blob)))
         parts.append(c.blob)
@@ -141,11 +146,15 @@ def decode(data: bytes) -> Manifest:
     state = reader.take(state_len)
     connections = []
     for _ in range(n_conn):
-        inode, family, n = reader.unpack(">QBI")
+        inode, family, flags, n = reader.unpack(">QBBI")
+        if flags & ~1:
+            raise ManifestError(f"unknown connection flags {flags}")
         pending = reader.take(n)
         (m,) = reader.unpack(">I")
         connections.append(
-            ConnectionRecord(inode, _family(family), pending, reader.take(m))
+            ConnectionRecord(
+                inode, _family(family), pending, reader.take(m), bool(flags & 1)
+            )
         )
     listeners = []
     for _ in range(n_listen):

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
     IReactorSocket,
     ITransport,
 )
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from . import detach
@@ -80,13 +81,28 @@ class Frozen:
 
     def __init__(self, handover: Handover, clock_seconds: float) -> None:
         self.frozen_at = clock_seconds
-        self.transports: list[Any] = [t for t, _ in handover.connections]
+        # A connection already gone (or still connecting) has nothing to
+        # hand over: skipped, and counted.
+        live: list[tuple[Any, bytes]] = [
+            (t, blob)
+            for t, blob in handover.connections
+            if getattr(t, "connected", False) and hasattr(t, "socket")
+        ]
+        self.skipped = len(handover.connections) - len(live)
+        self.transports: list[Any] = [t for t, _ in live]
         self.ports: list[Any] = [p for p, _ in handover.listeners]
-        for selectable in [*self.transports, *self.ports]:
-            detach.freeze(selectable)
+        frozen: list[Any] = []
+        try:
+            for selectable in [*self.transports, *self.ports]:
+                detach.freeze(selectable)
+                frozen.append(selectable)
+        except BaseException:
+            for selectable in frozen:
+                detach.thaw(selectable)
+            raise
         connections = []
         fds = []
-        for transport, blob in handover.connections:
+        for transport, blob in live:
             fd = detach.socket_of(transport).fileno()
             fds.append(fd)
             connections.append(
@@ -95,6 +111,7 @@ class Frozen:
                     detach.socket_of(transport).family,
                     detach.pending_bytes(transport),
                     blob,
+                    bool(transport.disconnecting),
                 )
             )
         listeners = []
@@ -146,6 +163,9 @@ class ReceivedConnection:
     family: int
     pending: bytes
     blob: bytes
+    #: The old owner was closing it: :meth:`Received.adopt` writes
+    #: ``pending`` and closes it, no protocol needed.
+    closing: bool = False
 
 
 @dataclass
@@ -207,15 +227,18 @@ class Received:
         """Give every socket to ``reactor``; close this process's copies.
 
         ``protocols[i]`` takes ``connections[i]`` (its ``pending`` bytes are
-        written first); ``factories[i]`` serves ``listeners[i]``.
+        written first; a ``closing`` one is only flushed and closed, its
+        entry in the result is None); ``factories[i]`` serves
+        ``listeners[i]``.
         """
         if self._closed:
             raise ValueError("already adopted or closed")
         if len(protocols) != len(self.connections):
             raise ValueError("one protocol (or None) per received connection")
         transports: list[ITransport | None] = []
-        for conn, protocol in zip(self.connections, protocols, strict=True):
+        for conn, given in zip(self.connections, protocols, strict=True):
             transport = None
+            protocol = Protocol() if conn.closing else given
             if conn.fd is not None and protocol is not None:
                 try:
                     transport = detach.adopt_connection(
@@ -223,6 +246,9 @@ class Received:
                     )
                 except OSError as e:
                     _log.warn("a handed-over connection is gone: {error}", error=e)
+                if conn.closing and transport is not None:
+                    transport.loseConnection()  # after ``pending``
+                    transport = None
             transports.append(transport)
         ports: list[IListeningPort | None] = []
         for i, listener in enumerate(self.listeners):
@@ -279,7 +305,9 @@ def match(manifest_bytes: bytes, fds: Sequence[int]) -> Received:
             continue
         by_inode[inode] = fd
     connections = [
-        ReceivedConnection(by_inode.pop(c.inode, None), c.family, c.pending, c.blob)
+        ReceivedConnection(
+            by_inode.pop(c.inode, None), c.family, c.pending, c.blob, c.closing
+        )
         for c in manifest.connections
     ]
     listeners = [
