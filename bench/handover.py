@@ -54,12 +54,12 @@ def sleep(seconds: float) -> defer.Deferred[None]:
 
 
 @defer.inlineCallbacks
-def wait(predicate: Any, timeout: float = 60.0) -> Any:
+def wait(predicate: Any, timeout: float = 60.0, what: str = "") -> Any:
     """Poll until true."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise RuntimeError("timed out waiting")
+            raise RuntimeError(f"timed out waiting for {what or predicate}")
         yield sleep(0.01)
 
 
@@ -95,17 +95,17 @@ def start_relay(
         child = spawn(argv, env=env, fds=fds, full_argv=True)
         manager.main_pid = child.pid
     yield wait(lambda: child.line("serving") is not None)
-    yield wait(lambda: len(peers.connections) == n)
+    yield wait(lambda: len(peers.connections) == n, 300)
     for c in peers.connections:
         c.send_next()
     return child
 
 
 @defer.inlineCallbacks
-def run_size(n: int, window: float, workdir: str) -> Any:
+def run_size(n: int, window: float, workdir: str, modes: list[str]) -> Any:
     """The three windows for one N; a dict of figures."""
-    results: dict[str, Any] = {"n": n}
-    for mode in ("takeover", "systemd"):
+    results: dict[str, Any] = {"n": n, "systemd": 0.0, "systemd_wall": 0.0}
+    for mode in modes:
         peers = Peers(ping_pong=True)
         port = peers.listen()
         d = os.path.join(workdir, f"{n}-{mode}")
@@ -116,7 +116,7 @@ def run_size(n: int, window: float, workdir: str) -> Any:
             old = yield start_relay(peers, port, n, d, manager)
             children.append(old)
             yield sleep(0.5)
-            if mode == "takeover":
+            if mode == modes[0]:
                 t0 = R.seconds()
                 yield sleep(window)
                 results["none"] = stall(peers, t0, R.seconds())
@@ -136,7 +136,10 @@ def run_size(n: int, window: float, workdir: str) -> Any:
                 new = spawn(argv, env=env, fds=fds, full_argv=True)
                 manager.main_pid = new.pid
                 children.append(new)
-            yield wait(lambda new=new: new.line("serving") is not None)
+            yield wait(
+                lambda new=new: new.line("serving") is not None,
+                what=f"the new process to serve: {new.lines} {new.err[-500:]!r}",
+            )
             took = R.seconds() - t0
             yield sleep(window)
             results[mode] = stall(peers, t0, R.seconds())
@@ -151,7 +154,7 @@ def run_size(n: int, window: float, workdir: str) -> Any:
                 raise RuntimeError(f"old process exited {old.status}: {old.err!r}")
             for c in peers.connections:
                 c.peers.ping_pong = False
-            yield wait(peers.all_answered, 30)
+            yield wait(peers.all_answered, 30, "every answer")
             problems = peers.problems()
             if problems:
                 raise RuntimeError(f"{mode} N={n}: {problems[:5]}")
@@ -180,7 +183,9 @@ def main(reactor_: Any, args: argparse.Namespace) -> Any:
         for n in args.sizes:
             runs = []
             for i in range(args.repeat):
-                run = yield run_size(n, args.window, os.path.join(workdir, str(i)))
+                run = yield run_size(
+                    n, args.window, os.path.join(workdir, str(i)), args.modes
+                )
                 runs.append(run)
             rows.append(
                 {
@@ -215,5 +220,11 @@ if __name__ == "__main__":
         "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100, 1000]
     )
     parser.add_argument("--window", type=float, default=2.0)
+    parser.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=["takeover", "systemd"],
+        help="takeover (always measures no-restart too), systemd",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per N (median)")
     task.react(main, [parser.parse_args()])

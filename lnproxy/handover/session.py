@@ -235,6 +235,8 @@ class Received:
             raise ValueError("already adopted or closed")
         if len(protocols) != len(self.connections):
             raise ValueError("one protocol (or None) per received connection")
+        # Twisted adopts a duplicate (socket.fromfd): close each original
+        # at once, else N connections need 2N descriptors for a moment.
         transports: list[ITransport | None] = []
         for conn, given in zip(self.connections, protocols, strict=True):
             transport = None
@@ -245,19 +247,31 @@ class Received:
                         reactor, conn.fd, conn.family, protocol, conn.pending
                     )
                 except OSError as e:
-                    _log.warn("a handed-over connection is gone: {error}", error=e)
+                    _log.warn("a handed-over connection is lost: {error}", error=e)
                 if conn.closing and transport is not None:
                     transport.loseConnection()  # after ``pending``
                     transport = None
+            if conn.fd is not None:
+                os.close(conn.fd)
+                conn.fd = None
             transports.append(transport)
         ports: list[IListeningPort | None] = []
         for i, listener in enumerate(self.listeners):
             factory = factories[i] if i < len(factories) else None
             port = None
             if listener.fd is not None and factory is not None:
-                port = detach.adopt_listener(
-                    reactor, listener.fd, listener.family, factory  # type: ignore[arg-type]
-                )
+                try:
+                    port = detach.adopt_listener(
+                        reactor,
+                        listener.fd,
+                        listener.family,
+                        factory,  # type: ignore[arg-type]
+                    )
+                except OSError as e:
+                    _log.warn("a handed-over listener is lost: {error}", error=e)
+            if listener.fd is not None:
+                os.close(listener.fd)
+                listener.fd = None
             ports.append(port)
         self.close()
         return Adopted(transports, ports)
