@@ -6,8 +6,10 @@ Run from the repository root::
 
 A relay process (``tests/handover_relay.py``, the mechanics of
 :mod:`lnproxy.handover` without lnproxy's own cipher work) holds N TCP
-connections to a peer in this process.  Every connection plays ping-pong
-without pause: send a line, wait for its echo, send the next.  The peer
+connections to a peer in this process.  ``--active`` of them (100, or all
+if fewer) play ping-pong without pause: send a line, wait for its echo,
+send the next; the others stay open and idle (a single Python peer playing
+on 10,000 connections would measure itself).  The peer
 records when each echo arrives; the *stall* is the longest gap between two
 consecutive echoes on any connection within the measured window.
 
@@ -83,9 +85,14 @@ def answered(peers: Peers) -> int:
 
 @defer.inlineCallbacks
 def start_relay(
-    peers: Peers, port: int, n: int, workdir: str, manager: FakeServiceManager | None
+    peers: Peers,
+    port: int,
+    n: int,
+    workdir: str,
+    manager: FakeServiceManager | None,
+    active: int,
 ) -> Any:
-    """A fresh relay with n connections, ping-pong started."""
+    """A fresh relay with n connections, ping-pong started on ``active``."""
     args = ["--dir", workdir, "--peer-port", str(port), "--count", str(n)]
     args += ["--tick", "0"]
     if manager is None:
@@ -96,13 +103,15 @@ def start_relay(
         manager.main_pid = child.pid
     yield wait(lambda: child.line("serving") is not None)
     yield wait(lambda: len(peers.connections) == n, 300)
-    for c in peers.connections:
+    for c in peers.connections[:active]:
         c.send_next()
     return child
 
 
 @defer.inlineCallbacks
-def run_size(n: int, window: float, workdir: str, modes: list[str]) -> Any:
+def run_size(
+    n: int, window: float, workdir: str, modes: list[str], active: int
+) -> Any:
     """The three windows for one N; a dict of figures."""
     results: dict[str, Any] = {"n": n, "systemd": 0.0, "systemd_wall": 0.0}
     for mode in modes:
@@ -113,7 +122,7 @@ def run_size(n: int, window: float, workdir: str, modes: list[str]) -> Any:
         manager = FakeServiceManager() if mode == "systemd" else None
         children: list[Child] = []
         try:
-            old = yield start_relay(peers, port, n, d, manager)
+            old = yield start_relay(peers, port, n, d, manager, active)
             children.append(old)
             yield sleep(0.5)
             if mode == modes[0]:
@@ -184,7 +193,7 @@ def main(reactor_: Any, args: argparse.Namespace) -> Any:
             runs = []
             for i in range(args.repeat):
                 run = yield run_size(
-                    n, args.window, os.path.join(workdir, str(i)), args.modes
+                    n, args.window, os.path.join(workdir, str(i)), args.modes, args.active
                 )
                 runs.append(run)
             rows.append(
@@ -207,7 +216,10 @@ def main(reactor_: Any, args: argparse.Namespace) -> Any:
             f" {ms(r.get('takeover_new', 0))} ms       | {ms(r['systemd_wall'])} ms"
         )
     print()
-    print(f"medians of {args.repeat} runs; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"medians of {args.repeat} runs; {args.active} connections active;"
+        f" load average {os.getloadavg()[0]:.2f}"
+    )
     print(
         "every line answered exactly once and in order, no EOF, on every"
         " connection, in every window"
@@ -225,6 +237,12 @@ if __name__ == "__main__":
         type=lambda s: s.split(","),
         default=["takeover", "systemd"],
         help="takeover (always measures no-restart too), systemd",
+    )
+    parser.add_argument(
+        "--active",
+        type=int,
+        default=100,
+        help="connections playing request/response (the others stay open, idle)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per N (median)")
     task.react(main, [parser.parse_args()])

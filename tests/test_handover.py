@@ -12,16 +12,27 @@ service manager, and down every failure path.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from lnproxy.handover import detach, manifest, session
+from lnproxy.handover import (
+    Handover,
+    TakeoverFailed,
+    TakeoverListener,
+    detach,
+    manifest,
+    request_takeover,
+    session,
+)
 from lnproxy.handover import systemd as sd
 from lnproxy.testing_systemd import FakeServiceManager
 
@@ -411,6 +422,70 @@ class SystemdTests(SynchronousTestCase):
                 args, env=env, pass_fds=fds, capture_output=True, check=True, timeout=60
             )
             self.assertEqual(out.stdout.decode(), expected, out.stderr.decode())
+
+
+class ChannelTests(TestCase):
+    """The old side of the channel in this reactor, the new side elsewhere."""
+
+    def listen(self, collect: Any) -> tuple[str, list[Any]]:
+        """A TakeoverListener in a fresh directory others may traverse (trial's
+        own temporary directories are 0700); (path, outcomes)."""
+        directory = tempfile.mkdtemp(prefix="lnproxy-handover-")
+        self.addCleanup(shutil.rmtree, directory)
+        os.chmod(directory, 0o711)
+        path = os.path.join(directory, "takeover.sock")
+        outcomes: list[Any] = []
+        listener = TakeoverListener(R, path, collect, outcomes.append, timeout=5)
+        listener.start()
+        self.addCleanup(listener.stop)
+        return path, outcomes
+
+    @defer.inlineCallbacks
+    def test_collect_fails(self) -> Any:
+        """An error while collecting the handover refuses the request with
+        its reason; the old side goes on."""
+
+        def collect() -> Any:
+            raise RuntimeError("store busy")
+
+        path, outcomes = self.listen(collect)
+        error = yield self.assertFailure(
+            deferToThread(request_takeover, path), TakeoverFailed
+        )
+        self.assertIn("store busy", str(error))
+        yield eventually(lambda: len(outcomes) == 1)
+        self.assertFalse(outcomes[0].committed)
+        self.assertIn("store busy", outcomes[0].reason)
+
+    @defer.inlineCallbacks
+    def test_other_user_refused(self) -> Any:
+        """A process of another user cannot take over even when it can reach
+        the socket (mode widened here on purpose): both ends check
+        SO_PEERCRED."""
+        if os.geteuid() != 0:
+            raise SkipTest("needs root to run a process as another user")
+        path, outcomes = self.listen(lambda: Handover([]))
+        os.chmod(path, 0o666)
+        probe = (
+            "import os, sys\n"
+            "from lnproxy.handover import request_takeover, TakeoverFailed\n"
+            "os.setgid(65534); os.setuid(65534)  # after imports: /root is 0700\n"
+            "try:\n"
+            "    request_takeover(sys.argv[1])\n"
+            "except TakeoverFailed as e:\n"
+            "    print('refused:', e)\n"
+        )
+        child = spawn([sys.executable, "-c", probe, path], full_argv=True)
+        status = yield child.ended
+        self.assertEqual(status, 0, child.err.decode())
+        self.assertEqual(
+            child.lines[0],
+            f"refused: the takeover peer (pid {os.getpid()}) runs as uid 0,"
+            " not 65534",
+        )
+        yield eventually(lambda: len(outcomes) == 1)
+        self.assertFalse(outcomes[0].committed)
+        self.assertIn("runs as uid 65534", outcomes[0].reason)
 
 
 class ProcessTests(TestCase):

@@ -113,7 +113,7 @@ def _short_path(path: str) -> Iterator[str]:
         yield path
         return
     directory, name = os.path.split(os.path.abspath(path))
-    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
     try:
         yield f"/proc/self/fd/{dirfd}/{name}"
     finally:
