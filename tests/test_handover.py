@@ -164,6 +164,21 @@ class DetachTests(_PeerSocket):
         proto.transport.loseConnection()
 
     @defer.inlineCallbacks
+    def test_thaw_keeps_a_paused_transport_paused(self) -> Any:
+        """A transport paused by backpressure when frozen stays paused after
+        a rollback: the application resumes it, not the handover."""
+        proto, peer = yield self.connect()
+        proto.transport.pauseProducing()
+        detach.freeze(proto.transport)
+        detach.thaw(proto.transport)
+        peer.sendall(b"waits")
+        yield task.deferLater(R, 0.1, lambda: None)
+        self.assertEqual(proto.data, b"")
+        proto.transport.resumeProducing()
+        yield eventually(lambda: proto.data == b"waits")
+        proto.transport.loseConnection()
+
+    @defer.inlineCallbacks
     def test_release_without_notify_stays_silent(self) -> Any:
         """notify=False: no connectionLost, later writes and
         loseConnection do nothing, the socket stays open elsewhere."""

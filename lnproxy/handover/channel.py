@@ -204,6 +204,7 @@ class TakeoverListener:
         self._notify = notify
         self._socket: socket.socket | None = None
         self._busy = False
+        self._reopen = False
 
     # -- reactor side -----------------------------------------------------
 
@@ -285,6 +286,14 @@ class TakeoverListener:
                 clock.seconds() - frozen.frozen_at,
                 reason,
             )
+        if not committed and self._socket is None and self._reopen:
+            # We stopped listening at the point of no return and then the
+            # commit could not be sent: serve the channel again.
+            try:
+                self.start()
+            except OSError as e:
+                _log.warn("cannot reopen the takeover channel: {error}", error=e)
+        self._reopen = False
         if committed:
             _log.info(
                 "handed over {connections} connections and {listeners} listeners"

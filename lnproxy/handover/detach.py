@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Container
 from typing import Any
 
 from twisted.internet import tcp
@@ -76,6 +77,7 @@ __all__ = [
 ]
 
 _FROZEN = "_lnproxy_frozen"
+_WAS_READING = "_lnproxy_was_reading"
 
 
 class HandedOver(Exception):
@@ -95,16 +97,24 @@ def _noop() -> None:
     """Stands in for ``startReading``/``startWriting`` while frozen."""
 
 
-def freeze(selectable: ITransport | IListeningPort) -> None:
+def freeze(
+    selectable: ITransport | IListeningPort, readers: Container[object] | None = None
+) -> None:
     """Stop reading (or accepting) and writing, and keep it that way.
 
     The peer-visible part of a handover starts here: from now on this
-    process reads nothing more from the socket.  Idempotent.
+    process reads nothing more from the socket.  Whether it was reading
+    (not paused by a producer) is remembered for :func:`thaw`; pass
+    ``readers`` (``set(reactor.getReaders())``, computed once) when freezing
+    many.  Idempotent.
     """
     fd: Any = selectable
     socket_of(fd)  # fail early on a transport that is not a socket
     if getattr(fd, _FROZEN, False):
         return
+    if readers is None:
+        readers = set(fd.reactor.getReaders())
+    setattr(fd, _WAS_READING, fd in readers)
     fd.stopReading()
     fd.stopWriting()
     fd.startReading = _noop
@@ -141,13 +151,14 @@ def thaw(selectable: ITransport | IListeningPort) -> None:
     if not getattr(fd, "connected", False):
         return
     if isinstance(fd, tcp.Port):
-        if not fd.disconnecting:  # not asked to stop listening meanwhile
-            fd.startReading()
+        if not fd.disconnecting and getattr(fd, _WAS_READING, True):
+            fd.startReading()  # unless asked to stop listening meanwhile
         return
-    fd.startReading()
-    if (
-        len(fd.dataBuffer) > fd.offset or fd._tempDataLen or fd.disconnecting
-    ):
+    if getattr(fd, _WAS_READING, True) and not fd.disconnecting:
+        # Not if it was paused (pauseProducing, backpressure) when frozen,
+        # nor after loseConnection(), which stops reading for good.
+        fd.startReading()
+    if len(fd.dataBuffer) > fd.offset or fd._tempDataLen or fd.disconnecting:
         # Something was written (or loseConnection asked for) while frozen.
         fd.startWriting()
 

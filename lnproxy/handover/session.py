@@ -92,9 +92,13 @@ class Frozen:
         self.transports: list[Any] = [t for t, _ in live]
         self.ports: list[Any] = [p for p, _ in handover.listeners]
         frozen: list[Any] = []
+        everything = [*self.transports, *self.ports]
+        readers: set[object] = (
+            set(everything[0].reactor.getReaders()) if everything else set()
+        )
         try:
-            for selectable in [*self.transports, *self.ports]:
-                detach.freeze(selectable)
+            for selectable in everything:
+                detach.freeze(selectable, readers)
                 frozen.append(selectable)
         except BaseException:
             for selectable in frozen:
