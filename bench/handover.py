@@ -109,9 +109,7 @@ def start_relay(
 
 
 @defer.inlineCallbacks
-def run_size(
-    n: int, window: float, workdir: str, modes: list[str], active: int
-) -> Any:
+def run_size(n: int, window: float, workdir: str, modes: list[str], active: int) -> Any:
     """The three windows for one N; a dict of figures."""
     results: dict[str, Any] = {"n": n, "systemd": 0.0, "systemd_wall": 0.0}
     for mode in modes:
@@ -168,7 +166,9 @@ def run_size(
             if problems:
                 raise RuntimeError(f"{mode} N={n}: {problems[:5]}")
             if len(peers.connections) != n:
-                raise RuntimeError(f"{mode} N={n}: {len(peers.connections)} connections")
+                raise RuntimeError(
+                    f"{mode} N={n}: {len(peers.connections)} connections"
+                )
             results[f"{mode}_answered"] = answered(peers)
         finally:
             for child in children:
@@ -193,7 +193,11 @@ def main(reactor_: Any, args: argparse.Namespace) -> Any:
             runs = []
             for i in range(args.repeat):
                 run = yield run_size(
-                    n, args.window, os.path.join(workdir, str(i)), args.modes, args.active
+                    n,
+                    args.window,
+                    os.path.join(workdir, str(i)),
+                    args.modes,
+                    args.active,
                 )
                 runs.append(run)
             rows.append(

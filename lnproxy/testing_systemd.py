@@ -63,7 +63,9 @@ class Notification:
 class FakeServiceManager:
     """Plays systemd's side of sd_notify and the file descriptor store."""
 
-    def __init__(self, store_max: int = 4096, abstract: bool = True, path: str = "") -> None:
+    def __init__(
+        self, store_max: int = 4096, abstract: bool = True, path: str = ""
+    ) -> None:
         self.store_max = store_max
         self.store: list[tuple[str, int]] = []
         self.notifications: list[Notification] = []

@@ -187,7 +187,9 @@ class Process:
 def resume(proc: Process, received: Any, relays: list[Relay]) -> None:
     """Adopt everything under the protocols built from the blobs."""
     adopted = received.adopt(R, relays, [proc.factory()] * len(received.listeners))
-    proc.relays = [r for r, t in zip(relays, adopted.transports, strict=True) if t is not None]
+    proc.relays = [
+        r for r, t in zip(relays, adopted.transports, strict=True) if t is not None
+    ]
     proc.port = next((p for p in adopted.ports if p is not None), None)
     say("adopted", len(proc.relays), len(adopted.ports))
 

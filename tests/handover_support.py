@@ -181,8 +181,6 @@ def spawn(
     argv = list(args) if full_argv else [sys.executable, RELAY, *args]
     child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
     child_fds.update({fd: fd for fd in fds})
-    R.spawnProcess(
-        child, argv[0], argv, env=child_env, path=REPO, childFDs=child_fds
-    )
+    R.spawnProcess(child, argv[0], argv, env=child_env, path=REPO, childFDs=child_fds)
     child.pid = child.transport.pid if child.transport is not None else 0
     return child

@@ -349,7 +349,9 @@ class ManifestTests(SynchronousTestCase):
         data = manifest.encode(manifest.Manifest(records))
         fds = [tcp2.detach(), a.detach(), tcp1.detach()]
         received = session.match(data, fds)
-        self.assertEqual([c.blob for c in received.connections], [b"one", b"two", b"gone"])
+        self.assertEqual(
+            [c.blob for c in received.connections], [b"one", b"two", b"gone"]
+        )
         self.assertEqual(received.connections[0].fd, fds[2])
         self.assertEqual(received.connections[1].fd, fds[0])
         self.assertIsNone(received.connections[2].fd)
@@ -411,15 +413,18 @@ class SystemdTests(SynchronousTestCase):
 
     def test_capture_before_endpoints(self) -> None:
         """In a child started like systemd starts a service, capturing at
-        import time sees the descriptors; importing endpoints first loses
-        them (Twisted deletes LISTEN_FDS)."""
+        import time sees the descriptors; importing endpoints deletes
+        LISTEN_FDS, and a capture after that still finds them (from
+        Twisted's systemd endpoint parser)."""
         probe = (
             "import os, sys\n"
             "if sys.argv[1] == 'late':\n"
             "    import twisted.internet.endpoints\n"
             "from lnproxy.handover import systemd\n"
+            "had = 'LISTEN_FDS' in os.environ\n"
             "got = systemd.capture_listen_fds()\n"
             "import twisted.internet.endpoints\n"
+            "print(had, 'LISTEN_FDS' in os.environ)\n"
             "print(';'.join(f'{fd}={n}' for fd, n in got.fds))\n"
             "print(os.fstat(got.fds[0][0]).st_size if got.fds else -1)\n"
         )
@@ -430,7 +435,10 @@ class SystemdTests(SynchronousTestCase):
             os.close(fd)
         self.notifier.store("state", [memfd])
         self.notifier.barrier()
-        for when, expected in [("early", "3=state\n5\n"), ("late", "\n-1\n")]:
+        for when, expected in [
+            ("early", "True False\n3=state\n5\n"),  # Twisted deletes them
+            ("late", "False False\n3=state\n5\n"),  # recovered from Twisted
+        ]:
             args, env, fds = self.manager.command([sys.executable, "-c", probe, when])
             env["PYTHONPATH"] = REPO
             out = subprocess.run(
@@ -495,8 +503,7 @@ class ChannelTests(TestCase):
         self.assertEqual(status, 0, child.err.decode())
         self.assertEqual(
             child.lines[0],
-            f"refused: the takeover peer (pid {os.getpid()}) runs as uid 0,"
-            " not 65534",
+            f"refused: the takeover peer (pid {os.getpid()}) runs as uid 0, not 65534",
         )
         yield eventually(lambda: len(outcomes) == 1)
         self.assertFalse(outcomes[0].committed)
@@ -708,8 +715,16 @@ class ProcessTests(TestCase):
         from .handover_support import RELAY
 
         args, env, fds = manager.command(
-            [sys.executable, RELAY, "--dir", self.dir, "--peer-port",
-             str(self.peer_port), "--count", str(self.N)]
+            [
+                sys.executable,
+                RELAY,
+                "--dir",
+                self.dir,
+                "--peer-port",
+                str(self.peer_port),
+                "--count",
+                str(self.N),
+            ]
         )
         child = spawn(args, env=env, fds=fds, full_argv=True)
         manager.main_pid = child.pid

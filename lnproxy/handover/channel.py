@@ -490,4 +490,3 @@ def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
             raise TakeoverFailed(f"takeover channel: {e}") from e
         raise
     return Takeover(skt, received, old_pid)
-

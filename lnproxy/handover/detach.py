@@ -241,12 +241,11 @@ def adopt_connection(
             del protocol.makeConnection
             original(new_transport)
 
-        protocol.makeConnection = make_connection  # type: ignore[method-assign,assignment]
+        wrapped: Any = protocol
+        wrapped.makeConnection = make_connection
     adopting: Any = reactor
     try:
-        transport = adopting.adoptStreamConnection(
-            fd, family, _OneProtocol(protocol)
-        )
+        transport = adopting.adoptStreamConnection(fd, family, _OneProtocol(protocol))
     finally:
         if pending and "makeConnection" in vars(protocol):
             del protocol.makeConnection

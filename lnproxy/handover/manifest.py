@@ -15,8 +15,8 @@ Layout (big-endian)::
 
 Flag 1 (``closing``): the old owner had asked to close the connection
 once its buffer was written (``loseConnection``); the new one writes the
-pending bytes and closes it.  ``pending`` is what the old owner's Twisted had accepted for writing and
-the kernel had not taken; the blob and ``state`` are opaque here (the
+pending bytes and closes it.  ``pending`` is what the old owner's Twisted
+had accepted for writing and the kernel had not taken; the blob and ``state`` are opaque here (the
 caller's connection snapshots and process state).  Keys may be inside:
 this value only ever lives in memory, a Unix socket or a memfd.
 """

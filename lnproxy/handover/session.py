@@ -336,4 +336,3 @@ def match(manifest_bytes: bytes, fds: Sequence[int]) -> Received:
         os.close(fd)
         unmatched += 1
     return Received(connections, listeners, manifest.state, unmatched)
-

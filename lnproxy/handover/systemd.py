@@ -29,6 +29,7 @@ import fcntl
 import os
 import select
 import socket
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,34 +75,45 @@ def capture_listen_fds(environ: Mapping[str, str] | None = None) -> ListenFds:
     """Read ``LISTEN_PID``/``LISTEN_FDS``/``LISTEN_FDNAMES`` once.
 
     Only the first call reads the environment (later ones return the same
-    value), so call it as early as possible.  The variables are left in
-    place for Twisted's own ``systemd:`` endpoints.  The descriptors get
+    value), so call it as early as possible: importing
+    ``twisted.internet.endpoints`` deletes ``LISTEN_PID`` and
+    ``LISTEN_FDS``.  If that happened already, the descriptors are taken
+    from the list Twisted's ``systemd:`` endpoint parser kept (a private
+    attribute: a fallback, not the plan).  The variables are left in place
+    for Twisted's own ``systemd:`` endpoints.  The descriptors get
     ``FD_CLOEXEC``, as ``sd_listen_fds`` does.
     """
     global _captured
     if _captured is not None:
         return _captured
     env = os.environ if environ is None else environ
-    result = ListenFds()
+    fds: list[int] = []
     if env.get("LISTEN_PID") == str(os.getpid()):
         try:
-            count = int(env.get("LISTEN_FDS", "0"))
-        except ValueError:
-            count = 0
-        names = env.get("LISTEN_FDNAMES", "")
-        name_list = names.split(":") if names else []
-        pairs = []
-        for i in range(max(count, 0)):
-            fd = LISTEN_FDS_START + i
-            try:
-                flags = fcntl.fcntl(fd, fcntl.F_GETFD)
-                fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
-            except OSError:
-                continue
-            pairs.append((fd, name_list[i] if i < len(name_list) else "unknown"))
-        result = ListenFds(tuple(pairs))
-    _captured = result
-    return result
+            count = int(env["LISTEN_FDS"])
+            fds = list(range(LISTEN_FDS_START, LISTEN_FDS_START + count))
+        except (KeyError, ValueError):
+            fds = []
+    elif environ is None and "twisted.internet.endpoints" in sys.modules:
+        # Too late: Twisted took LISTEN_PID/LISTEN_FDS (it leaves
+        # LISTEN_FDNAMES).  Its systemd endpoint parser kept the list.
+        endpoints = sys.modules["twisted.internet.endpoints"]
+        parser = getattr(endpoints, "_SystemdParser", None)
+        daemon = getattr(parser, "_sddaemon", None)
+        if daemon is not None:
+            fds = list(daemon.inheritedDescriptors())
+    names = env.get("LISTEN_FDNAMES", "")
+    name_list = names.split(":") if names else []
+    pairs = []
+    for i, fd in enumerate(fds):
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+            fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+        except OSError:
+            continue
+        pairs.append((fd, name_list[i] if i < len(name_list) else "unknown"))
+    _captured = ListenFds(tuple(pairs))
+    return _captured
 
 
 def captured_listen_fds() -> ListenFds:
@@ -154,9 +166,7 @@ class Notifier:
         if self.address is None:
             return False
         for i in range(0, len(fds), MAX_FDS_PER_MESSAGE):
-            self.send(
-                f"FDSTORE=1\nFDNAME={name}", fds[i : i + MAX_FDS_PER_MESSAGE]
-            )
+            self.send(f"FDSTORE=1\nFDNAME={name}", fds[i : i + MAX_FDS_PER_MESSAGE])
         return True
 
     def remove(self, name: str) -> bool:
@@ -193,9 +203,7 @@ class Notifier:
 
 def state_memfd(data: bytes) -> int:
     """A sealed memfd holding ``data`` (never a file: keys may be inside)."""
-    fd = os.memfd_create(
-        "lnproxy-handover", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
-    )
+    fd = os.memfd_create("lnproxy-handover", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view = memoryview(data)
         while view:
