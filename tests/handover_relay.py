@@ -69,7 +69,13 @@ class Relay(protocol.Protocol):
         """Answer each complete line."""
         self.buf += data
         *lines, self.buf = self.buf.split(b"\n")
-        out = [b"echo " + line + b" %d\n" % os.getpid() for line in lines]
+        out = []
+        for line in lines:
+            if line.startswith(b"flood "):
+                # A big write, for tests of bytes stuck in Twisted's buffer.
+                out.append(b"flood " + b"x" * int(line[6:]) + b"\n")
+            else:
+                out.append(b"echo " + line + b" %d\n" % os.getpid())
         if out:
             self.transport.write(b"".join(out))
 
@@ -126,7 +132,12 @@ class Process:
     def on_outcome(self, outcome: Outcome) -> None:
         """Exit 0 after a commit; else go on."""
         if outcome.committed:
-            say("committed", outcome.connections, f"{outcome.seconds:.4f}")
+            say(
+                "committed",
+                outcome.connections,
+                f"{outcome.seconds:.4f}",
+                outcome.pending,
+            )
             R.stop()
         else:
             say("rolledback", outcome.reason.replace("\n", " "))

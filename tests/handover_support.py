@@ -36,6 +36,8 @@ class PeerConnection(protocol.Protocol):
         self.echo_pids: list[int] = []
         self.ticks: list[int] = []
         self.other: list[bytes] = []
+        #: lengths of the "flood" lines received
+        self.floods: list[int] = []
         self.buf = b""
         self.lost: Failure | None = None
         #: reactor time of each echo (request/response bench)
@@ -62,6 +64,9 @@ class PeerConnection(protocol.Protocol):
                 self.echo_times.append(R.seconds())
                 if self.peers.ping_pong:
                     self.send_next()
+                continue
+            if line.startswith(b"flood "):
+                self.floods.append(len(line) - 6)
                 continue
             m = _TICK.match(line)
             if m:

@@ -614,6 +614,27 @@ class ProcessTests(TestCase):
         self.assertEqual(self.peers.problems(), [])
 
     @defer.inlineCallbacks
+    def test_unsent_bytes_cross(self) -> Any:
+        """A peer that stops reading leaves megabytes in the old process's
+        Twisted buffer; they cross with the socket, unsent, and arrive
+        whole and in order once the peer reads again."""
+        old = yield self.start_old()
+        slow = self.peers.connections[0]
+        slow.transport.write(b"flood 16000000\n")
+        slow.transport.pauseProducing()
+        yield task.deferLater(R, 1.0, lambda: None)
+        new = self.start("--takeover")
+        status = yield old.ended
+        self.assertEqual(status, 0, old.err.decode())
+        committed = old.line("committed")
+        assert committed is not None
+        self.assertGreater(int(committed.split()[3]), 1_000_000, committed)
+        yield eventually(lambda: new.line("serving") is not None)
+        slow.transport.resumeProducing()
+        yield self.check_all_answered(old.pid, new.pid)
+        self.assertEqual(slow.floods, [16_000_000])
+
+    @defer.inlineCallbacks
     def test_nothing_to_take_over(self) -> Any:
         """--takeover with no process serving the data dir starts fresh."""
         child = self.start("--takeover", "--peer-port", str(self.peer_port))

@@ -165,7 +165,8 @@ class Outcome:
     ``committed``: the new process has everything and this one must exit
     (status 0).  Otherwise ``reason`` says why it was rolled back and this
     process goes on.  ``seconds``: from the freeze to the commit or the
-    thaw, i.e. how long peers were not read by this process.
+    thaw, i.e. how long peers were not read by this process.  ``pending``:
+    bytes queued for peers that crossed unsent (written by the new side).
     """
 
     committed: bool
@@ -173,6 +174,7 @@ class Outcome:
     listeners: int
     seconds: float
     reason: str = ""
+    pending: int = 0
 
 
 class TakeoverListener:
@@ -285,6 +287,7 @@ class TakeoverListener:
                 len(frozen.ports),
                 clock.seconds() - frozen.frozen_at,
                 reason,
+                frozen.pending_total,
             )
         if not committed and self._socket is None and self._reopen:
             # We stopped listening at the point of no return and then the
