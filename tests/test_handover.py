@@ -264,6 +264,35 @@ class SessionTests(_PeerSocket):
         self.assertEqual(peer.recv(1), b"")  # then EOF, as asked
 
     @defer.inlineCallbacks
+    def test_ipv6(self) -> Any:
+        """An IPv6 connection crosses the same way (family kept)."""
+        server = socket.socket(socket.AF_INET6)
+        try:
+            server.bind(("::1", 0))
+        except OSError:
+            raise SkipTest("no IPv6 loopback") from None
+        server.listen(1)
+        self.addCleanup(server.close)
+        proto = Collector()
+        yield protocol.ClientCreator(R, lambda: proto).connectTCP(
+            "::1", server.getsockname()[1]
+        )
+        peer, _ = server.accept()
+        self.addCleanup(peer.close)
+        frozen = session.Frozen(session.Handover([(proto.transport, b"v6")]), 0.0)
+        fds = [os.dup(fd) for fd in frozen.fds]
+        frozen.commit()
+        received = session.match(frozen.manifest, fds)
+        self.assertEqual(received.connections[0].family, socket.AF_INET6)
+        new = Collector()
+        adopted = received.adopt(R, [new])
+        self.assertEqual(adopted.transports[0].getPeer().host, "::1")
+        peer.sendall(b"over v6")
+        yield eventually(lambda: new.data == b"over v6")
+        self.assertTrue(_no_eof(peer))
+        new.transport.loseConnection()
+
+    @defer.inlineCallbacks
     def test_rollback_is_invisible(self) -> Any:
         """Frozen then rolled back: the peer's bytes are read, ours sent."""
         proto, peer = yield self.connect()
