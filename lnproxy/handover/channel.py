@@ -274,6 +274,9 @@ class TakeoverListener:
     def _finish(self, frozen: Frozen | None, committed: bool, reason: str) -> None:
         clock: IReactorTime = self._reactor  # type: ignore[assignment]
         self._busy = False
+        # Measured before the commit's releases: from here the new process
+        # reads (or, rolled back, this one does again).
+        elapsed = clock.seconds() - frozen.frozen_at if frozen is not None else 0.0
         if frozen is None:
             outcome = Outcome(False, 0, 0, 0.0, reason)
         else:
@@ -285,7 +288,7 @@ class TakeoverListener:
                 committed,
                 len(frozen.transports),
                 len(frozen.ports),
-                clock.seconds() - frozen.frozen_at,
+                elapsed,
                 reason,
                 frozen.pending_total,
             )
