@@ -492,6 +492,20 @@ class ChannelTests(TestCase):
         self.addCleanup(listener.stop)
         return path, outcomes
 
+    def test_stop_removes_only_its_own_file(self) -> None:
+        """stop() unlinks the socket file it bound, not a successor's."""
+        directory = tempfile.mkdtemp(prefix="lnproxy-handover-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "takeover.sock")
+        first = TakeoverListener(R, path, lambda: Handover([]), lambda o: None)
+        second = TakeoverListener(R, path, lambda: Handover([]), lambda o: None)
+        first.start()
+        second.start()  # a successor replaces the file
+        first.stop()
+        self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        second.stop()
+        self.assertFalse(os.path.exists(path))
+
     @defer.inlineCallbacks
     def test_collect_fails(self) -> Any:
         """An error while collecting the handover refuses the request with
@@ -631,6 +645,11 @@ class ProcessTests(TestCase):
         status = yield old.ended
         self.assertEqual(status, 0, old.err.decode())
         self.assertIsNotNone(old.line("committed"), old.lines)
+        yield eventually(lambda: new.line("serving") is not None)
+        # The old socket file went before the commit; this one is the new
+        # process's own (mode 0600 again).
+        mode = os.stat(os.path.join(self.dir, "takeover.sock")).st_mode
+        self.assertEqual(stat.S_IMODE(mode), 0o600)
         yield eventually(lambda: new.line("serving") is not None)
         self.assertEqual(new.line("adopted"), f"adopted {self.N + 1} 1")
         yield self.late_client()

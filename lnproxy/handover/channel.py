@@ -207,11 +207,17 @@ class TakeoverListener:
         self._socket: socket.socket | None = None
         self._busy = False
         self._reopen = False
+        self._inode = 0
 
     # -- reactor side -----------------------------------------------------
 
     def start(self) -> None:
-        """Bind the channel (mode 0600; a stale socket file is replaced)."""
+        """Bind the channel (mode 0600; a stale socket file is replaced).
+
+        Only the data dir's owner may call this: a process started with
+        ``--takeover`` once :meth:`Takeover.confirm` returned (the old one
+        removed its socket file before committing).
+        """
         skt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.lstat(self.path).st_mode):
@@ -219,6 +225,7 @@ class TakeoverListener:
         with _short_path(self.path) as short:
             skt.bind(short)
         os.chmod(self.path, 0o600)
+        self._inode = os.stat(self.path).st_ino
         skt.listen(4)
         skt.setblocking(False)
         self._socket = skt
@@ -232,7 +239,7 @@ class TakeoverListener:
         self._reactor.removeReader(self)  # type: ignore[attr-defined]
         with contextlib.suppress(FileNotFoundError):
             # Only ours: a successor may have bound the same path since.
-            if os.stat(self.path).st_ino == os.fstat(skt.fileno()).st_ino:
+            if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
         skt.close()
 
