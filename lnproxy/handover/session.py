@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from . import detach
 from .manifest import (
+    FAMILIES,
     ConnectionRecord,
     ListenerRecord,
     Manifest,
@@ -81,12 +82,13 @@ class Frozen:
 
     def __init__(self, handover: Handover, clock_seconds: float) -> None:
         self.frozen_at = clock_seconds
-        # A connection already gone (or still connecting) has nothing to
-        # hand over: skipped, and counted.
+        # A connection already gone (or still connecting), or not TCP, has
+        # nothing to hand over: skipped, and counted.
         live: list[tuple[Any, bytes]] = [
             (t, blob)
             for t, blob in handover.connections
-            if getattr(t, "connected", False) and hasattr(t, "socket")
+            if getattr(t, "connected", False)
+            and getattr(getattr(t, "socket", None), "family", None) in FAMILIES
         ]
         self.skipped = len(handover.connections) - len(live)
         self.transports: list[Any] = [t for t, _ in live]
@@ -104,32 +106,36 @@ class Frozen:
             for selectable in frozen:
                 detach.thaw(selectable)
             raise
-        connections = []
-        fds = []
-        for transport, blob in live:
-            fd = detach.socket_of(transport).fileno()
-            fds.append(fd)
-            connections.append(
-                ConnectionRecord(
-                    inode_of(fd),
-                    detach.socket_of(transport).family,
-                    detach.pending_bytes(transport),
-                    blob,
-                    bool(transport.disconnecting),
+        try:
+            connections = []
+            fds = []
+            for transport, blob in live:
+                fd = detach.socket_of(transport).fileno()
+                fds.append(fd)
+                connections.append(
+                    ConnectionRecord(
+                        inode_of(fd),
+                        detach.socket_of(transport).family,
+                        detach.pending_bytes(transport),
+                        blob,
+                        bool(transport.disconnecting),
+                    )
                 )
+            listeners = []
+            for port, name in handover.listeners:
+                fd = detach.socket_of(port).fileno()
+                fds.append(fd)
+                listeners.append(
+                    ListenerRecord(inode_of(fd), detach.socket_of(port).family, name)
+                )
+            #: Descriptors in manifest order: connections, then listeners.
+            self.fds: list[int] = fds
+            self.manifest = encode(
+                Manifest(tuple(connections), tuple(listeners), handover.state)
             )
-        listeners = []
-        for port, name in handover.listeners:
-            fd = detach.socket_of(port).fileno()
-            fds.append(fd)
-            listeners.append(
-                ListenerRecord(inode_of(fd), detach.socket_of(port).family, name)
-            )
-        #: Descriptors in manifest order: connections, then listeners.
-        self.fds: list[int] = fds
-        self.manifest = encode(
-            Manifest(tuple(connections), tuple(listeners), handover.state)
-        )
+        except BaseException:
+            self.rollback()
+            raise
         self.pending_total = sum(len(c.pending) for c in connections)
 
     def rollback(self) -> None:
