@@ -152,6 +152,17 @@ def _wait_until(
     return d
 
 
+@defer.inlineCallbacks
+def _clean_up(cleanups: list[Callable[[], Any]]) -> Any:
+    """Run ``cleanups`` last first, each to its end; a failing one does not
+    stop the others (the demo's own result matters more)."""
+    for fn in reversed(cleanups):
+        try:
+            yield defer.maybeDeferred(fn)
+        except Exception:
+            pass
+
+
 def _is(msg_type: int) -> Callable[[bytes], bool]:
     return lambda m: len(m) >= 2 and wire.message_type(m) == msg_type
 
@@ -382,11 +393,7 @@ def run_demo(
         )
         n.ok("pings and pongs never reached the client; every event is acknowledged")
     finally:
-        for fn in reversed(cleanups):
-            try:
-                yield defer.maybeDeferred(fn)
-            except Exception:
-                pass
+        yield _clean_up(cleanups)
     out.write(f"\nAll {len(n.done)} steps happened.\n")
     return n.done
 

@@ -285,6 +285,7 @@ def run_electrum_demo(
         DemoFailed,
         WebhookReceiver,
         _bounded,
+        _clean_up,
         _Narrator,
         _wait_until,
     )
@@ -426,10 +427,6 @@ def run_electrum_demo(
         )
         n.ok("funding_created and funding_signed verified by Electrum on both sides")
     finally:
-        for fn in reversed(cleanups):
-            try:
-                yield defer.maybeDeferred(fn)
-            except Exception:
-                pass
+        yield _clean_up(cleanups)
     out.write(f"\nAll {len(n.done)} steps happened.\n")
     return {"wake_to_accept": wake}
