@@ -1090,12 +1090,20 @@ class Bench:
             return Measure(n / (sent["also"]["t1"] - sent["t0"]), cpu / wall)
 
     def to_client_reference(self) -> Measure:
-        n = self.sizes.ws_messages
-        with self.run("toclient-ref") as r:
-            server = r.child("server", CORE_PROXY, "ws-server", "stream", count=n)
+        return self._ws_reference(
+            "toclient-ref", "stream", "ref-recv", self.sizes.ws_messages
+        )
+
+    def _ws_reference(
+        self, label: str, server_job: str, client_job: str, n: int
+    ) -> Measure:
+        """Figures 3 and 4's reference: a bare Autobahn server and client
+        moving ``n`` messages; the rate the client measured."""
+        with self.run(label) as r:
+            server = r.child("server", CORE_PROXY, "ws-server", server_job, count=n)
             port = server.expect("PORT")
             client = r.child(
-                "client", CORE_LOAD, "client", "ref-recv", port=port, count=n
+                "client", CORE_LOAD, "client", client_job, port=port, count=n
             )
             client.expect("READY")
             res, cpu, wall = self._go(server, client, client)
@@ -1117,16 +1125,7 @@ class Bench:
             return Measure(n / (res["t1"] - res["t0"]), cpu / wall)
 
     def to_peer_reference(self) -> Measure:
-        n = self.sizes.sends
-        with self.run("topeer-ref") as r:
-            server = r.child("server", CORE_PROXY, "ws-server", "count", count=n)
-            port = server.expect("PORT")
-            client = r.child(
-                "client", CORE_LOAD, "client", "ref-send", port=port, count=n
-            )
-            client.expect("READY")
-            res, cpu, wall = self._go(server, client, client)
-            return Measure(n / (res["t1"] - res["t0"]), cpu / wall)
+        return self._ws_reference("topeer-ref", "count", "ref-send", self.sizes.sends)
 
     # -- figure 5: connection set-ups ------------------------------------------------
 
