@@ -287,11 +287,9 @@ def run_electrum_demo(
         _bounded,
         _clean_up,
         _Narrator,
+        _start_proxy,
         _wait_until,
     )
-    from lnproxy.service import build_service
-    from lnproxy.tap import Options
-    from lnproxy.testing import free_port
 
     n = narrator or _Narrator(out)
     cleanups: list[Callable[[], Any]] = []
@@ -328,18 +326,7 @@ def run_electrum_demo(
         ready = yield bounded(peer.wait("ready"), "the Electrum peer starting")
         peer_id, peer_port = ready["node_id"], ready["port"]
         n.say(f"peer      Electrum lnpeer.Peer {peer_id} at 127.0.0.1:{peer_port}")
-        proxy_port = free_port()
-        options = Options()
-        options.parseOptions(
-            [
-                "--listen", f"tcp:{proxy_port}:interface=127.0.0.1",
-                "--data-dir", os.path.join(work, "proxy"),
-                "--webhook-allow-private",
-            ]
-        )  # fmt: skip
-        proxy = build_service(reactor, options)
-        proxy.startService()
-        cleanups.append(proxy.stopService)
+        proxy, proxy_port = _start_proxy(reactor, os.path.join(work, "proxy"), cleanups)
         server_id = proxy.server_id
         url = f"ws://127.0.0.1:{proxy_port}/"
         n.say(f"proxy     {url}  server_id {server_id.hex()}")
