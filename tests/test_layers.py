@@ -42,7 +42,10 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
             }
         ),
     ),
-    ("clocked units and the store", frozenset({"lease", "accounts", "logs", "store"})),
+    (
+        "clocked units, the store and the socket handover",
+        frozenset({"lease", "accounts", "logs", "store", "handover"}),
+    ),
     ("peer connection", frozenset({"peer"})),
     ("hub and its parts", frozenset({"hub", "journal", "keepalive"})),
     ("edges", frozenset({"api", "webhook", "ssrf", "metrics", "devices"})),
@@ -55,6 +58,8 @@ BESIDE: dict[str, tuple[str, ...]] = {
     "testing": ("pure core",),
     "localpeer": ("pure core", "testing"),
     "electrum_node": ("pure core",),
+    "testing_systemd": ("pure core",),
+    "testing_postgres": ("pure core",),
 }
 
 #: At the top: the demos may import anything.
