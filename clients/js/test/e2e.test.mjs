@@ -480,11 +480,14 @@ describe("several devices of one node", () => {
     await assert.rejects(b.disconnect(link.conn), held);
     await assert.rejects(b.leaseAcquire(), held);
     assert.ok((await b.connections()).some((c) => c.conn === link.conn && c.state === "open"));
-    // A forced acquire moves the lease; A is told (and only A).
+    assert.equal(b.writer, false);
+    // A forced acquire moves the lease; A is told by the proxy's `lease`
+    // notification.
     assert.equal(await b.leaseAcquire(true), true);
-    await eventually(() => told.a.length === 1, 5000, "the lease notification");
-    assert.deepEqual(told.a, [{ writer: false }]);
-    assert.deepEqual(told.b, []);
+    await eventually(() => told.a.length === 2, 5000, "the lease notification");
+    assert.deepEqual(told.a, [{ writer: true }, { writer: false }]);
+    assert.deepEqual(told.b, [{ writer: false }, { writer: true }]);
+    assert.deepEqual([a.writer, b.writer], [false, true]);
     await assert.rejects(a.send(link.conn, fromHex("8009" + "0002")), held);
     await b.send(link.conn, fromHex("8009" + "0003"));
     const got = await peer.waitFor((e) => e.event === "received" && e.msg === "80090003");
@@ -509,6 +512,49 @@ describe("several devices of one node", () => {
     assert.equal(await a.leaseAcquire(), true);
     await a.leaseRelease();
     await link.disconnect();
+  });
+
+  test("lease: true: the lease is asked for at every login; only the holder handshakes a dropped persist peer again", async () => {
+    const secret = newNodeSecret();
+    const spy = spyingWebSocket();
+    const a = newClient({ nodeSecret: secret, WebSocket: spy.WebSocket, extra: { lease: true } });
+    const linksA = [];
+    a.on("link", (l) => linksA.push(l));
+    a.start();
+    await a.whenLoggedIn(10_000);
+    await eventually(() => a.writer === true, 5000, "A to hold the lease");
+    const spyB = spyingWebSocket();
+    const b = newClient({ nodeSecret: secret, WebSocket: spyB.WebSocket, extra: { lease: true } });
+    const linksB = [];
+    const toldB = [];
+    b.on("link", (l) => linksB.push(l));
+    b.on("lease", (l) => toldB.push(l));
+    b.start();
+    await b.whenLoggedIn(10_000);
+    await eventually(() => b.writer === false, 5000, "B to learn that A holds the lease");
+    assert.deepEqual(toldB, [{ writer: false }]);
+    // The lease ends with A's WebSocket; A logs in again and takes it again.
+    let logins = 0;
+    a.on("login", () => logins++);
+    spy.sockets.at(-1).terminate();
+    await eventually(() => logins === 1 && a.writer === true, 10_000, "A to hold the lease again");
+    // A persist connection drops: both devices get the closed event; only
+    // A (the holder) handshakes again.
+    const first = await a.openPeer(peer.address, { persist: true });
+    await handled(b, (e) => e.type === 16 && e.conn === first.conn);
+    const opens = () => peer.events.filter((e) => e.event === "open" && e.remote === a.nodeId).length;
+    const before = opens();
+    peer.command({ close: true });
+    await handled(b, (e) => e.kind === "closed" && e.conn === first.conn && e.reconnect);
+    await eventually(() => linksA.length === 1, 15_000, "A's new link");
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(opens(), before + 1);
+    assert.deepEqual(linksB, []);
+    // B did not even try: it knows A holds the lease.
+    assert.deepEqual(spyB.sent.filter((o) => o.method === "connect"), []);
+    const conns = await b.connections();
+    assert.equal(conns.filter((c) => c.state === "open" && c.peer === peer.nodeId).length, 1);
+    await linksA[0].disconnect();
   });
 
   test("vault: two writers of one version, exactly one wins, the other gets 10 with the version and wins on retry", async () => {
