@@ -237,6 +237,16 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual(self.acks, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_halt_sends_the_pending_ack_at_once(self) -> None:
+        """A clean stop sends the ack still waiting for the turn's end
+        before the session goes, and only once."""
+        self.pipeline.push(message(1))
+        self.pipeline.push(message(2))
+        self.pipeline.halt()
+        self.assertEqual(self.acks, [2])
+        self.clock.advance(0)
+        self.assertEqual(self.acks, [2])
+
     def test_another_proxy_drops_the_pending_ack(self) -> None:
         """A pending ack for the former proxy's seq is not sent to a proxy
         with another server_id."""

@@ -15,8 +15,9 @@ reactor go out as one ``ack`` of the highest of them, sent by a
 ``callLater(0)`` (an ack covers every lower seq too).  A burst of events
 read from one WebSocket frame batch thus costs the proxy one ack instead of
 one per event.  Nothing is acknowledged before its handler finished and its
-seq was saved; a pending ack is dropped by :meth:`EventPipeline.abort` and
-when the proxy turns out to be another one.
+seq was saved; a pending ack is sent at once by :meth:`EventPipeline.halt`
+(a clean stop), dropped by :meth:`EventPipeline.abort` and when the proxy
+turns out to be another one.
 
 Other parts may add to what is recorded with an event's seq, in the same
 write, through an :class:`EventFollowUp` (the re-handshake of a persistent
@@ -188,11 +189,16 @@ class EventPipeline:
         """Forget queued events and stop retrying.
 
         The proxy keeps what was not acknowledged and sends it again; a
-        callback already running may finish and be recorded.
+        callback already running may finish and be recorded.  An ack
+        waiting for the end of the reactor turn is sent now, while the
+        session is still there.
         """
         self._running = False
         self._queue.clear()
         self._cancel_retry()
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+            self._flush_ack()
 
     def abort(self) -> None:
         """Stop at once, as a crash would: record and acknowledge nothing
