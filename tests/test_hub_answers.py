@@ -13,11 +13,10 @@ from twisted.logger import globalLogPublisher
 
 from lnproxy import wire
 from lnproxy.answer import MAX_WAITING_PINGS, PingOwner
-from lnproxy.hub import Hub, Limits
 from lnproxy.policy import MessageClass, Policy
 from lnproxy.snapshot import ConnectionSnapshot
 
-from .test_hub_unit import KEEPALIVE_PING, NODE, PEER, HubCase, Transport
+from .test_hub_unit import KEEPALIVE_PING, NODE, PEER, HubCase
 
 CHAIN = bytes(range(32))
 PEER_HEX = PEER.hex()
@@ -345,14 +344,7 @@ class SnapshotStateTests(HubCase):
         self.assertEqual(snap.pings, ((PingOwner.CLIENT, 3),))
         self.assertTrue(snap.gossip_asked)
         self.assertTrue(snap.client_spoke)
-        self.hub.keepalive.stop()
-        self.hub.running = False
-        hub2 = Hub(
-            self.store, self.clock, self.connect_peer, Policy(), Limits(keepalive=1000)
-        )
-        proto = hub2.adopt(snap)
-        transport = Transport()
-        proto.makeConnection(transport)
+        hub2, proto, transport = self.adopt_in_new_hub(snap)
         pong = wire.Pong(bytes(3)).encode()
         proto.dataReceived(link.frames(pong, b"\x01\x00ann"))
         hub2.flush()

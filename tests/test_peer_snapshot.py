@@ -17,12 +17,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lnproxy import noise
 from lnproxy.answer import MAX_WAITING_PINGS, PingOwner
-from lnproxy.hub import Hub, HubError, Limits
+from lnproxy.hub import HubError
 from lnproxy.lifecycle import ConnState
-from lnproxy.policy import Policy
 from lnproxy.snapshot import ConnectionSnapshot, SnapshotError
 
-from .test_hub_unit import NODE, HubCase, Transport
+from .test_hub_unit import NODE, HubCase
 
 #: An unknown odd type: queued for the client (policy default).
 MSG_TYPE = 0x8001
@@ -232,14 +231,7 @@ class HubSnapshotTests(HubCase):
         seqs = [e["seq"] for e in self.events() if "type" in e]
         # The old process goes away after the hand-off (no stop, no closed
         # event); a second hub, as a new process would have, shares the store.
-        self.hub.keepalive.stop()
-        self.hub.running = False
-        hub2 = Hub(
-            self.store, self.clock, self.connect_peer, Policy(), Limits(keepalive=1000)
-        )
-        proto = hub2.adopt(snap)
-        transport = Transport()
-        proto.makeConnection(transport)
+        hub2, proto, transport = self.adopt_in_new_hub(snap)
         self.assertEqual(transport.value(), b"", "no act 1 for a resumed one")
         proto.dataReceived(frame[50:] + link.frames(_msg(601)))
         hub2.flush()

@@ -1,0 +1,505 @@
+"""The takeover channel: a Unix socket in the data dir between two processes.
+
+A ``SOCK_SEQPACKET`` Unix socket (message boundaries kept, descriptors
+travel with the message they belong to), mode 0600, and both ends check
+with ``SO_PEERCRED`` that the other runs as the same user.  Each message is
+one type byte and a payload::
+
+    new -> old   H  hello (payload: protocol version, 1 byte)
+    old -> new   F  up to 253 descriptors (SCM_RIGHTS; the kernel's
+                    SCM_MAX_FD), payload: their count (u16)
+    old -> new   M  a chunk of the manifest (at most 64 KiB)
+    old -> new   E  end: u32 descriptors, u32 manifest length
+    new -> old   R  ready: everything received and prepared
+    old -> new   C  commit: the sockets are yours; the old side lets go
+    either       X  abort (payload: UTF-8 reason)
+
+The old side freezes everything (stops reading peers and accepting) before
+it sends the first descriptor, and waits ``timeout`` seconds for ``R``.
+Without it (timeout, EOF because the new process died, ``X`` because it
+could not prepare), it sends ``X`` and thaws: nothing happened.  With it, it
+stops listening on the channel (unlinks the path, so the new process can
+bind its own), sends ``C`` and releases its sockets (no ``shutdown``).  The
+new side adopts only after ``C``; if the channel ends after its ``R``
+without ``C`` or ``X`` it adopts only if the old process is gone (it died
+between deciding and telling), else it gives up.
+
+The new side is blocking code, run before its reactor starts; the old side
+runs the exchange in a reactor thread and touches Twisted objects only on
+the reactor thread (``blockingCallFromThread``).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import Logger
+
+from .manifest import ManifestError
+from .session import Frozen, Handover, Received, match
+
+__all__ = [
+    "NothingToTakeOver",
+    "Outcome",
+    "TakeoverFailed",
+    "TakeoverListener",
+    "Takeover",
+    "request_takeover",
+]
+
+_log = Logger()
+
+VERSION = 1
+#: The kernel's limit of descriptors per SCM_RIGHTS message (SCM_MAX_FD).
+MAX_FDS_PER_MESSAGE = 253
+CHUNK = 64 * 1024
+_RECV_SIZE = CHUNK + 64
+_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * 4)
+
+HELLO, FDS, MANIFEST, END, READY, COMMIT, ABORT = (
+    b"H",
+    b"F",
+    b"M",
+    b"E",
+    b"R",
+    b"C",
+    b"X",
+)
+
+
+class TakeoverFailed(Exception):
+    """The handover did not happen (the message says why)."""
+
+
+class NothingToTakeOver(TakeoverFailed):
+    """No process listens on the takeover socket: start normally."""
+
+
+def peer_credentials(skt: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end (SO_PEERCRED)."""
+    raw = skt.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def _check_same_user(skt: socket.socket) -> int:
+    pid, uid, _ = peer_credentials(skt)
+    if uid != os.geteuid():
+        raise TakeoverFailed(
+            f"the takeover peer (pid {pid}) runs as uid {uid}, not {os.geteuid()}"
+        )
+    return pid
+
+
+@contextlib.contextmanager
+def _short_path(path: str) -> Iterator[str]:
+    """A path short enough for ``sockaddr_un`` (108 bytes) naming ``path``.
+
+    Long data dir paths go through ``/proc/self/fd/N/`` of an open
+    descriptor of the directory.
+    """
+    if len(os.fsencode(path)) < 100:
+        yield path
+        return
+    directory, name = os.path.split(os.path.abspath(path))
+    dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{dirfd}/{name}"
+    finally:
+        os.close(dirfd)
+
+
+def _send(skt: socket.socket, kind: bytes, payload: bytes = b"") -> None:
+    skt.sendall(kind + payload)
+
+
+def _recv(skt: socket.socket) -> tuple[bytes, bytes, list[int]]:
+    """One message: (type, payload, descriptors).  EOF raises TakeoverFailed."""
+    data, ancdata, flags, _ = skt.recvmsg(
+        _RECV_SIZE, _ANC_SIZE, getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+    )
+    fds: list[int] = []
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
+            fds.extend(arr)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise TakeoverFailed("a takeover message was truncated")
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        raise TakeoverFailed("the other process closed the takeover channel")
+    return data[:1], data[1:], fds
+
+
+def _send_frozen(skt: socket.socket, frozen: Frozen) -> None:
+    """Send the descriptors (253 a message), the manifest, the end mark."""
+    fds = frozen.fds
+    for i in range(0, len(fds), MAX_FDS_PER_MESSAGE):
+        batch = fds[i : i + MAX_FDS_PER_MESSAGE]
+        socket.send_fds(skt, [FDS + struct.pack(">H", len(batch))], batch)
+    manifest = frozen.manifest
+    for i in range(0, len(manifest), CHUNK):
+        _send(skt, MANIFEST, manifest[i : i + CHUNK])
+    _send(skt, END, struct.pack(">II", len(fds), len(manifest)))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a takeover request ended, on the old side.
+
+    ``committed``: the new process has everything and this one must exit
+    (status 0).  Otherwise ``reason`` says why it was rolled back and this
+    process goes on.  ``seconds``: from the freeze to the commit or the
+    thaw, i.e. how long peers were not read by this process.  ``pending``:
+    bytes queued for peers that crossed unsent (written by the new side).
+    """
+
+    committed: bool
+    connections: int
+    listeners: int
+    seconds: float
+    reason: str = ""
+    pending: int = 0
+
+
+class TakeoverListener:
+    """Old side: listen on ``path``, hand everything over when asked.
+
+    ``collect()`` is called on the reactor thread when a new process asks;
+    it returns the :class:`Handover` (snapshots taken in the same turn: the
+    freeze follows at once).  ``on_outcome(outcome)`` is called on the
+    reactor thread at the end: on a commit the caller stops its reactor (and
+    exits 0); on a rollback it resumes whatever it paused itself (timers),
+    sockets are already thawed.  ``notify`` is passed to
+    :meth:`Frozen.commit`.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorThreads,
+        path: str,
+        collect: Callable[[], Handover],
+        on_outcome: Callable[[Outcome], None],
+        timeout: float = 5.0,
+        notify: bool = True,
+    ) -> None:
+        self._reactor = reactor
+        self.path = path
+        self._collect = collect
+        self._on_outcome = on_outcome
+        self.timeout = timeout
+        self._notify = notify
+        self._socket: socket.socket | None = None
+        self._busy = False
+        self._reopen = False
+        self._inode = 0
+
+    # -- reactor side -----------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the channel (mode 0600; a stale socket file is replaced).
+
+        Only the data dir's owner may call this: a process started with
+        ``--takeover`` once :meth:`Takeover.confirm` returned (the old one
+        removed its socket file before committing).
+        """
+        skt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)
+        with _short_path(self.path) as short:
+            skt.bind(short)
+        os.chmod(self.path, 0o600)
+        self._inode = os.stat(self.path).st_ino
+        skt.listen(4)
+        skt.setblocking(False)
+        self._socket = skt
+        self._reactor.addReader(self)  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """Stop listening and remove the socket file."""
+        skt, self._socket = self._socket, None
+        if skt is None:
+            return
+        self._reactor.removeReader(self)  # type: ignore[attr-defined]
+        with contextlib.suppress(FileNotFoundError):
+            # Only ours: a successor may have bound the same path since.
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        skt.close()
+
+    def fileno(self) -> int:
+        """IReadDescriptor: the listening socket."""
+        return self._socket.fileno() if self._socket is not None else -1
+
+    def logPrefix(self) -> str:
+        """ILoggingContext."""
+        return "TakeoverListener"
+
+    def connectionLost(self, reason: object) -> None:
+        """IReadDescriptor: the reactor drops us at shutdown."""
+        self._socket = None
+
+    def doRead(self) -> None:
+        """A new process connects: serve it in a thread, one at a time."""
+        if self._socket is None:
+            return
+        try:
+            conn, _ = self._socket.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            _log.warn("takeover channel accept failed: {error}", error=e)
+            return
+        if self._busy:
+            with contextlib.suppress(OSError):
+                conn.send(ABORT + b"a takeover is already in progress")
+            conn.close()
+            return
+        self._busy = True
+        self._reactor.callInThread(self._serve, conn)
+
+    def _freeze(self) -> Frozen:
+        clock: IReactorTime = self._reactor  # type: ignore[assignment]
+        return Frozen(self._collect(), clock.seconds())
+
+    def _finish(self, frozen: Frozen | None, committed: bool, reason: str) -> None:
+        clock: IReactorTime = self._reactor  # type: ignore[assignment]
+        self._busy = False
+        # Measured before the commit's releases: from here the new process
+        # reads (or, rolled back, this one does again).
+        elapsed = clock.seconds() - frozen.frozen_at if frozen is not None else 0.0
+        if frozen is None:
+            outcome = Outcome(False, 0, 0, 0.0, reason)
+        else:
+            if committed:
+                frozen.commit(notify=self._notify)
+            else:
+                frozen.rollback()
+            outcome = Outcome(
+                committed,
+                len(frozen.transports),
+                len(frozen.ports),
+                elapsed,
+                reason,
+                frozen.pending_total,
+            )
+        if not committed and self._socket is None and self._reopen:
+            # We stopped listening at the point of no return and then the
+            # commit could not be sent: serve the channel again.
+            try:
+                self.start()
+            except OSError as e:
+                _log.warn("cannot reopen the takeover channel: {error}", error=e)
+        self._reopen = False
+        if committed:
+            _log.info(
+                "handed over {connections} connections and {listeners} listeners"
+                " in {seconds:.3f} s",
+                connections=outcome.connections,
+                listeners=outcome.listeners,
+                seconds=outcome.seconds,
+            )
+        else:
+            _log.warn(
+                "takeover rolled back, serving on: {reason}", reason=outcome.reason
+            )
+        self._on_outcome(outcome)
+
+    # -- thread side ------------------------------------------------------
+
+    def _serve(self, conn: socket.socket) -> None:
+        reactor = self._reactor
+        frozen: Frozen | None = None
+        try:
+            conn.settimeout(self.timeout)
+            _check_same_user(conn)
+            kind, payload, fds = _recv(conn)
+            for fd in fds:
+                os.close(fd)
+            if kind != HELLO or payload[:1] != bytes([VERSION]):
+                raise TakeoverFailed("the new process spoke another protocol")
+            frozen = blockingCallFromThread(reactor, self._freeze)
+            assert frozen is not None
+            _send_frozen(conn, frozen)
+            kind, payload, fds = _recv(conn)
+            for fd in fds:
+                os.close(fd)
+            if kind == ABORT:
+                raise TakeoverFailed(
+                    "the new process gave up: "
+                    + payload.decode("utf-8", "replace")[:500]
+                )
+            if kind != READY:
+                raise TakeoverFailed(f"unexpected message {kind!r} from new process")
+            # Point of no return: free the path for the successor's channel.
+            blockingCallFromThread(reactor, self.stop)
+            _send(conn, COMMIT)
+        except Exception as e:
+            reason = _describe(e)
+            with contextlib.suppress(OSError):
+                _send(conn, ABORT, reason.encode("utf-8"))
+            conn.close()
+            reactor.callFromThread(self._finish, frozen, False, reason)
+            return
+        conn.close()
+        reactor.callFromThread(self._finish, frozen, True, "")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, socket.timeout | TimeoutError):
+        return "the new process did not confirm in time"
+    if isinstance(e, TakeoverFailed):
+        return str(e)
+    if isinstance(e, OSError):
+        return f"takeover channel: {os.strerror(e.errno) if e.errno else e}"
+    return f"{type(e).__name__}: {e}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our child in tests) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+class Takeover:
+    """New side: what arrived, and the two ways to end the exchange.
+
+    ``received`` holds the descriptors matched to their records.  Call
+    :meth:`confirm` once everything is prepared (protocols built from the
+    blobs): when it returns, the sockets are this process's to adopt
+    (``received.adopt``).  Call :meth:`abort` instead to let the old
+    process go on; it closes this process's copies.
+    """
+
+    def __init__(self, skt: socket.socket, received: Received, old_pid: int) -> None:
+        self._socket = skt
+        self.received = received
+        self.old_pid = old_pid
+
+    def confirm(self, timeout: float = 10.0) -> None:
+        """Send ready, wait for the commit.  TakeoverFailed if rolled back."""
+        skt = self._socket
+        try:
+            skt.settimeout(timeout)
+            _send(skt, READY)
+            kind, payload, fds = _recv(skt)
+            for fd in fds:
+                os.close(fd)
+        except (OSError, TakeoverFailed) as e:
+            deadline = time.monotonic() + timeout
+            while _alive(self.old_pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not _alive(self.old_pid):
+                # It died after our ready, before telling: nobody else
+                # serves these sockets now; take them.
+                _log.warn("the old process died before committing; adopting")
+                skt.close()
+                return
+            self.received.close()
+            skt.close()
+            raise TakeoverFailed(f"no commit from the old process: {e}") from e
+        skt.close()
+        if kind == ABORT:
+            self.received.close()
+            raise TakeoverFailed(
+                "the old process rolled back: " + payload.decode("utf-8", "replace")
+            )
+        if kind != COMMIT:
+            self.received.close()
+            raise TakeoverFailed(f"unexpected message {kind!r} from old process")
+
+    def abort(self, reason: str) -> None:
+        """Tell the old process to go on; close this process's copies."""
+        with contextlib.suppress(OSError):
+            _send(self._socket, ABORT, reason.encode("utf-8")[:4000])
+        self._socket.close()
+        self.received.close()
+
+
+def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
+    """Ask the process serving ``path`` to hand everything over (blocking).
+
+    Raises :class:`NothingToTakeOver` if nobody listens there (start
+    normally) and :class:`TakeoverFailed` for anything else (the old
+    process rolls back by itself).
+    """
+    skt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    skt.settimeout(timeout)
+    try:
+        with _short_path(path) as short:
+            skt.connect(short)
+    except OSError as e:
+        skt.close()
+        if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            raise NothingToTakeOver(f"no process serves {path}") from e
+        raise TakeoverFailed(f"cannot reach {path}: {e}") from e
+    fds: list[int] = []
+    try:
+        old_pid = _check_same_user(skt)
+        _send(skt, HELLO, bytes([VERSION]))
+        chunks: list[bytes] = []
+        while True:
+            kind, payload, got = _recv(skt)
+            fds.extend(got)
+            if kind == FDS:
+                continue
+            if kind == MANIFEST:
+                chunks.append(payload)
+                continue
+            if kind == ABORT:
+                raise TakeoverFailed(
+                    "the old process refused: " + payload.decode("utf-8", "replace")
+                )
+            if kind != END or len(payload) != 8:
+                raise TakeoverFailed(f"unexpected message {kind!r} from old process")
+            n_fds, n_bytes = struct.unpack(">II", payload)
+            manifest = b"".join(chunks)
+            if n_fds != len(fds) or n_bytes != len(manifest):
+                raise TakeoverFailed(
+                    f"incomplete handover: {len(fds)}/{n_fds} descriptors,"
+                    f" {len(manifest)}/{n_bytes} bytes"
+                )
+            break
+        try:
+            received = match(manifest, fds)
+        except ManifestError as e:
+            fds = []  # match closed them
+            raise TakeoverFailed(f"bad manifest: {e}") from e
+    except BaseException as e:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            _send(skt, ABORT, str(e).encode("utf-8")[:4000])
+        skt.close()
+        if isinstance(e, TakeoverFailed):
+            raise
+        if isinstance(e, OSError):
+            raise TakeoverFailed(f"takeover channel: {e}") from e
+        raise
+    return Takeover(skt, received, old_pid)
