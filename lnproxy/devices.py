@@ -13,7 +13,9 @@ hashable objects (the API passes its protocol instance).
   with the same durability as events.
 - ``auth`` is hashed with scrypt (:mod:`lnproxy.accounts`) in a thread, at
   most :attr:`Devices.max_hashing` at a time; more waiting than
-  :attr:`Devices.max_waiting` answer code 7.
+  :attr:`Devices.max_waiting` answer code 7, and so does a session that
+  already has :attr:`Devices.max_per_session` hashes waiting or running
+  (one client cannot fill the queue that every other client shares).
 - Failed ``account.login`` attempts are counted per user name, and an
   attempt counts as failed from its start until it succeeds, so parallel
   attempts cannot overrun the limit.
@@ -133,6 +135,8 @@ class Devices(Generic[S]):
     max_hashing = 2
     #: scrypt calls waiting for a slot; one more answers code 7.
     max_waiting = 64
+    #: scrypt calls (waiting or running) of one session; one more answers 7.
+    max_per_session = 2
 
     def __init__(
         self,
@@ -152,13 +156,35 @@ class Devices(Generic[S]):
         )
         self._run_hash = run_hash
         self._hashing = defer.DeferredSemaphore(self.max_hashing)
+        #: Hashes waiting or running per session (no entry for none).
+        self._hashes_of: dict[Hashable, int] = {}
 
-    def _hash(self, fn: Callable[[], T]) -> defer.Deferred[T]:
-        if len(self._hashing.waiting) >= self.max_waiting:
-            return defer.fail(
-                DeviceError(LIMIT_EXCEEDED, "too many account requests; retry later")
+    def _hash_refused(self, session: Hashable | None) -> DeviceError | None:
+        """The code 7 answer when no hash may be queued for ``session`` now."""
+        if session is not None and (
+            self._hashes_of.get(session, 0) >= self.max_per_session
+        ):
+            return DeviceError(
+                LIMIT_EXCEEDED, "too many account requests at once; retry later"
             )
-        return self._hashing.run(self._run_hash, fn)
+        if len(self._hashing.waiting) >= self.max_waiting:
+            return DeviceError(LIMIT_EXCEEDED, "too many account requests; retry later")
+        return None
+
+    def _hash(self, fn: Callable[[], T], session: Hashable | None) -> defer.Deferred[T]:
+        """Run ``fn`` (scrypt) in a hashing slot; the caller checked
+        :meth:`_hash_refused` first."""
+        if session is None:
+            return self._hashing.run(self._run_hash, fn)
+        self._hashes_of[session] = self._hashes_of.get(session, 0) + 1
+
+        def done(result: Any) -> Any:
+            left = self._hashes_of.pop(session, 1) - 1
+            if left > 0:
+                self._hashes_of[session] = left
+            return result
+
+        return self._hashing.run(self._run_hash, fn).addBoth(done)
 
     # -- lease ----------------------------------------------------------------
 
@@ -270,16 +296,22 @@ class Devices(Generic[S]):
     # -- account ----------------------------------------------------------------
 
     def account_set(
-        self, node_id: str, params: Mapping[str, Any]
+        self, node_id: str, params: Mapping[str, Any], session: S | None = None
     ) -> defer.Deferred[dict[str, Any]]:
         """``account.set {user, auth, blob}`` -> ``{}``; code 8 for a user
-        name bound to another node."""
+        name bound to another node.
+
+        :param session: the asking session, for :attr:`max_per_session`.
+        """
         try:
             user = vault.account_user(params)
             auth = vault.account_auth(params)
             blob = vault.account_blob(params)
         except vault.ParamError as e:
             return defer.fail(_param_error(e))
+        refused = self._hash_refused(session)
+        if refused is not None:
+            return defer.fail(refused)
 
         def store(record: str) -> dict[str, Any]:
             row = AccountRow(user, node_id, record, blob, self.clock.seconds())
@@ -292,16 +324,21 @@ class Devices(Generic[S]):
             self._log.info("node {node} set its account", node=node_id)
             return {}
 
-        return self._hash(lambda: accounts.hash_auth(auth)).addCallback(store)
+        return self._hash(lambda: accounts.hash_auth(auth), session).addCallback(
+            store
+        )
 
     def account_login(
-        self, params: Mapping[str, Any]
+        self, params: Mapping[str, Any], session: S | None = None
     ) -> defer.Deferred[dict[str, Any]]:
         """``account.login {user, auth}`` -> ``{node_id, blob}``.
 
         A wrong user and a wrong ``auth`` answer the same code 2 after the
         same work; a user name with too many recent failures answers code 7
-        without any check.
+        without any check, and so does any attempt while the hashing queue
+        (or the session's share of it) is full.
+
+        :param session: the asking session, for :attr:`max_per_session`.
         """
         try:
             user = vault.account_user(params)
@@ -318,6 +355,9 @@ class Devices(Generic[S]):
         # Counted as failed until it succeeds: parallel attempts cannot
         # overrun the limit while their hashes run.
         self.limiter.failed(user)
+        refused = self._hash_refused(session)
+        if refused is not None:
+            return defer.fail(refused)
         row = self.store.get_account(user)
         record = None if row is None else row.auth_hash
 
@@ -331,9 +371,9 @@ class Devices(Generic[S]):
             self.limiter.succeeded(user)
             return {"node_id": row.node_id, "blob": row.blob.hex()}
 
-        return self._hash(lambda: accounts.verify_auth(record, auth)).addCallback(
-            checked
-        )
+        return self._hash(
+            lambda: accounts.verify_auth(record, auth), session
+        ).addCallback(checked)
 
     def account_remove(self, node_id: str) -> dict[str, Any]:
         """``account.remove {}`` -> ``{}``."""

@@ -259,3 +259,62 @@ class AccountTests(DevicesTestCase):
         for d in pending:
             d.cancel()
             self.failureResultOf(d)
+
+
+class HashingFairnessTests(DevicesTestCase):
+    """The shared scrypt queue: one client cannot take all of it, and being
+    turned away by it is not a failed login."""
+
+    def hold_hashes(self) -> list[defer.Deferred[Any]]:
+        """Make every hash wait until the returned Deferreds are fired."""
+        waiting: list[defer.Deferred[Any]] = []
+
+        def slow(fn: Callable[[], Any]) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            waiting.append(d)
+            return d.addCallback(lambda _: fn())
+
+        self.devices._run_hash = slow
+        return waiting
+
+    def test_one_session_cannot_fill_the_queue(self) -> None:
+        """A session beyond max_per_session hashes answers 7 itself, while
+        another session's account.login is still queued and answered."""
+        self.devices.account_set(
+            NODE, {"user": "alice", "auth": AUTH, "blob": BLOB}
+        )
+        waiting = self.hold_hashes()
+        self.devices.max_waiting = 4
+        flood = [
+            self.devices.account_login({"user": f"x{i}", "auth": AUTH}, "bad")
+            for i in range(10)
+        ]
+        allowed = self.devices.max_per_session
+        for d in flood[allowed:]:
+            self.assertEqual(self.failureResultOf(d, DeviceError).value.code, 7)
+        good = self.devices.account_login({"user": "alice", "auth": AUTH}, "good")
+        self.assertNoResult(good)
+        while waiting:
+            waiting.pop(0).callback(None)
+        self.assertEqual(self.successResultOf(good)["node_id"], NODE)
+        for d in flood[:allowed]:
+            self.assertEqual(self.failureResultOf(d, DeviceError).value.code, 2)
+        self.assertEqual(self.devices._hashes_of, {})
+        # Its share is free again once its hashes are done.
+        d = self.devices.account_login({"user": "alice", "auth": AUTH}, "bad")
+        waiting.pop(0).callback(None)
+        self.assertEqual(self.successResultOf(d)["node_id"], NODE)
+
+    def test_account_set_shares_the_session_limit(self) -> None:
+        """account.set counts against the same per-session share."""
+        waiting = self.hold_hashes()
+        params = {"user": "alice", "auth": AUTH, "blob": BLOB}
+        sets = [
+            self.devices.account_set(NODE, params, "phone")
+            for _ in range(self.devices.max_per_session + 1)
+        ]
+        self.assertEqual(self.failureResultOf(sets[-1], DeviceError).value.code, 7)
+        while waiting:
+            waiting.pop(0).callback(None)
+        for d in sets[:-1]:
+            self.assertEqual(self.successResultOf(d), {})
