@@ -18,7 +18,9 @@ hashable objects (the API passes its protocol instance).
   (one client cannot fill the queue that every other client shares).
 - Failed ``account.login`` attempts are counted per user name, and an
   attempt counts as failed from its start until it succeeds, so parallel
-  attempts cannot overrun the limit.
+  attempts cannot overrun the limit.  An attempt turned away with code 7
+  because the hashing queue is full was never checked and does not count
+  (a flood by someone else must not lock a user out).
 
 Nothing here logs an ``auth``, a blob or a hash.
 """
@@ -336,7 +338,8 @@ class Devices(Generic[S]):
         A wrong user and a wrong ``auth`` answer the same code 2 after the
         same work; a user name with too many recent failures answers code 7
         without any check, and so does any attempt while the hashing queue
-        (or the session's share of it) is full.
+        (or the session's share of it) is full; only the latter does not
+        count as a failure.
 
         :param session: the asking session, for :attr:`max_per_session`.
         """
@@ -352,12 +355,13 @@ class Devices(Generic[S]):
                     "too many failed account logins for this user; retry later",
                 )
             )
+        refused = self._hash_refused(session)
+        if refused is not None:
+            # Turned away unchecked: not a failed attempt of this user.
+            return defer.fail(refused)
         # Counted as failed until it succeeds: parallel attempts cannot
         # overrun the limit while their hashes run.
         self.limiter.failed(user)
-        refused = self._hash_refused(session)
-        if refused is not None:
-            return defer.fail(refused)
         row = self.store.get_account(user)
         record = None if row is None else row.auth_hash
 

@@ -318,3 +318,28 @@ class HashingFairnessTests(DevicesTestCase):
             waiting.pop(0).callback(None)
         for d in sets[:-1]:
             self.assertEqual(self.successResultOf(d), {})
+
+    def test_full_queue_is_not_a_failed_login(self) -> None:
+        """Attempts answered 7 because the queue is full (someone else's
+        flood) do not count against the user: once it drains, the right
+        auth logs in."""
+        self.devices.account_set(
+            NODE, {"user": "alice", "auth": AUTH, "blob": BLOB}
+        )
+        waiting = self.hold_hashes()
+        self.devices.max_waiting = 1
+        flood = [
+            self.devices.account_login({"user": f"x{i}", "auth": AUTH}, f"s{i}")
+            for i in range(self.devices.max_hashing + 1)
+        ]
+        for _ in range(self.devices.limits.login_failures + 1):
+            d = self.devices.account_login({"user": "alice", "auth": AUTH}, "me")
+            self.assertEqual(self.failureResultOf(d, DeviceError).value.code, 7)
+        self.assertFalse(self.devices.limiter.blocked("alice"))
+        while waiting:
+            waiting.pop(0).callback(None)
+        for d in flood:
+            self.failureResultOf(d, DeviceError)
+        d = self.devices.account_login({"user": "alice", "auth": AUTH}, "me")
+        waiting.pop(0).callback(None)
+        self.assertEqual(self.successResultOf(d)["node_id"], NODE)
