@@ -380,9 +380,23 @@ class ProxySession:
             async for frame in self._ws:
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     continue
-                self._dispatch(json.loads(frame.data))
-        except (TimeoutError, ConnectionError, ValueError) as e:
+                obj = json.loads(frame.data)
+                if not isinstance(obj, dict):
+                    raise ValueError("a frame that is not a JSON object")
+                self._dispatch(obj)
+        except (TimeoutError, ConnectionError) as e:
             reason = f"the WebSocket failed: {e}"
+        except Exception as e:
+            # A frame this adapter cannot read (not JSON, wrong types): the
+            # session cannot go on.  End it now, so that every pending call
+            # fails at once instead of waiting for its timeout.
+            log.warning("unreadable frame from the proxy: %r; closing", e)
+            reason = f"unreadable frame from the proxy: {e!r}"
+            self._lost(reason)
+            try:
+                await asyncio.wait_for(self._ws.close(), 5)
+            except (TimeoutError, OSError):
+                pass
         self._lost(reason)
 
     def _lost(self, reason: str) -> None:

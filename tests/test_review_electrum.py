@@ -1,0 +1,127 @@
+"""The Electrum adapter (:mod:`lnproxy.electrum`) against a fake proxy that
+misbehaves: a frame the adapter cannot read must end the session and fail
+every pending call at once, not leave them to their timeout.
+
+The adapter runs under the Python that has Electrum and aiohttp (see
+:mod:`lnproxy.electrum_demo`), so each test runs a small script there: an
+aiohttp WebSocket server playing the proxy, and a
+:class:`~lnproxy.electrum.ProxySession` logged in to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from twisted.trial.unittest import TestCase
+
+from lnproxy.electrum_demo import ELECTRUM_PYTHON, PACKAGE_DIR, electrum_available
+
+ELECTRUM_MISSING = electrum_available()
+
+SCRIPT = r"""
+import asyncio, json, sys, time
+from aiohttp import web
+from lnproxy.electrum import ProxySession
+
+BAD = sys.argv[1]
+
+async def proxy(request):
+    ws = web.WebSocketResponse(protocols=("lnproxy.v1",))
+    await ws.prepare(request)
+    await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "hello", "params": {
+        "protocol": "lnproxy/1", "server_id": "02" + "11" * 32,
+        "challenge": "00" * 32, "limits": {}}}))
+    async for msg in ws:
+        req = json.loads(msg.data)
+        if req["method"] == "login":
+            await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": req["id"],
+                "result": {"node_id": "", "inbox": 0, "connections": []}}))
+        elif req["method"] == "connections":
+            await ws.send_str(BAD)
+    return ws
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    s = ProxySession(f"ws://127.0.0.1:{port}/", bytes(range(1, 33)),
+                     request_timeout=30)
+    await s.start()
+    started = time.monotonic()
+    fut = s.call_nowait("connections")
+    try:
+        await asyncio.wait_for(asyncio.shield(fut), 2)
+        outcome = "answered"
+    except asyncio.TimeoutError:
+        outcome = "hang"
+    except Exception as e:
+        outcome = type(e).__name__
+    print(json.dumps({"outcome": outcome, "closed": s.closed.is_set(),
+                      "elapsed": time.monotonic() - started}))
+    await s.close()
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+class UnreadableFrameTests(TestCase):
+    """A frame the adapter cannot read ends the session."""
+
+    skip = (
+        f"Electrum is not available ({ELECTRUM_MISSING})" if ELECTRUM_MISSING else None
+    )
+
+    def run_with(self, frame: str) -> dict[str, object]:
+        """Run the script with the proxy answering ``connections`` with
+        ``frame``; return what it printed."""
+        path_dir = os.path.abspath(self.mktemp())
+        os.makedirs(path_dir)
+        os.symlink(PACKAGE_DIR, os.path.join(path_dir, "lnproxy"))
+        out = subprocess.run(
+            [ELECTRUM_PYTHON, "-c", SCRIPT, frame],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                 "PYTHONPATH": path_dir, "HOME": path_dir},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
+        result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
+        return result
+
+    def assert_session_ended(self, frame: str) -> None:
+        """The pending call fails with ConnectionError at once and the
+        session is closed."""
+        result = self.run_with(frame)
+        self.assertEqual(result["outcome"], "ConnectionError", result)
+        self.assertTrue(result["closed"], result)
+
+    def test_json_that_is_not_an_object(self) -> None:
+        """A JSON array instead of an object."""
+        self.assert_session_ended("[1, 2]")
+
+    def test_seq_that_is_not_a_number(self) -> None:
+        """An event whose seq is a string."""
+        self.assert_session_ended(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "message",
+                    "params": {"seq": "x", "conn": "c"},
+                }
+            )
+        )
+
+    def test_answer_to_no_call_still_fine(self) -> None:
+        """Control: a well-formed frame the session ignores (a notification
+        it does not know) leaves the call pending, not failed."""
+        result = self.run_with(json.dumps({"jsonrpc": "2.0", "method": "lease"}))
+        self.assertEqual(result["outcome"], "hang", result)
+        self.assertFalse(result["closed"], result)
