@@ -1,6 +1,7 @@
 """The Electrum adapter (:mod:`lnproxy.electrum`) against a fake proxy that
 misbehaves: a frame the adapter cannot read must end the session and fail
-every pending call at once, not leave them to their timeout.
+every pending call at once, not leave them to their timeout.  And the
+scripted Electrum node gets its key through a pipe, not its environment.
 
 The adapter runs under the Python that has Electrum and aiohttp (see
 :mod:`lnproxy.electrum_demo`), so each test runs a small script there: an
@@ -13,10 +14,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from typing import Any
 
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from lnproxy.electrum_demo import ELECTRUM_PYTHON, PACKAGE_DIR, electrum_available
+from lnproxy import keys
+from lnproxy.electrum_demo import (
+    ELECTRUM_PYTHON,
+    PACKAGE_DIR,
+    ElectrumNode,
+    electrum_available,
+)
 
 ELECTRUM_MISSING = electrum_available()
 
@@ -125,3 +134,35 @@ class UnreadableFrameTests(TestCase):
         result = self.run_with(json.dumps({"jsonrpc": "2.0", "method": "lease"}))
         self.assertEqual(result["outcome"], "hang", result)
         self.assertFalse(result["closed"], result)
+
+
+class NodeKeyTests(TestCase):
+    """:class:`ElectrumNode` hands the node key over a pipe."""
+
+    skip = (
+        f"Electrum is not available ({ELECTRUM_MISSING})" if ELECTRUM_MISSING else None
+    )
+
+    @defer.inlineCallbacks
+    def test_key_not_in_the_environment(self) -> Any:
+        """The child uses the key given (its node id says so), and the key
+        is nowhere in its /proc/PID/environ or command line."""
+        secret = bytes(range(7, 39))
+        user_dir = os.path.abspath(self.mktemp())
+        os.makedirs(user_dir)
+        node = ElectrumNode.spawn(
+            reactor, "keyed", "client", key=secret, user_dir=user_dir
+        )
+        try:
+            ready = yield node.wait("ready", timeout=30)
+            self.assertEqual(ready["node_id"], keys.public_key(secret).hex())
+            pid = node.transport.pid  # type: ignore[union-attr]
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            for where in (environ, cmdline):
+                self.assertNotIn(secret.hex().encode(), where.lower())
+        finally:
+            node.send("exit")
+            yield node.ended
