@@ -535,36 +535,41 @@ class ProxyTransport(LNTransport):
             raise OSError(f"lnproxy could not reach {address}: {e}") from e
         self.conn = r["conn"]
         s._attach(self)
-        act2 = bytes.fromhex(r["act2"])
-        if len(act2) != 50 or act2[:1] != hs.handshake_version:
-            self._abort()
-            raise HandshakeFailed("bad act 2 from the peer")
-        re, tag = act2[1:34], act2[34:]
-        hs.update(re)
         try:
-            ck, temp_k2 = get_bolt8_hkdf(hs.ck, get_ecdh(epriv, re))
+            act2 = bytes.fromhex(r["act2"])
+            if len(act2) != 50 or act2[:1] != hs.handshake_version:
+                raise HandshakeFailed("bad act 2 from the peer")
+            re, tag = act2[1:34], act2[34:]
+            hs.update(re)
+            try:
+                ck, temp_k2 = get_bolt8_hkdf(hs.ck, get_ecdh(epriv, re))
+                hs.ck = ck
+                aead_decrypt(temp_k2, 0, hs.h, tag)
+            except Exception as e:
+                raise HandshakeFailed(f"act 2 does not authenticate: {e!r}") from e
+            hs.update(tag)
+            c = aead_encrypt(temp_k2, 1, hs.h, privkey_to_pubkey(self.privkey))
+            hs.update(c)
+            ck, temp_k3 = get_bolt8_hkdf(hs.ck, get_ecdh(self.privkey, re))
             hs.ck = ck
-            aead_decrypt(temp_k2, 0, hs.h, tag)
-        except Exception as e:
-            self._abort()
-            raise HandshakeFailed(f"act 2 does not authenticate: {e!r}") from e
-        hs.update(tag)
-        c = aead_encrypt(temp_k2, 1, hs.h, privkey_to_pubkey(self.privkey))
-        hs.update(c)
-        ck, temp_k3 = get_bolt8_hkdf(hs.ck, get_ecdh(self.privkey, re))
-        hs.ck = ck
-        t = aead_encrypt(temp_k3, 0, hs.h, b"")
-        act3 = hs.handshake_version + c + t
-        # BOLT 8: the initiator sends with the first key, receives with the
-        # second, and both directions start their key rotation from ck.
-        sk, rk = get_bolt8_hkdf(ck, b"")
-        try:
-            await s.call(
-                "finish", conn=self.conn, act3=act3.hex(), sk=sk.hex(), rk=rk.hex(),
-                ck=ck.hex(),
-            )  # fmt: skip
-        except ProxyError as e:
-            raise HandshakeFailed(f"through lnproxy: {e.message}") from e
+            t = aead_encrypt(temp_k3, 0, hs.h, b"")
+            act3 = hs.handshake_version + c + t
+            # BOLT 8: the initiator sends with the first key, receives with
+            # the second, and both directions start their key rotation from
+            # ck.
+            sk, rk = get_bolt8_hkdf(ck, b"")
+            try:
+                await s.call(
+                    "finish", conn=self.conn, act3=act3.hex(), sk=sk.hex(),
+                    rk=rk.hex(), ck=ck.hex(),
+                )  # fmt: skip
+            except ProxyError as e:
+                raise HandshakeFailed(f"through lnproxy: {e.message}") from e
+        except BaseException:
+            # Failed (or cancelled) after connect: the connection is of no
+            # use; nothing of it may stay behind to hold up the acks.
+            self._give_up()
+            raise
         self._finished = True
 
     def send_bytes(self, msg: bytes) -> None:
@@ -641,6 +646,18 @@ class ProxyTransport(LNTransport):
     def _detach(self, reason: str) -> None:
         self._closing = True
         self._push(None, "closed", reason)
+
+    def _give_up(self) -> None:
+        """The handshake failed after ``connect``: disconnect, take no more
+        events, and mark those already queued as processed (no one will
+        read them, and an unprocessed seq would stop every later ack)."""
+        self._ended = True
+        self._abort()
+        self.session._forget(self)
+        while not self._queue.empty():
+            seq, _, _ = self._queue.get_nowait()
+            if seq is not None:
+                self.session._processed(seq)
 
     def _abort(self) -> None:
         if self.conn is not None and not self.session.closed.is_set():

@@ -136,6 +136,104 @@ class UnreadableFrameTests(TestCase):
         self.assertFalse(result["closed"], result)
 
 
+HANDSHAKE_SCRIPT = r"""
+import asyncio, json, sys
+from aiohttp import web
+from electrum.lnutil import LNPeerAddr
+from electrum.lntransport import HandshakeFailed
+from lnproxy.electrum import ProxySession, privkey_to_pubkey
+
+acks = []
+
+async def proxy(request):
+    ws = web.WebSocketResponse(protocols=("lnproxy.v1",))
+    await ws.prepare(request)
+    await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "hello", "params": {
+        "protocol": "lnproxy/1", "server_id": "02" + "11" * 32,
+        "challenge": "00" * 32, "limits": {}}}))
+    async for msg in ws:
+        req = json.loads(msg.data)
+        result = {}
+        if req["method"] == "login":
+            result = {"node_id": "", "inbox": 0, "connections": []}
+        elif req["method"] == "connect":
+            result = {"conn": "c1", "act2": "00" * 50}  # not a valid act 2
+        elif req["method"] == "ack":
+            acks.append(req["params"]["seq"])
+        await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": req["id"],
+                                      "result": result}))
+        if req["method"] == "disconnect":
+            # The proxy closes the connection: its closed event, then an
+            # event of another, long gone connection.
+            for seq, conn in ((1, "c1"), (2, "old")):
+                await ws.send_str(json.dumps({"jsonrpc": "2.0",
+                    "method": "closed", "params": {"seq": seq, "conn": conn,
+                    "peer": "", "reason": "client request", "reconnect": False}}))
+    return ws
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    s = ProxySession(f"ws://127.0.0.1:{port}/", bytes(range(1, 33)),
+                     request_timeout=10)
+    await s.start()
+    peer = LNPeerAddr("127.0.0.1", 9735, privkey_to_pubkey(bytes(range(2, 34))))
+    t = s.transport(peer)
+    try:
+        await t.handshake()
+        outcome = "handshake succeeded"
+    except HandshakeFailed:
+        outcome = "HandshakeFailed"
+    for _ in range(40):
+        if acks and acks[-1] >= 2:
+            break
+        await asyncio.sleep(0.05)
+    print(json.dumps({"outcome": outcome, "acks": acks,
+                      "transports": list(s._transports)}))
+    await s.close()
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+class FailedHandshakeTests(TestCase):
+    """A handshake that fails after ``connect`` leaves nothing behind."""
+
+    skip = (
+        f"Electrum is not available ({ELECTRUM_MISSING})" if ELECTRUM_MISSING else None
+    )
+
+    def test_events_of_a_failed_handshake_do_not_block_acks(self) -> None:
+        """A bad act 2: the transport is forgotten, so the connection's
+        closed event (and every later one) is acknowledged instead of
+        waiting forever in a queue no one reads."""
+        path_dir = os.path.abspath(self.mktemp())
+        os.makedirs(path_dir)
+        os.symlink(PACKAGE_DIR, os.path.join(path_dir, "lnproxy"))
+        out = subprocess.run(
+            [ELECTRUM_PYTHON, "-c", HANDSHAKE_SCRIPT],
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "PYTHONPATH": path_dir,
+                "HOME": path_dir,
+            },
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
+        result = json.loads(out.stdout.splitlines()[-1])
+        self.assertEqual(result["outcome"], "HandshakeFailed", result)
+        self.assertEqual(result["transports"], [], result)
+        self.assertEqual(result["acks"][-1:], [2], result)
+
+
 class NodeKeyTests(TestCase):
     """:class:`ElectrumNode` hands the node key over a pipe."""
 
