@@ -187,7 +187,8 @@ class ProxySession:
 
         :return: the ``login`` result (``node_id``, ``inbox``,
             ``connections``); the stored events follow as they arrive.
-        :raise ProxyError: when the login fails (code 2, 7, 9...).
+        :raise ProxyError: when the login fails (code 2, 7, 9...); the
+            session is closed then, as after any other failure of start.
         """
         loop = asyncio.get_running_loop()
         self._hello_future = loop.create_future()
@@ -204,13 +205,21 @@ class ProxySession:
             raise
         self._tasks.append(loop.create_task(self._read_loop()))
         self._tasks.append(loop.create_task(self._write_loop()))
+        try:
+            return await self._hello_and_login()
+        except BaseException:
+            # No login: nothing of this session stays open (the WebSocket,
+            # its two tasks, the HTTP session).
+            await asyncio.shield(self.close())
+            raise
+
+    async def _hello_and_login(self) -> dict[str, Any]:
+        assert self._hello_future is not None
         hello = await asyncio.wait_for(self._hello_future, self.request_timeout)
         if hello.get("protocol") != PROTOCOL_VERSION:
-            await self.close()
             raise ProxyError(0, f"unexpected protocol {hello.get('protocol')!r}")
         server_id = bytes.fromhex(hello["server_id"])
         if self.pinned_server_id is not None and server_id != self.pinned_server_id:
-            await self.close()
             raise ProxyError(0, f"server_id {server_id.hex()} is not the pinned one")
         self.hello = hello
         sig = login_signature(

@@ -234,6 +234,94 @@ class FailedHandshakeTests(TestCase):
         self.assertEqual(result["acks"][-1:], [2], result)
 
 
+LOGIN_SCRIPT = r"""
+import asyncio, json, sys
+from aiohttp import web
+from lnproxy.electrum import ProxyError, ProxySession
+
+server_saw_close = asyncio.Event()
+
+async def proxy(request):
+    ws = web.WebSocketResponse(protocols=("lnproxy.v1",))
+    await ws.prepare(request)
+    await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "hello", "params": {
+        "protocol": "lnproxy/1", "server_id": "02" + "11" * 32,
+        "challenge": "00" * 32, "limits": {}}}))
+    async for msg in ws:
+        req = json.loads(msg.data)
+        await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": req["id"],
+            "error": {"code": 2, "message": "login failed"}}))
+    server_saw_close.set()
+    return ws
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    s = ProxySession(f"ws://127.0.0.1:{port}/", bytes(range(1, 33)),
+                     request_timeout=10)
+    try:
+        await s.start()
+        outcome = "logged in"
+    except ProxyError as e:
+        outcome = f"ProxyError {e.code}"
+    try:
+        await asyncio.wait_for(server_saw_close.wait(), 3)
+    except asyncio.TimeoutError:
+        pass
+    print(json.dumps({"outcome": outcome, "closed": s.closed.is_set(),
+                      "http_closed": s._http.closed,
+                      "tasks_done": all(t.done() for t in s._tasks),
+                      "server_saw_close": server_saw_close.is_set()}))
+    await s.close()
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+class FailedStartTests(TestCase):
+    """:meth:`ProxySession.start` that fails leaves nothing open."""
+
+    skip = (
+        f"Electrum is not available ({ELECTRUM_MISSING})" if ELECTRUM_MISSING else None
+    )
+
+    def test_refused_login_closes_everything(self) -> None:
+        """A login answered with code 2: start() raises, and the WebSocket,
+        its tasks and the HTTP session are closed."""
+        path_dir = os.path.abspath(self.mktemp())
+        os.makedirs(path_dir)
+        os.symlink(PACKAGE_DIR, os.path.join(path_dir, "lnproxy"))
+        out = subprocess.run(
+            [ELECTRUM_PYTHON, "-c", LOGIN_SCRIPT],
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "PYTHONPATH": path_dir,
+                "HOME": path_dir,
+            },
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
+        result = json.loads(out.stdout.splitlines()[-1])
+        self.assertEqual(
+            result,
+            {
+                "outcome": "ProxyError 2",
+                "closed": True,
+                "http_closed": True,
+                "tasks_done": True,
+                "server_saw_close": True,
+            },
+        )
+
+
 class NodeKeyTests(TestCase):
     """:class:`ElectrumNode` hands the node key over a pipe."""
 
