@@ -34,6 +34,7 @@ __all__ = [
     "SCRYPT_P",
     "hash_auth",
     "verify_auth",
+    "prepare",
     "LoginLimiter",
 ]
 
@@ -79,11 +80,19 @@ _dummy: str | None = None
 
 
 def _dummy_record() -> str:
-    """A record no ``auth`` matches, with the default cost (made once)."""
+    """A record no ``auth`` matches, with the default cost (made once, by
+    :func:`prepare` ahead of the first login, so that no login pays for it:
+    an unknown user's first attempt would otherwise cost two scrypts)."""
     global _dummy
     if _dummy is None:
         _dummy = hash_auth(os.urandom(32))
     return _dummy
+
+
+def prepare() -> None:
+    """Make the dummy record :func:`verify_auth` uses for unknown users
+    (one scrypt; run it off the reactor thread at startup)."""
+    _dummy_record()
 
 
 def _parse(record: str) -> tuple[int, int, int, bytes, bytes] | None:

@@ -160,6 +160,10 @@ class Devices(Generic[S]):
         self._hashing = defer.DeferredSemaphore(self.max_hashing)
         #: Hashes waiting or running per session (no entry for none).
         self._hashes_of: dict[Hashable, int] = {}
+        # The unknown-user record, before any login can pay for making it.
+        self._hash(accounts.prepare, None).addErrback(
+            lambda f: self._log.failure("cannot prepare the account hashing", f)
+        )
 
     def _hash_refused(self, session: Hashable | None) -> DeviceError | None:
         """The code 7 answer when no hash may be queued for ``session`` now."""

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lnproxy import accounts
 from lnproxy.devices import DeviceError, DeviceLimits, Devices, inline_runner
 from lnproxy.protocol import (
     INVALID_PARAMS,
@@ -343,3 +344,25 @@ class HashingFairnessTests(DevicesTestCase):
         d = self.devices.account_login({"user": "alice", "auth": AUTH}, "me")
         waiting.pop(0).callback(None)
         self.assertEqual(self.successResultOf(d)["node_id"], NODE)
+
+
+class UnknownUserCostTests(DevicesTestCase):
+    """The first login of an unknown user costs what any login costs."""
+
+    def test_first_unknown_login_one_scrypt(self) -> None:
+        """Devices makes the dummy record when it starts, so even the
+        process's first unknown-user attempt runs exactly one scrypt (two
+        would tell that the name does not exist)."""
+        self.patch(accounts, "_dummy", None)
+        devices: Devices[str] = Devices(self.store, self.clock, inline_runner)
+        calls: list[int] = []
+        scrypt = accounts._scrypt
+
+        def counting(*args: Any) -> bytes:
+            calls.append(1)
+            return scrypt(*args)
+
+        self.patch(accounts, "_scrypt", counting)
+        d = devices.account_login({"user": "nobody", "auth": AUTH})
+        self.assertEqual(self.failureResultOf(d, DeviceError).value.code, 2)
+        self.assertEqual(len(calls), 1)
