@@ -160,10 +160,6 @@ class Devices(Generic[S]):
         self._hashing = defer.DeferredSemaphore(self.max_hashing)
         #: Hashes waiting or running per session (no entry for none).
         self._hashes_of: dict[Hashable, int] = {}
-        # The unknown-user record, before any login can pay for making it.
-        self._hash(accounts.prepare, None).addErrback(
-            lambda f: self._log.failure("cannot prepare the account hashing", f)
-        )
 
     def _hash_refused(self, session: Hashable | None) -> DeviceError | None:
         """The code 7 answer when no hash may be queued for ``session`` now."""
@@ -179,9 +175,23 @@ class Devices(Generic[S]):
 
     def _hash(self, fn: Callable[[], T], session: Hashable | None) -> defer.Deferred[T]:
         """Run ``fn`` (scrypt) in a hashing slot; the caller checked
-        :meth:`_hash_refused` first."""
+        :meth:`_hash_refused` first.
+
+        The first hash of the process also makes the unknown-user record
+        (:func:`lnproxy.accounts.prepare`), whichever account method it is
+        for: were it left to the first unknown-user login, that one attempt
+        would take twice as long as for a known user.
+        """
+        job: Callable[[], T] = fn
+        if not accounts.prepared():
+
+            def first_job() -> T:
+                accounts.prepare()
+                return fn()
+
+            job = first_job
         if session is None:
-            return self._hashing.run(self._run_hash, fn)
+            return self._hashing.run(self._run_hash, job)
         self._hashes_of[session] = self._hashes_of.get(session, 0) + 1
 
         def done(result: Any) -> Any:
@@ -190,7 +200,7 @@ class Devices(Generic[S]):
                 self._hashes_of[session] = left
             return result
 
-        return self._hashing.run(self._run_hash, fn).addBoth(done)
+        return self._hashing.run(self._run_hash, job).addBoth(done)
 
     # -- lease ----------------------------------------------------------------
 
