@@ -680,14 +680,14 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def rpc_account_set(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
         """``account.set {user, auth, blob}`` -> ``{}``."""
-        return self._devices().account_set(self._node(), params)
+        return self._devices().account_set(self._node(), params, self)
 
     def rpc_account_login(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
         """``account.login {user, auth}`` -> ``{node_id, blob}``, before login
         only (it does not log the session in)."""
         if self.session is not None:
             raise RpcError(INVALID_REQUEST, "this session is already logged in")
-        return self._devices().account_login(params)
+        return self._devices().account_login(params, self)
 
     def rpc_account_remove(self, params: dict[str, Any]) -> dict[str, Any]:
         """``account.remove {}`` -> ``{}``."""

@@ -16,10 +16,14 @@ hashable objects (the API passes its protocol instance).
   network.
 - ``auth`` is hashed with scrypt (:mod:`lnproxy.accounts`) in a thread, at
   most :attr:`Devices.max_hashing` at a time; more waiting than
-  :attr:`Devices.max_waiting` answer code 7.
+  :attr:`Devices.max_waiting` answer code 7, and so does a session that
+  already has :attr:`Devices.max_per_session` hashes waiting or running
+  (one client cannot fill the queue that every other client shares).
 - Failed ``account.login`` attempts are counted per user name, and an
   attempt counts as failed from its start until it succeeds, so parallel
-  attempts cannot overrun the limit.
+  attempts cannot overrun the limit.  An attempt turned away with code 7
+  because the hashing queue is full was never checked and does not count
+  (a flood by someone else must not lock a user out).
 
 Nothing here logs an ``auth``, a blob or a hash.
 """
@@ -142,6 +146,8 @@ class Devices(Generic[S]):
     max_hashing = 2
     #: scrypt calls waiting for a slot; one more answers code 7.
     max_waiting = 64
+    #: scrypt calls (waiting or running) of one session; one more answers 7.
+    max_per_session = 2
 
     def __init__(
         self,
@@ -163,6 +169,8 @@ class Devices(Generic[S]):
         )
         self._run_hash = run_hash
         self._hashing = defer.DeferredSemaphore(self.max_hashing)
+        #: Hashes waiting or running per session (no entry for none).
+        self._hashes_of: dict[Hashable, int] = {}
 
     def _store(
         self,
@@ -178,12 +186,46 @@ class Devices(Generic[S]):
         run = self.database.write if write else self.database.read
         return run(fn).addCallback(then)
 
-    def _hash(self, fn: Callable[[], T]) -> defer.Deferred[T]:
-        if len(self._hashing.waiting) >= self.max_waiting:
-            return defer.fail(
-                DeviceError(LIMIT_EXCEEDED, "too many account requests; retry later")
+    def _hash_refused(self, session: Hashable | None) -> DeviceError | None:
+        """The code 7 answer when no hash may be queued for ``session`` now."""
+        if session is not None and (
+            self._hashes_of.get(session, 0) >= self.max_per_session
+        ):
+            return DeviceError(
+                LIMIT_EXCEEDED, "too many account requests at once; retry later"
             )
-        return self._hashing.run(self._run_hash, fn)
+        if len(self._hashing.waiting) >= self.max_waiting:
+            return DeviceError(LIMIT_EXCEEDED, "too many account requests; retry later")
+        return None
+
+    def _hash(self, fn: Callable[[], T], session: Hashable | None) -> defer.Deferred[T]:
+        """Run ``fn`` (scrypt) in a hashing slot; the caller checked
+        :meth:`_hash_refused` first.
+
+        The first hash of the process also makes the unknown-user record
+        (:func:`lnproxy.accounts.prepare`), whichever account method it is
+        for: were it left to the first unknown-user login, that one attempt
+        would take twice as long as for a known user.
+        """
+        job: Callable[[], T] = fn
+        if not accounts.prepared():
+
+            def first_job() -> T:
+                accounts.prepare()
+                return fn()
+
+            job = first_job
+        if session is None:
+            return self._hashing.run(self._run_hash, job)
+        self._hashes_of[session] = self._hashes_of.get(session, 0) + 1
+
+        def done(result: Any) -> Any:
+            left = self._hashes_of.pop(session, 1) - 1
+            if left > 0:
+                self._hashes_of[session] = left
+            return result
+
+        return self._hashing.run(self._run_hash, job).addBoth(done)
 
     # -- lease ----------------------------------------------------------------
 
@@ -303,16 +345,22 @@ class Devices(Generic[S]):
     # -- account ----------------------------------------------------------------
 
     def account_set(
-        self, node_id: str, params: Mapping[str, Any]
+        self, node_id: str, params: Mapping[str, Any], session: S | None = None
     ) -> defer.Deferred[dict[str, Any]]:
         """``account.set {user, auth, blob}`` -> ``{}``; code 8 for a user
-        name bound to another node."""
+        name bound to another node.
+
+        :param session: the asking session, for :attr:`max_per_session`.
+        """
         try:
             user = vault.account_user(params)
             auth = vault.account_auth(params)
             blob = vault.account_blob(params)
         except vault.ParamError as e:
             return defer.fail(_param_error(e))
+        refused = self._hash_refused(session)
+        if refused is not None:
+            return defer.fail(refused)
 
         def keep(record: str) -> Any:
             row = AccountRow(user, node_id, record, blob, self.clock.seconds())
@@ -331,16 +379,22 @@ class Devices(Generic[S]):
 
             return self._store(write, done, write=True)
 
-        return self._hash(lambda: accounts.hash_auth(auth)).addCallback(keep)
+        return self._hash(lambda: accounts.hash_auth(auth), session).addCallback(
+            keep
+        )
 
     def account_login(
-        self, params: Mapping[str, Any]
+        self, params: Mapping[str, Any], session: S | None = None
     ) -> defer.Deferred[dict[str, Any]]:
         """``account.login {user, auth}`` -> ``{node_id, blob}``.
 
         A wrong user and a wrong ``auth`` answer the same code 2 after the
         same work; a user name with too many recent failures answers code 7
-        without any check.
+        without any check, and so does any attempt while the hashing queue
+        (or the session's share of it) is full; only the latter does not
+        count as a failure.
+
+        :param session: the asking session, for :attr:`max_per_session`.
         """
         try:
             user = vault.account_user(params)
@@ -354,6 +408,10 @@ class Devices(Generic[S]):
                     "too many failed account logins for this user; retry later",
                 )
             )
+        refused = self._hash_refused(session)
+        if refused is not None:
+            # Turned away unchecked: not a failed attempt of this user.
+            return defer.fail(refused)
         # Counted as failed until it succeeds: parallel attempts cannot
         # overrun the limit while their hashes run.
         self.limiter.failed(user)
@@ -382,7 +440,7 @@ class Devices(Generic[S]):
                 )
 
             return self._hash(
-                lambda: accounts.verify_auth(record, auth)
+                lambda: accounts.verify_auth(record, auth), session
             ).addCallback(checked)
 
         if self.database is None:

@@ -147,8 +147,6 @@ class ElectrumNode(ProcessProtocol):
             "HOME": user_dir,
             "TMPDIR": user_dir,
         }
-        if key is not None:
-            env["LNPROXY_NODE_KEY"] = key.hex()
         argv = [
             python,
             "-m",
@@ -158,7 +156,24 @@ class ElectrumNode(ProcessProtocol):
             user_dir,
             *args,
         ]
-        reactor.spawnProcess(node, python, argv, env=env, path=user_dir)
+        if key is None:
+            reactor.spawnProcess(node, python, argv, env=env, path=user_dir)
+            return node
+        # The key goes through a pipe the child reads once (its fd 3), not
+        # the environment: /proc/PID/environ keeps an environment variable
+        # for the child's whole life, and every process it starts inherits
+        # it.
+        argv += ["--key-fd", "3"]
+        process = reactor.spawnProcess(
+            node,
+            python,
+            argv,
+            env=env,
+            path=user_dir,
+            childFDs={0: "w", 1: "r", 2: "r", 3: "w"},
+        )
+        process.writeToChild(3, key.hex().encode())
+        process.closeChildFD(3)
         return node
 
     def outReceived(self, data: bytes) -> None:
