@@ -74,6 +74,7 @@ from zope.interface import implementer
 
 from lnproxy import noise, wire
 from lnproxy.answer import (
+    AnswerBudget,
     AnswerContext,
     PingLedger,
     PingOwner,
@@ -428,6 +429,8 @@ class Connection:
         self.body_since: float | None = None
         #: Pings (the proxy's and the client's) waiting for their pong.
         self.pings = PingLedger()
+        #: Paces what the proxy answers by itself on this connection.
+        self.answers = AnswerBudget(since)
         #: The client sent a gossip query: the peer's gossip reaches it.
         self.gossip_asked = False
         #: The client has sent its first message (its ``init``).
@@ -1573,6 +1576,12 @@ class Hub(service.Service):
             )
             self.count("peer_storage_kept")
         if decision.reply is not None:
+            if not conn.answers.spend(len(decision.reply), now):
+                # The peer asks for more than it may (a flood of pings
+                # asking for big pongs): ignored, as BOLT 1 allows.
+                self.count("answer_throttled")
+                self.count("handled")
+                return False
             if not conn.send_own(decision.reply):
                 # The connection is closing (or our answer hit the write
                 # buffer cap and aborted it): there is no one left to answer.
