@@ -7,8 +7,10 @@ webhook receiver in the test process: redirects (code 9) and both devices
 of a node at the owner, events replayed at another process once ownership
 moved, ``kill -9`` of an owner (closed events ``proxy failed`` and a signed
 webhook within the lease timeout plus a few seconds, no event missing or
-duplicated), SIGTERM handing nodes over at once, and bad start-ups (the
-database down, a wrong URL, a newer schema). Lease timeouts are 2 s.
+duplicated), SIGTERM handing nodes over at once, the Python client
+following a redirect and coming back through its configured URL after the
+owner died, and bad start-ups (the database down, a wrong URL, a newer
+schema). Lease timeouts are 2 s.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from twisted.trial.unittest import SkipTest
 from twisted.web.server import Site
 
 from lnproxy import keys, wire
-from lnproxy.client import account
+from lnproxy.client import Client, Event, FileState, account
 from lnproxy.store import KEY_FILE
 from lnproxy.testing import TwistdProcess as Twistd
 from lnproxy.testing import spawn_twistd
@@ -177,6 +179,74 @@ class RedirectTests(ScaleOutCase):
         self.assertEqual(first.events[0]["params"]["seq"], 1)
         listed = yield second.call("connections")
         self.assertEqual([c["conn"] for c in listed["connections"]], [conn])
+
+
+class ClientRedirectTests(ScaleOutCase):
+    """The Python client (:class:`lnproxy.client.Client`) follows code 9."""
+
+    @defer.inlineCallbacks
+    def test_client_follows_to_owner_and_back_after_kill9(self) -> Any:
+        """The node is served by p1; a Client configured with p2's URL
+        logs in at p1 (``target``), opens a peer connection there and gets
+        its events.  After kill -9 of p1 the client reconnects through its
+        configured URL (a redirect to the dead p1 at first, until p2 takes
+        the node over) and, logged in at p2, gets the ``closed`` (``proxy
+        failed``) event: every event exactly once, seqs 1..4, the state
+        file's seq continuing."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        claim = yield self.logged_in(secret, port=p1.port)  # p1 owns the node
+        got: list[Event] = []
+        state = os.path.join(self.work, "client.state")
+        client = Client(
+            reactor,
+            p2.url,
+            secret,
+            on_event=got.append,
+            state=state,
+            server_id=bytes.fromhex(claim.hello_params["server_id"]),
+            request_timeout=10.0,
+            retry_policy=lambda attempt: 0.2,
+        )
+        client.startService()
+        self.addCleanup(client.stopService)
+        yield client.when_logged_in(fail_fast=True).addTimeout(10, reactor)
+        self.assertEqual((client.url, client.target), (p2.url, p1.url))
+        peer, peer_port = self.local_peer()
+        link = yield client.open_peer(f"{peer.node_id.hex()}@127.0.0.1:{peer_port}")
+        yield eventually(lambda: len(peer.connections) == 1)
+        for text in (b"one", b"two"):
+            peer.connections[0].send(bytes.fromhex("0080") + text)
+        yield eventually(lambda: len(got) == 3 and client.state.last_seq == 3)
+        self.assertEqual([e.seq for e in got], [1, 2, 3])
+        self.assertEqual(got[2].msg, bytes.fromhex("0080") + b"two")
+        claim.dropConnection(abort=True)
+        yield claim.closed
+
+        os.kill(p1.transport.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        yield self.ended(p1)
+        yield eventually(
+            lambda: len(got) == 4 and client.logged_in,
+            timeout=LEASE + 15,
+            interval=0.05,
+        )
+        print(f"client back at p2 {time.monotonic() - killed:.2f} s after kill -9")
+        self.assertEqual(client.target, p2.url)
+        self.assertEqual([e.seq for e in got], [1, 2, 3, 4])
+        closed = got[3]
+        self.assertEqual(
+            (closed.kind, closed.conn, closed.params["reason"]),
+            ("closed", link.conn, "proxy failed"),
+        )
+        yield eventually(lambda: FileState(state).load().last_seq == 4)
+        # Nothing is replayed twice after a while; the closed connection,
+        # acknowledged, is no longer listed.
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(len(got), 4)
+        listed = yield client.connections()
+        self.assertEqual(listed, [])
 
 
 class HandOverTests(ScaleOutCase):
@@ -513,9 +583,7 @@ class _WebhooksOnPostgres:
         )
 
 
-class PostgresWebhookHappyPathTests(
-    _WebhooksOnPostgres, webhook_tests.HappyPathTests
-):
+class PostgresWebhookHappyPathTests(_WebhooksOnPostgres, webhook_tests.HappyPathTests):
     """The webhook happy path (signed call, coalescing, reset at login, no
     call when online) with the notifier reading the owner's memory."""
 
