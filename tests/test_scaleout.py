@@ -583,7 +583,9 @@ class _WebhooksOnPostgres:
         )
 
 
-class PostgresWebhookHappyPathTests(_WebhooksOnPostgres, webhook_tests.HappyPathTests):
+class PostgresWebhookHappyPathTests(
+    _WebhooksOnPostgres, webhook_tests.HappyPathTests
+):
     """The webhook happy path (signed call, coalescing, reset at login, no
     call when online) with the notifier reading the owner's memory."""
 
