@@ -738,7 +738,7 @@ class ProxyConnection:
         # Let ClientService try again later (e.g. a session limit).
         proto.close()
 
-    # -- redirects (docs/protocol.md, "Running several processes") -------------
+    # -- redirects ----------------------------------------------------------------
 
     def _redirect(self, proto: ProxyProtocol, err: ServedElsewhere) -> None:
         """Code 9: close this WebSocket; log in at ``data.url`` at once."""
