@@ -28,6 +28,7 @@ from twisted.web.server import Site
 
 from lnproxy import keys, wire
 from lnproxy.client import Client, Event, FileState, account
+from lnproxy.electrum_demo import ElectrumNode, electrum_available, resume_args
 from lnproxy.store import KEY_FILE
 from lnproxy.testing import TwistdProcess as Twistd
 from lnproxy.testing import spawn_twistd
@@ -247,6 +248,49 @@ class ClientRedirectTests(ScaleOutCase):
         self.assertEqual(len(got), 4)
         listed = yield client.connections()
         self.assertEqual(listed, [])
+
+
+class ElectrumRedirectTests(ScaleOutCase):
+    """The Electrum adapter (an Electrum node under Electrum's Python, see
+    tests/test_electrum.py) follows code 9 from a real process."""
+
+    @defer.inlineCallbacks
+    def test_adapter_follows_to_owner_and_resumes(self) -> Any:
+        """p1 serves the node and keeps a persist connection for it; an
+        Electrum client configured with p2's URL logs in at p1 (its
+        ``ProxySession.current_url``), sees the connection open and
+        resumes it."""
+        missing = electrum_available()
+        if missing and not os.environ.get("CI"):  # CI must run it
+            raise SkipTest(f"Electrum is not available ({missing})")
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        claim = yield self.logged_in(secret, port=p1.port)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield claim.open_peer(peer, peer_port, persist=True)
+        yield eventually(lambda: len(claim.events) == 1)
+        claim.dropConnection(abort=True)
+        yield claim.closed
+        user_dir = os.path.join(self.work, "electrum")
+        os.makedirs(user_dir)
+        node = ElectrumNode.spawn(
+            reactor,
+            "client",
+            "client",
+            *resume_args(p2.url),
+            key=secret,
+            user_dir=user_dir,
+        )
+        self.addCleanup(node.stop)
+        logged = yield node.wait("logged_in", 60)
+        self.assertEqual(logged["url"], p1.url)
+        self.assertEqual(
+            [(c["conn"], c["state"]) for c in logged["connections"]],
+            [(conn, "open")],
+        )
+        resumed = yield node.wait("resumed", 30)
+        self.assertEqual(resumed["conn"], conn)
 
 
 class HandOverTests(ScaleOutCase):
