@@ -773,5 +773,5 @@ class ProxyConnection:
         self.target = url
         self._follow_now = True
         proto.redirected = True
-        proto.cancel_login_deadline()
+        # The login deadline stays: it drops a close that never completes.
         proto.close()

@@ -286,7 +286,10 @@ class Client(DevicesMixin, service.Service):
 
         :param fail_fast: fail on the next failed attempt (proxy unreachable,
             WebSocket refused or closed before login, login answered with an
-            error) instead of waiting for a later attempt to succeed.
+            error, a redirect not followed:
+            :class:`~lnproxy.client.errors.RedirectRefused`)
+            instead of waiting for a later attempt to succeed.  A redirect
+            that is followed is no failure.
         :raise ClientStopped: (as a failure) when the client stops first.
         :raise LoginFailed: when the proxy refuses the signature.
         """
