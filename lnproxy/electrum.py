@@ -32,7 +32,10 @@ connection (the split handshake)", "Using a connection", "Events"):
 * :meth:`ProxySession.resume`: a transport on a connection the proxy kept
   open while the wallet was away.  The peer's ``init`` comes from the
   connection list, the stored events follow, and the ``init`` Electrum's
-  ``Peer`` sends on start is not sent again (the peer already has it).
+  ``Peer`` sends on start is not sent again (the peer already has it);
+* redirects (docs/protocol.md, "Running several processes (scale-out)"):
+  :meth:`ProxySession.start` follows a ``login`` answered with code 9 to
+  ``data.url`` (see its docstring).
 
 Use with a real ``LNWallet``::
 
@@ -56,6 +59,7 @@ import json
 import logging
 from collections import deque
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from electrum import ecc
@@ -80,13 +84,16 @@ from lnproxy.protocol import (
     HANDSHAKE_FAILED,
     LOGIN_TAG,
     PROTOCOL_VERSION,
+    SERVED_ELSEWHERE,
     SUBPROTOCOL,
 )
 
 __all__ = [
+    "MAX_REDIRECTS",
     "SUBPROTOCOL",
     "PROTOCOL_VERSION",
     "ProxyError",
+    "RedirectError",
     "ProxySession",
     "ProxyTransport",
     "login_signature",
@@ -94,6 +101,10 @@ __all__ = [
 ]
 
 INIT = 16
+
+#: Redirects (code 9) one :meth:`ProxySession.start` follows before it
+#: gives up.
+MAX_REDIRECTS = 3
 
 log = logging.getLogger("lnproxy.electrum")
 
@@ -110,6 +121,35 @@ class ProxyError(Exception):
         self.code = code
         self.message = message
         self.data = data
+
+
+class RedirectError(ProxyError):
+    """A redirect (code 9) :meth:`ProxySession.start` does not follow: its
+    ``data.url`` is missing or not ``ws://``/``wss://``, or it is one too
+    many (:data:`MAX_REDIRECTS`).
+
+    :ivar url: where it pointed (None if nowhere usable was named).
+    :ivar hops: the redirects followed before it.
+    """
+
+    def __init__(
+        self, message: str, url: Any, hops: list[str], data: Any = None
+    ) -> None:
+        super().__init__(SERVED_ELSEWHERE, message, data)
+        self.url = url if isinstance(url, str) else None
+        self.hops = hops
+
+
+def _is_proxy_url(url: Any) -> bool:
+    """Whether ``url`` is a ``ws://`` or ``wss://`` URL with a host."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises for a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("ws", "wss") and bool(parts.hostname)
 
 
 def login_signature(privkey: bytes, server_id: bytes, challenge: bytes) -> bytes:
@@ -134,7 +174,8 @@ def _msg_type(msg: bytes) -> int:
 class ProxySession:
     """One WebSocket session with an lnproxy server, logged in as one node.
 
-    :param url: ``ws://`` or ``wss://`` URL of the proxy.
+    :param url: ``ws://`` or ``wss://`` URL of the proxy (the configured
+        one; after a redirect :attr:`current_url` is where the session is).
     :param privkey: the node's 32-byte secret key (kept in memory only).
     :param server_id: the proxy's expected ``server_id`` (pinned); ``None``
         accepts any.
@@ -152,6 +193,8 @@ class ProxySession:
         keep_stale: bool = False,
     ) -> None:
         self.url = url
+        #: Where the WebSocket goes: ``url``, or where a redirect pointed.
+        self.current_url = url
         #: Keep the stored events of connections that ended before the
         #: login (for :meth:`pending_connections`) instead of acknowledging
         #: them as they arrive.
@@ -162,15 +205,8 @@ class ProxySession:
         self.node_id: bytes = privkey_to_pubkey(privkey)
         self.pinned_server_id = server_id
         self.request_timeout = request_timeout
-        self.hello: dict[str, Any] | None = None
         self.login_result: dict[str, Any] | None = None
-        self.closed = asyncio.Event()
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: Any = None
-        self._next_id = 0
-        self._calls: dict[int, asyncio.Future[Any]] = {}
-        self._outgoing: asyncio.Queue[str | None] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._fresh_websocket()
         self._transports: dict[str, ProxyTransport] = {}
         #: Events of connections no transport has claimed yet, per conn.
         self._backlog: dict[str, deque[dict[str, Any]]] = {}
@@ -178,6 +214,18 @@ class ProxySession:
         self._unprocessed: set[int] = set()
         self._highest_seen = 0
         self._acked = 0
+
+    def _fresh_websocket(self) -> None:
+        """The per-WebSocket state, new (at first, and after a redirect)."""
+        self.hello: dict[str, Any] | None = None
+        self.closed = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: Any = None
+        self._next_id = 0
+        self._login_id = None
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._outgoing: asyncio.Queue[str | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[Any]] = []
         self._hello_future: asyncio.Future[dict[str, Any]] | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -185,18 +233,79 @@ class ProxySession:
     async def start(self) -> dict[str, Any]:
         """Open the WebSocket, check ``hello``, log in.
 
+        A ``login`` answered with code 9 (another process of the deployment
+        serves the node) closes that WebSocket and logs in at ``data.url``
+        with the same key, expecting the same ``server_id`` (the pinned one,
+        or else the one of the process that redirected).  At most
+        :data:`MAX_REDIRECTS` redirects are followed.  When the WebSocket to
+        a redirect's target cannot be opened (its process died), the next
+        attempt goes to the configured :attr:`url` again, where a surviving
+        process will have taken the node over (or redirects once more).
+
         :return: the ``login`` result (``node_id``, ``inbox``,
             ``connections``); the stored events follow as they arrive.
-        :raise ProxyError: when the login fails (code 2, 7, 9...); the
+        :raise ProxyError: when the login fails (code 2, 7...), or with
+            code 0 for a ``server_id`` that is not the expected one; the
             session is closed then, as after any other failure of start.
+        :raise RedirectError: (code 9) for a redirect it does not follow.
         """
+        url = self.url
+        pin = self.pinned_server_id
+        hops: list[str] = []
+        while True:
+            try:
+                return await self._start_at(url, pin, hops)
+            except ProxyError as e:
+                if e.code != SERVED_ELSEWHERE or isinstance(e, RedirectError):
+                    raise
+                redirected_by = self.server_id
+                await self._reset()
+                target = e.data.get("url") if isinstance(e.data, dict) else None
+                if not _is_proxy_url(target):
+                    raise RedirectError(
+                        f"{url} redirected to {target!r}, not a ws:// or wss:// URL",
+                        target,
+                        hops,
+                        e.data,
+                    ) from e
+                assert isinstance(target, str)
+                if len(hops) >= MAX_REDIRECTS:
+                    raise RedirectError(
+                        f"more than {MAX_REDIRECTS} redirects: "
+                        f"{' -> '.join([self.url, *hops, target])}",
+                        target,
+                        hops,
+                        e.data,
+                    ) from e
+                log.info("%s: the node is served at %s; following", url, target)
+                hops.append(target)
+                url = target
+                pin = pin or redirected_by
+            except (OSError, TimeoutError, aiohttp.ClientError) as e:
+                if url == self.url:
+                    raise
+                log.info("%s failed (%s); back to %s", url, e, self.url)
+                await self._reset()
+                url = self.url
+                pin = self.pinned_server_id
+
+    async def _reset(self) -> None:
+        """Close this WebSocket and get ready for another one."""
+        await self.close()
+        self._fresh_websocket()
+
+    async def _start_at(
+        self, url: str, pin: bytes | None, hops: list[str]
+    ) -> dict[str, Any]:
+        """One WebSocket to ``url``: hello, the server_id check, login."""
+        self.current_url = url
         loop = asyncio.get_running_loop()
         self._hello_future = loop.create_future()
         self._http = aiohttp.ClientSession()
         try:
             self._ws = await asyncio.wait_for(
                 self._http.ws_connect(
-                    self.url, protocols=(SUBPROTOCOL,), autoping=True, heartbeat=None
+                    url, protocols=(SUBPROTOCOL,), autoping=True, heartbeat=None
                 ),
                 self.request_timeout,
             )
@@ -206,21 +315,30 @@ class ProxySession:
         self._tasks.append(loop.create_task(self._read_loop()))
         self._tasks.append(loop.create_task(self._write_loop()))
         try:
-            return await self._hello_and_login()
+            return await self._hello_and_login(url, pin, hops)
         except BaseException:
             # No login: nothing of this session stays open (the WebSocket,
             # its two tasks, the HTTP session).
             await asyncio.shield(self.close())
             raise
 
-    async def _hello_and_login(self) -> dict[str, Any]:
+    async def _hello_and_login(
+        self, url: str, pin: bytes | None, hops: list[str]
+    ) -> dict[str, Any]:
+        """Wait for ``hello``, check it (the ``server_id`` against ``pin``),
+        log in; ``url`` and ``hops`` only name where in error messages."""
         assert self._hello_future is not None
         hello = await asyncio.wait_for(self._hello_future, self.request_timeout)
         if hello.get("protocol") != PROTOCOL_VERSION:
             raise ProxyError(0, f"unexpected protocol {hello.get('protocol')!r}")
         server_id = bytes.fromhex(hello["server_id"])
-        if self.pinned_server_id is not None and server_id != self.pinned_server_id:
-            raise ProxyError(0, f"server_id {server_id.hex()} is not the pinned one")
+        if pin is not None and server_id != pin:
+            via = f" (redirected there from {self.url})" if hops else ""
+            raise ProxyError(
+                0,
+                f"server_id {server_id.hex()} of {url}{via} is not the "
+                f"expected {pin.hex()}",
+            )
         self.hello = hello
         sig = login_signature(
             self.privkey, server_id, bytes.fromhex(hello["challenge"])

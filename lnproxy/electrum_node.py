@@ -366,6 +366,7 @@ class Node:
             result = await self.session.start()
             emit(
                 "logged_in",
+                url=self.session.current_url,
                 node_id=result["node_id"],
                 pending=result["inbox"]["pending"],
                 connections=[

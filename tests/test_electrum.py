@@ -15,6 +15,7 @@ storage) with Electrum's own code.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -29,7 +30,13 @@ from twisted.web import server
 
 from lnproxy import protocol
 from lnproxy.demo import WebhookReceiver
-from lnproxy.electrum_demo import ElectrumNode, electrum_available, resume_args
+from lnproxy.electrum_demo import (
+    ELECTRUM_PYTHON,
+    PACKAGE_DIR,
+    ElectrumNode,
+    electrum_available,
+    resume_args,
+)
 from lnproxy.testing import TwistdProcess, free_port, spawn_twistd
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -445,6 +452,72 @@ class ProxySideTests(ElectrumCase):
         self.assertEqual([e["type"] for e in after][:2], [16, 9])
         retrieval = after[1]["hex"]
         self.assertEqual(retrieval[8:], blob.hex())
+
+
+class RedirectTests(TestCase):
+    """ProxySession.start() follows code 9 (docs/protocol.md, "Running
+    several processes (scale-out)"), against fake processes: aiohttp
+    servers in tests/electrum_redirect_fake.py, run with the session under
+    Electrum's Python (no twistd pair on PostgreSQL here: the Python
+    client's end-to-end test in tests/test_scaleout.py covers the server
+    side)."""
+
+    timeout = 90
+    skip = SKIP
+
+    @defer.inlineCallbacks
+    def test_start_follows_redirects(self) -> Any:
+        """Followed to the owner (the first WebSocket closed, ``url`` kept,
+        ``current_url`` the owner's) and along a chain of MAX_REDIRECTS;
+        a loop cut after MAX_REDIRECTS with RedirectError (code 9); a URL
+        that is not ws:// or wss://, or none, refused with RedirectError
+        without connecting; another server_id refused, pinned or not; a
+        dead owner sends the session back to the configured URL, which
+        logs it in (or, still naming the dead owner, ends in
+        RedirectError)."""
+        work = os.path.abspath(self.mktemp())
+        path_dir = os.path.join(work, "path")
+        os.makedirs(path_dir)
+        os.symlink(PACKAGE_DIR, os.path.join(path_dir, "lnproxy"))
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": path_dir,
+            "HOME": work,
+            "TMPDIR": work,
+        }
+        script = os.path.join(REPO_ROOT, "tests", "electrum_redirect_fake.py")
+        out, err, code = yield getProcessOutputAndValue(
+            ELECTRUM_PYTHON, [script], env=env, path=work
+        ).addTimeout(80, reactor)
+        self.assertEqual(code, 0, err.decode())
+        got = {r["scenario"]: r for r in map(json.loads, out.decode().splitlines())}
+        follow = got["follow"]
+        self.assertEqual(
+            (follow["result"], follow["at"], follow["url_kept"], follow["node_ok"]),
+            ("logged_in", 1, True, True),
+        )
+        self.assertEqual(follow["logins"], [1, 1])
+        self.assertEqual(follow["closed_after_redirect"], [1, 0])
+        self.assertEqual((got["chain"]["result"], got["chain"]["at"]), ("logged_in", 3))
+        self.assertEqual(got["chain"]["logins"], [1, 1, 1, 1])
+        loop = got["loop"]
+        self.assertEqual((loop["result"], loop["code"], loop["hops"]), (
+            "RedirectError", protocol.SERVED_ELSEWHERE, 3))  # fmt: skip
+        self.assertIn("more than 3 redirects", loop["error"])
+        self.assertEqual(sum(loop["logins"]), 4)
+        for name in ("http", "no_url"):
+            self.assertEqual(got[name]["result"], "RedirectError", got[name])
+            self.assertIn("not a ws:// or wss:// URL", got[name]["error"])
+            self.assertEqual(got[name]["logins"], [1])
+        for name in ("stranger", "stranger_pinned"):
+            self.assertEqual(got[name]["result"], "ProxyError", got[name])
+            self.assertIn("is not the expected", got[name]["error"])
+            self.assertEqual(got[name]["logins"][1], 0)
+        dead = got["dead_owner"]
+        self.assertEqual((dead["result"], dead["at"], dead["logins"]), (
+            "logged_in", 0, [2]))  # fmt: skip
+        self.assertEqual(got["stale"]["result"], "RedirectError")
+        self.assertEqual(got["stale"]["logins"], [4])
 
 
 class ElectrumDemoTests(TestCase):

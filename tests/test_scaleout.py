@@ -7,8 +7,10 @@ webhook receiver in the test process: redirects (code 9) and both devices
 of a node at the owner, events replayed at another process once ownership
 moved, ``kill -9`` of an owner (closed events ``proxy failed`` and a signed
 webhook within the lease timeout plus a few seconds, no event missing or
-duplicated), SIGTERM handing nodes over at once, and bad start-ups (the
-database down, a wrong URL, a newer schema). Lease timeouts are 2 s.
+duplicated), SIGTERM handing nodes over at once, the Python client
+following a redirect and coming back through its configured URL after the
+owner died, and bad start-ups (the database down, a wrong URL, a newer
+schema). Lease timeouts are 2 s.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from twisted.trial.unittest import SkipTest
 from twisted.web.server import Site
 
 from lnproxy import keys, wire
-from lnproxy.client import account
+from lnproxy.client import Client, Event, FileState, account
+from lnproxy.electrum_demo import ElectrumNode, electrum_available, resume_args
 from lnproxy.store import KEY_FILE
 from lnproxy.testing import TwistdProcess as Twistd
 from lnproxy.testing import spawn_twistd
@@ -177,6 +180,117 @@ class RedirectTests(ScaleOutCase):
         self.assertEqual(first.events[0]["params"]["seq"], 1)
         listed = yield second.call("connections")
         self.assertEqual([c["conn"] for c in listed["connections"]], [conn])
+
+
+class ClientRedirectTests(ScaleOutCase):
+    """The Python client (:class:`lnproxy.client.Client`) follows code 9."""
+
+    @defer.inlineCallbacks
+    def test_client_follows_to_owner_and_back_after_kill9(self) -> Any:
+        """The node is served by p1; a Client configured with p2's URL
+        logs in at p1 (``target``), opens a peer connection there and gets
+        its events.  After kill -9 of p1 the client reconnects through its
+        configured URL (a redirect to the dead p1 at first, until p2 takes
+        the node over) and, logged in at p2, gets the ``closed`` (``proxy
+        failed``) event: every event exactly once, seqs 1..4, the state
+        file's seq continuing."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        claim = yield self.logged_in(secret, port=p1.port)  # p1 owns the node
+        got: list[Event] = []
+        state = os.path.join(self.work, "client.state")
+        client = Client(
+            reactor,
+            p2.url,
+            secret,
+            on_event=got.append,
+            state=state,
+            server_id=bytes.fromhex(claim.hello_params["server_id"]),
+            request_timeout=10.0,
+            retry_policy=lambda attempt: 0.2,
+        )
+        client.startService()
+        self.addCleanup(client.stopService)
+        yield client.when_logged_in(fail_fast=True).addTimeout(10, reactor)
+        self.assertEqual((client.url, client.target), (p2.url, p1.url))
+        peer, peer_port = self.local_peer()
+        link = yield client.open_peer(f"{peer.node_id.hex()}@127.0.0.1:{peer_port}")
+        yield eventually(lambda: len(peer.connections) == 1)
+        for text in (b"one", b"two"):
+            peer.connections[0].send(bytes.fromhex("0080") + text)
+        yield eventually(lambda: len(got) == 3 and client.state.last_seq == 3)
+        self.assertEqual([e.seq for e in got], [1, 2, 3])
+        self.assertEqual(got[2].msg, bytes.fromhex("0080") + b"two")
+        claim.dropConnection(abort=True)
+        yield claim.closed
+
+        os.kill(p1.transport.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        yield self.ended(p1)
+        yield eventually(
+            lambda: len(got) == 4 and client.logged_in,
+            timeout=LEASE + 15,
+            interval=0.05,
+        )
+        print(f"client back at p2 {time.monotonic() - killed:.2f} s after kill -9")
+        self.assertEqual(client.target, p2.url)
+        self.assertEqual([e.seq for e in got], [1, 2, 3, 4])
+        closed = got[3]
+        self.assertEqual(
+            (closed.kind, closed.conn, closed.params["reason"]),
+            ("closed", link.conn, "proxy failed"),
+        )
+        yield eventually(lambda: FileState(state).load().last_seq == 4)
+        # Nothing is replayed twice after a while; the closed connection,
+        # acknowledged, is no longer listed.
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(len(got), 4)
+        listed = yield client.connections()
+        self.assertEqual(listed, [])
+
+
+class ElectrumRedirectTests(ScaleOutCase):
+    """The Electrum adapter (an Electrum node under Electrum's Python, see
+    tests/test_electrum.py) follows code 9 from a real process."""
+
+    @defer.inlineCallbacks
+    def test_adapter_follows_to_owner_and_resumes(self) -> Any:
+        """p1 serves the node and keeps a persist connection for it; an
+        Electrum client configured with p2's URL logs in at p1 (its
+        ``ProxySession.current_url``), sees the connection open and
+        resumes it."""
+        missing = electrum_available()
+        if missing and not os.environ.get("CI"):  # CI must run it
+            raise SkipTest(f"Electrum is not available ({missing})")
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        claim = yield self.logged_in(secret, port=p1.port)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield claim.open_peer(peer, peer_port, persist=True)
+        yield eventually(lambda: len(claim.events) == 1)
+        claim.dropConnection(abort=True)
+        yield claim.closed
+        user_dir = os.path.join(self.work, "electrum")
+        os.makedirs(user_dir)
+        node = ElectrumNode.spawn(
+            reactor,
+            "client",
+            "client",
+            *resume_args(p2.url),
+            key=secret,
+            user_dir=user_dir,
+        )
+        self.addCleanup(node.stop)
+        logged = yield node.wait("logged_in", 60)
+        self.assertEqual(logged["url"], p1.url)
+        self.assertEqual(
+            [(c["conn"], c["state"]) for c in logged["connections"]],
+            [(conn, "open")],
+        )
+        resumed = yield node.wait("resumed", 30)
+        self.assertEqual(resumed["conn"], conn)
 
 
 class HandOverTests(ScaleOutCase):

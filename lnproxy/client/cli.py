@@ -257,19 +257,38 @@ def keygen(args: argparse.Namespace, out: Any) -> None:
 
 
 def _tls_options(args: argparse.Namespace, url: str) -> Any:
-    cafile = getattr(args, "cafile", None)
-    if not cafile:
+    ca = _ca_certificate(args)
+    if ca is None:
         return None
     from urllib.parse import urlsplit
 
-    from twisted.internet.ssl import Certificate, optionsForClientTLS
+    from twisted.internet.ssl import optionsForClientTLS
+
+    return optionsForClientTLS(urlsplit(url).hostname or "", trustRoot=ca)
+
+
+def _tls_per_host(args: argparse.Namespace) -> Any:
+    """``hostname -> TLS options`` trusting ``--cafile`` (for the client,
+    which may be redirected to other hosts), or None for the system roots."""
+    ca = _ca_certificate(args)
+    if ca is None:
+        return None
+    from twisted.internet.ssl import optionsForClientTLS
+
+    return lambda host: optionsForClientTLS(host, trustRoot=ca)
+
+
+def _ca_certificate(args: argparse.Namespace) -> Any:
+    cafile = getattr(args, "cafile", None)
+    if not cafile:
+        return None
+    from twisted.internet.ssl import Certificate
 
     try:
         with open(cafile, "rb") as f:
-            ca = Certificate.loadPEM(f.read())
+            return Certificate.loadPEM(f.read())
     except (OSError, ValueError) as e:
         raise CliError(f"cannot read CA file {cafile}: {e}") from None
-    return optionsForClientTLS(urlsplit(url).hostname or "", trustRoot=ca)
 
 
 def _server_id(args: argparse.Namespace) -> bytes | None:
@@ -310,7 +329,7 @@ def _make_client(
             state=state,
             server_id=server_id,
             request_timeout=getattr(args, "timeout", 30.0),
-            tls_options=_tls_options(args, str(url)),
+            tls_options=_tls_per_host(args),
             lease=bool(getattr(args, "lease", False)),
         )
     except (ValueError, StateError) as e:

@@ -8,6 +8,17 @@ signing itself is its owner's), and bounds the time from TCP to a login.
 Once logged in it sends requests (:meth:`ProxyConnection.call`, each with
 its own timeout) and hands every notification with a seq to its owner.
 
+It follows redirects (docs/protocol.md, "Running several processes
+(scale-out)"): a ``login`` answered with code 9 closes that WebSocket and
+the next attempt goes at once to ``data.url``, the node's owner, with the
+same key and the same ``server_id`` (a pinned one, or else the one of the
+process that redirected).  At most :data:`MAX_REDIRECTS` redirects are
+followed in a row; a further one, or a ``data.url`` that is not ``ws://`` or
+``wss://``, is a :class:`RedirectRefused` and the client starts over at its
+configured URL after the usual backoff.  When an attempt at the owner fails
+(it stopped or died), the next one goes to the configured URL again, where
+a surviving process has taken the node over or redirects once more.
+
 It knows nothing about events, state files or peers: what happens at a
 login, a notification, a lost session or a fatal error is its
 :class:`ConnectionOwner`'s business (the :class:`~lnproxy.client.Client`).
@@ -23,11 +34,13 @@ from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.util import parse_url
 from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IOpenSSLClientConnectionCreator,
     IReactorTime,
     IStreamClientEndpoint,
 )
@@ -41,24 +54,50 @@ from lnproxy.client.errors import (
     ConnectionLost,
     LoginFailed,
     ProxyUnreachable,
+    RedirectRefused,
     RequestTimeout,
+    ServedElsewhere,
     ServerMismatch,
     error_for_code,
 )
 from lnproxy.protocol import INTERNAL_ERROR, PROTOCOL_VERSION, SUBPROTOCOL
 
 __all__ = [
+    "MAX_REDIRECTS",
     "MAX_WS_MESSAGE",
     "ConnectionOwner",
     "LoginInfo",
     "ProxyConnection",
     "ProxyProtocol",
+    "check_proxy_url",
     "timeout_as",
 ]
 
 #: Largest WebSocket message we accept: a 65,535-byte Lightning message is
 #: ~131 KiB of hex, plus the envelope.
 MAX_WS_MESSAGE = 1024 * 1024
+
+#: Redirects (code 9) followed in a row, without a login or a failed
+#: attempt in between, before the client gives up on the chain.
+MAX_REDIRECTS = 3
+
+
+def check_proxy_url(url: str) -> tuple[bool, str, int]:
+    """Check a proxy URL: ``(secure, host, port)``.
+
+    :raise ValueError: for anything but ``ws://host[:port][/path]`` or
+        ``wss://...``.
+    """
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(url)
+        secure, host, port, _, _, _ = parse_url(url)
+    except Exception:  # urlsplit: ValueError; autobahn: Exception
+        raise ValueError(
+            f"proxy URL must be ws://host:port/ or wss://host:port/, not {url!r}"
+        ) from None
+    return bool(secure), str(host), int(port)
 
 
 @dataclass(frozen=True)
@@ -127,6 +166,9 @@ class ProxyProtocol(WebSocketClientProtocol):
         self._next_id = 0
         self._pending: dict[int, tuple[str, defer.Deferred[Any]]] = {}
         self.logged_in = False
+        #: The login answered code 9 and the connection followed (or
+        #: refused) the redirect: this WebSocket's end is no new failure.
+        self.redirected = False
         self.close_reason = ""
         self.login_deadline: IDelayedCall | None = None
 
@@ -257,6 +299,17 @@ class _ProxyFactory(WebSocketClientFactory):
             tcpNoDelay=True,
         )
 
+    def aim(self, url: str) -> None:
+        """The next WebSocket goes to ``url`` (Host header, path, TLS)."""
+        self.setSessionParameters(
+            url,
+            origin=self.origin,
+            protocols=[SUBPROTOCOL],
+            useragent=self.useragent,
+            headers=self.headers,
+            proxy=self.proxy,
+        )
+
     def buildProtocol(self, addr: Any) -> ProxyProtocol:
         """A protocol that reports to our connection."""
         p: ProxyProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
@@ -265,24 +318,19 @@ class _ProxyFactory(WebSocketClientFactory):
 
 
 @implementer(IStreamClientEndpoint)
-class _WatchedEndpoint:
-    """An endpoint that reports each failed connection attempt."""
+class _TargetEndpoint:
+    """Connects to the connection's current target (the configured URL, or
+    where a redirect pointed) and reports each failed attempt."""
 
-    def __init__(
-        self, inner: IStreamClientEndpoint, on_failure: Callable[[Failure], None]
-    ) -> None:
-        self._inner = inner
-        self._on_failure = on_failure
+    def __init__(self, connection: ProxyConnection) -> None:
+        self._connection = connection
+
+    def __repr__(self) -> str:
+        return f"<lnproxy endpoint {self._connection.target}>"
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
-        """Connect through the wrapped endpoint."""
-        d = self._inner.connect(factory)
-
-        def failed(f: Failure) -> Failure:
-            self._on_failure(f)
-            return f
-
-        return d.addErrback(failed)
+        """Aim the factory at the target and connect there."""
+        return self._connection._connect_target(factory)
 
 
 _Waiter = tuple[defer.Deferred[LoginInfo], bool]
@@ -300,9 +348,17 @@ class ProxyConnection:
     :param expected_server_id: refuse a ``hello`` with another server id.
     :param request_timeout: seconds a request, or a login, may take.
     :param retry_policy: ``attempt -> seconds`` between reconnects.
-    :param tls_options: client TLS options for ``wss://``.
+    :param tls_options: client TLS options for ``wss://``: a connection
+        creator (such as ``optionsForClientTLS(host)``) used for every
+        host, or a callable ``hostname -> creator``, called for each host
+        (the configured one and those redirects point at).  ``None``
+        verifies each host's name against the system trust roots.
     :param connect_timeout: seconds for a TCP connection to the proxy.
     :raise ValueError: for a URL that is not ``ws://`` or ``wss://``.
+
+    :ivar url: the configured URL.
+    :ivar target: where the next (or current) WebSocket goes: ``url``, or
+        the owner a redirect named.
     """
 
     _log = Logger()
@@ -320,12 +376,9 @@ class ProxyConnection:
         tls_options: Any = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(
-                f"proxy URL must be ws://host:port/ or wss://host:port/, not {url!r}"
-            )
+        check_proxy_url(url)
         self.url = url
+        self.target = url
         self.clock = clock
         self.node_id = node_id
         self.expected_server_id = expected_server_id
@@ -333,9 +386,6 @@ class ProxyConnection:
         self.retry_policy = retry_policy
         self._reactor = reactor
         self._owner = owner
-        self._secure = parts.scheme == "wss"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._secure else 80)
         self._tls_options = tls_options
         self._connect_timeout = connect_timeout
 
@@ -345,6 +395,14 @@ class ProxyConnection:
         self.features: frozenset[str] = frozenset()
         self.login_info: LoginInfo | None = None
         self._service: ClientService | None = None
+        self._factory: _ProxyFactory | None = None
+        #: Redirects followed since the last login or failed attempt.
+        self._hops: list[str] = []
+        #: The server_id a redirect's target must present when none is
+        #: pinned: the one of the process that redirected.
+        self._redirect_pin: bytes | None = None
+        #: Reconnect without the backoff delay (a redirect to follow).
+        self._follow_now = False
         #: The WebSocket of the current attempt (logged in or not).
         self._protocol: ProxyProtocol | None = None
         #: The logged-in WebSocket, if any.
@@ -367,10 +425,11 @@ class ProxyConnection:
 
     def start(self) -> None:
         """Connect, and keep reconnecting until :meth:`stop`."""
+        self._factory = _ProxyFactory(self, self.url, self._reactor)
         self._service = ClientService(
-            _WatchedEndpoint(self._endpoint(), self._connect_failed),
-            _ProxyFactory(self, self.url, self._reactor),
-            retryPolicy=self.retry_policy,
+            _TargetEndpoint(self),
+            self._factory,
+            retryPolicy=self._retry_delay,
             clock=self.clock,
         )
         self._service.startService()
@@ -403,16 +462,48 @@ class ProxyConnection:
         for ds in sessions:
             ds.errback(err)
 
-    def _endpoint(self) -> IStreamClientEndpoint:
+    def _retry_delay(self, attempt: int) -> float:
+        """ClientService's policy: none to follow a redirect, else ours."""
+        return 0.0 if self._follow_now else self.retry_policy(attempt)
+
+    def _endpoint(self, url: str) -> IStreamClientEndpoint:
+        secure, host, port = check_proxy_url(url)
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, self._host, self._port, timeout=self._connect_timeout
+            self._reactor, host, port, timeout=self._connect_timeout
         )
-        if self._secure:
+        if secure:
+            endpoint = wrapClientTLS(self._tls_for(host), endpoint)
+        return endpoint
+
+    def _tls_for(self, host: str) -> Any:
+        """The client TLS options for ``host`` (see ``tls_options``)."""
+        options = self._tls_options
+        if options is None:
             from twisted.internet.ssl import optionsForClientTLS
 
-            options = self._tls_options or optionsForClientTLS(self._host)
-            endpoint = wrapClientTLS(options, endpoint)
-        return endpoint
+            return optionsForClientTLS(host)
+        if IOpenSSLClientConnectionCreator.providedBy(options) or not callable(options):
+            return options
+        return options(host)
+
+    def _connect_target(self, factory: Any) -> defer.Deferred[Any]:
+        """One attempt (for :class:`_TargetEndpoint`): at the target."""
+        self._follow_now = False
+        url = self.target
+        assert self._factory is not None
+        try:
+            self._factory.aim(url)
+            endpoint = self._endpoint(url)
+        except Exception as e:  # a bad TLS callable, say
+            f = Failure(e)
+            self._connect_failed(url, f)
+            return defer.fail(f)
+
+        def failed(f: Failure) -> Failure:
+            self._connect_failed(url, f)
+            return f
+
+        return endpoint.connect(factory).addErrback(failed)
 
     # -- waiting for a login ----------------------------------------------------
 
@@ -482,13 +573,28 @@ class ProxyConnection:
 
     # -- what the protocol reports ------------------------------------------------
 
-    def _connect_failed(self, f: Failure) -> None:
+    def _connect_failed(self, url: str, f: Failure) -> None:
         self._log.info(
             "cannot reach the proxy at {url}: {reason}",
-            url=self.url,
+            url=url,
             reason=f.getErrorMessage(),
         )
-        self._fail_fast_waiters(ProxyUnreachable(self.url, f.getErrorMessage()))
+        self._attempt_failed()
+        self._fail_fast_waiters(ProxyUnreachable(url, f.getErrorMessage()))
+
+    def _attempt_failed(self) -> None:
+        """An attempt ended without a login or a redirect: the chain of
+        redirects is over, and the next attempt goes to the configured URL
+        (if the owner died, a survivor takes the node over there)."""
+        if self.target != self.url:
+            self._log.info(
+                "the node's owner at {target} failed; back to {url}",
+                target=self.target,
+                url=self.url,
+            )
+        self.target = self.url
+        self._hops = []
+        self._redirect_pin = None
 
     def tcp_connected(self, proto: ProxyProtocol) -> None:
         """TCP is up: start the clock on the login."""
@@ -516,11 +622,11 @@ class ProxyConnection:
                 "disconnected from the proxy: {reason}", reason=proto.close_reason
             )
             self._owner.session_lost(proto.close_reason)
-        elif not proto.logged_in:
+        elif not proto.logged_in and not proto.redirected:
+            url = self.target
+            self._attempt_failed()
             self._fail_fast_waiters(
-                ProxyUnreachable(
-                    self.url, f"closed before login ({proto.close_reason})"
-                )
+                ProxyUnreachable(url, f"closed before login ({proto.close_reason})")
             )
 
     def notification(
@@ -553,10 +659,15 @@ class ProxyConnection:
                 )
             )
             return
-        if self.expected_server_id is not None and server_id != self.expected_server_id:
-            self._owner.fatal(
-                ServerMismatch(self.expected_server_id.hex(), server_id.hex())
-            )
+        expected = self.expected_server_id or self._redirect_pin
+        if expected is not None and server_id != expected:
+            if self._hops:
+                self._log.error(
+                    "{url} (a redirect from {first}) is another server",
+                    url=self.target,
+                    first=self.url,
+                )
+            self._owner.fatal(ServerMismatch(expected.hex(), server_id.hex()))
             return
         self.server_id = server_id
         limits = params.get("limits")
@@ -600,9 +711,10 @@ class ProxyConnection:
         proto.cancel_login_deadline()
         self._session = proto
         self.login_info = info
+        self._hops = []
         self._log.info(
             "logged in to {url} ({pending} events pending)",
-            url=self.url,
+            url=self.target,
             pending=info.pending,
         )
         waiters, self._login_waiters = self._login_waiters, []
@@ -617,8 +729,49 @@ class ProxyConnection:
         if f.check(LoginFailed):
             self._owner.fatal(f.value)  # type: ignore[arg-type]
             return
+        if isinstance(f.value, ServedElsewhere) and proto is self._protocol:
+            self._redirect(proto, f.value)
+            return
         err = f.value if isinstance(f.value, ClientError) else ClientError(str(f.value))
         self._log.info("login did not succeed: {err}", err=str(err))
         self._fail_fast_waiters(err)
         # Let ClientService try again later (e.g. a session limit).
+        proto.close()
+
+    # -- redirects ----------------------------------------------------------------
+
+    def _redirect(self, proto: ProxyProtocol, err: ServedElsewhere) -> None:
+        """Code 9: close this WebSocket; log in at ``data.url`` at once."""
+        here = self.target
+        refusal: str | None = None
+        url = err.url
+        if url is None:
+            refusal = "the proxy named no URL"
+        else:
+            try:
+                check_proxy_url(url)
+            except ValueError:
+                refusal = "not a ws:// or wss:// URL"
+        if refusal is None and len(self._hops) >= MAX_REDIRECTS:
+            refusal = f"more than {MAX_REDIRECTS} redirects in a row"
+        if refusal is not None or url is None:
+            refused = RedirectRefused(here, url, refusal or "", list(self._hops))
+            self._log.warn("{err}", err=str(refused))
+            self._attempt_failed()
+            self._fail_fast_waiters(refused)
+            proto.redirected = True
+            proto.close()  # ClientService tries the configured URL later
+            return
+        self._log.info(
+            "{here} says the node is served at {url}; following",
+            here=here,
+            url=url,
+        )
+        self._hops.append(url)
+        if self.expected_server_id is None:
+            self._redirect_pin = self.server_id
+        self.target = url
+        self._follow_now = True
+        proto.redirected = True
+        # The login deadline stays: it drops a close that never completes.
         proto.close()

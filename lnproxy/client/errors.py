@@ -37,6 +37,7 @@ __all__ = [
     "ConnectionLost",
     "ProxyUnreachable",
     "ServerMismatch",
+    "RedirectRefused",
     "ClientStopped",
     "error_for_code",
     "ERROR_CLASSES",
@@ -267,6 +268,33 @@ class ServerMismatch(ClientError):
         super().__init__(f"proxy server_id is {got}, expected {expected}")
         self.expected = expected
         self.got = got
+
+
+class RedirectRefused(ClientError):
+    """A redirect (code 9) the client does not follow: its ``data.url`` is
+    missing or not ``ws://``/``wss://``, or it is one too many in a row
+    (docs/protocol.md, "Running several processes (scale-out)").
+
+    The client is not stopped: it tries its configured URL again after the
+    usual backoff.
+
+    :ivar url: the URL that answered code 9.
+    :ivar target: where it pointed (None if it named no URL).
+    :ivar reason: why it is not followed, in words.
+    :ivar hops: the redirects followed before it, in order.
+    """
+
+    def __init__(
+        self, url: str, target: str | None, reason: str, hops: list[str]
+    ) -> None:
+        chain = f" after {' -> '.join(hops)}" if hops else ""
+        super().__init__(
+            f"not following the redirect from {url} to {target!r}{chain}: {reason}"
+        )
+        self.url = url
+        self.target = target
+        self.reason = reason
+        self.hops = hops
 
 
 class ClientStopped(ClientError):

@@ -76,10 +76,17 @@ class Client(DevicesMixin, service.Service):
     :param request_timeout: seconds a request may wait, for a login included.
     :param retry_policy: ``attempt -> seconds`` for reconnecting to the
         proxy, retrying a failed event callback, and re-handshakes.
-    :param tls_options: client TLS options for ``wss://`` (default: verify
-        the host name against the system trust roots).
+    :param tls_options: client TLS options for ``wss://``: a connection
+        creator used for every host, or a callable ``hostname -> creator``
+        (what a deployment of several processes with their own names needs:
+        redirects lead to other hosts); default: verify each host's name
+        against the system trust roots.
     :param clock: timers (default: ``reactor``).
     :param connect_timeout: seconds for a TCP connection to the proxy.
+
+    A ``login`` answered with code 9 (another process of the deployment
+    serves the node) is followed to the owner's URL, with the same key,
+    ``server_id`` and state; see :mod:`lnproxy.client.connection`.
 
     :ivar node_id: our 33-byte node id.
     :ivar server_id: the proxy's id from the last ``hello``, or None.
@@ -211,6 +218,12 @@ class Client(DevicesMixin, service.Service):
         return self._connection.features
 
     @property
+    def target(self) -> str:
+        """Where the client logs in now: ``url``, or the URL of the node's
+        owner that a redirect (code 9) named."""
+        return self._connection.target
+
+    @property
     def login_info(self) -> LoginInfo | None:
         """The :class:`LoginInfo` of the last login, or None."""
         return self._connection.login_info
@@ -273,7 +286,10 @@ class Client(DevicesMixin, service.Service):
 
         :param fail_fast: fail on the next failed attempt (proxy unreachable,
             WebSocket refused or closed before login, login answered with an
-            error) instead of waiting for a later attempt to succeed.
+            error, a redirect not followed:
+            :class:`~lnproxy.client.errors.RedirectRefused`)
+            instead of waiting for a later attempt to succeed.  A redirect
+            that is followed is no failure.
         :raise ClientStopped: (as a failure) when the client stops first.
         :raise LoginFailed: when the proxy refuses the signature.
         """
