@@ -60,6 +60,8 @@ import {
 /** Largest Lightning message (BOLT 8). */
 export const MAX_MESSAGE = 65535;
 const MAX_ID = 128;
+/** Redirects (code 9) followed in a row before going back to the configured URL. */
+export const MAX_REDIRECTS = 3;
 
 /** A durable event from the proxy (`message`, `closed`, ...). */
 export interface LnEvent {
@@ -346,6 +348,10 @@ export class LnproxyClient {
   #backoff: { initial: number; max: number };
   #WS: WebSocketConstructor | undefined;
   #target: string;
+  /** Redirects followed in a row (code 9), reset by a login. */
+  #hops = 0;
+  /** The server id of the process that redirected us, expected at the target. */
+  #redirectedBy: string | undefined;
 
   #running = false;
   #session: Session | null = null; // logged in
@@ -543,12 +549,21 @@ export class LnproxyClient {
     try {
       socket = await Session.open(this.#target, {
         WebSocket: this.#WS,
-        serverId: this.#pinned,
+        // Every process of a deployment presents the same server id.
+        serverId: this.#pinned ?? this.#redirectedBy,
         timeout: this.#timeout,
       });
     } catch (e) {
-      if (e instanceof ServerMismatch || e instanceof ProtocolViolation) this.#fatal(e);
-      else this.#retryLater(e as Error);
+      if (e instanceof ServerMismatch || e instanceof ProtocolViolation) {
+        this.#fatal(e);
+        return;
+      }
+      if (this.#target !== this.url) {
+        // The owner we were sent to (or logged in at) is gone: the
+        // configured URL reaches a process that took the node over.
+        this.#backToConfigured();
+      }
+      this.#retryLater(e as Error);
       return;
     }
     if (!this.#running) {
@@ -582,14 +597,29 @@ export class LnproxyClient {
         socket.abort(e.message);
       } else if (e instanceof ServedElsewhere && e.url && /^wss?:\/\//.test(e.url)) {
         // docs/protocol.md, "Running several processes": log in at the owner.
-        this.#target = e.url;
-        this.#attempt = 0;
+        if (this.#hops >= MAX_REDIRECTS) {
+          // A loop (usually a stale lease): back to the configured URL,
+          // with the usual backoff.
+          this.#emit("error", e);
+          this.#backToConfigured();
+        } else {
+          this.#hops++;
+          this.#redirectedBy = socket.hello.serverIdHex;
+          this.#target = e.url;
+          this.#attempt = 0;
+        }
         socket.close("node served elsewhere");
       } else {
         this.#emit("error", e as Error);
         socket.close("login did not succeed");
       }
     }
+  }
+
+  #backToConfigured(): void {
+    this.#target = this.url;
+    this.#hops = 0;
+    this.#redirectedBy = undefined;
   }
 
   async #adoptServer(serverId: string): Promise<void> {
@@ -620,6 +650,7 @@ export class LnproxyClient {
     this.#session = socket;
     this.#ackSent = 0;
     this.#attempt = 0;
+    this.#hops = 0;
     this.loginInfo = info;
     for (const w of this.#loginWaiters.splice(0)) w.resolve(info);
     for (const w of this.#sessionWaiters.splice(0)) w.resolve(socket);

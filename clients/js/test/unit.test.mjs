@@ -159,7 +159,7 @@ after(() => {
  * `{error: {...}}`, or `undefined` to stay silent.
  */
 async function fakeProxy(script = {}) {
-  const serverSecret = newNodeSecret();
+  const serverSecret = script.serverSecret ?? newNodeSecret();
   const serverId = toHex(nodeIdOf(serverSecret));
   const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
   await new Promise((r) => wss.once("listening", r));
@@ -197,6 +197,14 @@ async function fakeProxy(script = {}) {
   });
   state.url = `ws://127.0.0.1:${wss.address().port}/`;
   return state;
+}
+
+async function waitFor(fn, ms) {
+  const end = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 function fakeClient(url, opts = {}) {
@@ -398,8 +406,10 @@ describe("against a fake proxy", () => {
   });
 
   test("code 9 with a URL: the client logs in at the owner", async () => {
-    const owner = await fakeProxy();
+    const serverSecret = newNodeSecret(); // one deployment, one server id
+    const owner = await fakeProxy({ serverSecret });
     const other = await fakeProxy({
+      serverSecret,
       handleLogin: true,
       handle: () => ({ error: { code: 9, message: "served elsewhere", data: { url: owner.url } } }),
     });
@@ -407,8 +417,68 @@ describe("against a fake proxy", () => {
     c.start();
     const info = await c.whenLoggedIn(3000);
     assert.equal(info.serverId, owner.serverId);
-    assert.equal(c.loginInfo.serverId, owner.serverId);
+    assert.equal(owner.connections, 1);
     c.stop();
+  });
+
+  test("code 9 to a process with another server id: refused (ServerMismatch)", async () => {
+    const owner = await fakeProxy(); // a server id of its own
+    const other = await fakeProxy({
+      handleLogin: true,
+      handle: () => ({ error: { code: 9, message: "served elsewhere", data: { url: owner.url } } }),
+    });
+    const c = fakeClient(other.url);
+    c.start();
+    await assert.rejects(c.whenLoggedIn(3000), (e) => e.name === "ServerMismatch");
+    c.stop();
+  });
+
+  test("the owner dies: the client comes back through the configured URL", async () => {
+    const serverSecret = newNodeSecret();
+    const owner = await fakeProxy({ serverSecret });
+    let ownerAlive = true;
+    const configured = await fakeProxy({
+      serverSecret,
+      handleLogin: true,
+      handle: (m, p) =>
+        m === "login" && ownerAlive
+          ? { error: { code: 9, message: "served elsewhere", data: { url: owner.url } } }
+          : m === "login"
+            ? { node_id: p.node_id, inbox: { next_seq: 1, pending: 0 }, connections: [] }
+            : {},
+    });
+    const c = fakeClient(configured.url);
+    c.start();
+    await c.whenLoggedIn(3000);
+    assert.equal(owner.connections, 1);
+    // The owner's process dies: its socket and its listener go.
+    ownerAlive = false;
+    const ownerServer = servers.find((w) => owner.url.endsWith(`:${w.address().port}/`));
+    for (const ws of owner.sockets) ws.terminate();
+    await new Promise((r) => ownerServer.close(r));
+    await waitFor(() => c.loginInfo && configured.connections >= 2, 5000);
+    assert.equal(owner.connections, 1, "the dead owner is not retried forever");
+    c.stop();
+  });
+
+  test("a redirect loop is cut after MAX_REDIRECTS and retried with backoff", async () => {
+    const serverSecret = newNodeSecret();
+    let bUrl = "";
+    const redirect = (url) => ({ error: { code: 9, message: "elsewhere", data: { url } } });
+    const a = await fakeProxy({ serverSecret, handleLogin: true, handle: () => redirect(bUrl) });
+    const b = await fakeProxy({ serverSecret, handleLogin: true, handle: () => redirect(a.url) });
+    bUrl = b.url;
+    const c = fakeClient(a.url);
+    const errors = [];
+    c.on("error", (e) => errors.push(e));
+    c.start();
+    await new Promise((r) => setTimeout(r, 400));
+    c.stop();
+    // Cut after 3 redirects in a row, then back to the configured URL
+    // after a backoff (20-100 ms here): a few rounds, not a tight loop.
+    assert.ok(errors.some((e) => e.name === "ServedElsewhere"), "the cut is reported");
+    const hops = a.connections + b.connections;
+    assert.ok(hops >= 4 && hops <= 40, `connections in 400 ms: ${hops}`);
   });
 
   test("stop() fails what waits and closes the socket", async () => {
