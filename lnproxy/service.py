@@ -16,12 +16,13 @@ close the store.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer
+from twisted.internet import defer, task, tcp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -33,9 +34,10 @@ from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
-from lnproxy import keys, wire
+from lnproxy import hotrestart, keys, wire
 from lnproxy.api import ClientFactory, ClientProtocol
 from lnproxy.devices import DeviceLimits, Devices, thread_runner
+from lnproxy.handover import systemd
 from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
@@ -132,6 +134,17 @@ class ProxyService(service.MultiService):
         self.notifier: Notifier | None = None
         self.metrics: Metrics | None = None
         self.metrics_listener: StreamServerEndpointService | None = None
+        #: The name each listener crosses a hot restart under, aligned with
+        #: ``listeners`` then ``metrics_listener``.
+        self.listener_names: list[str] = []
+        #: The reactor (hot restart adopts sockets into it).
+        self.reactor: Any = None
+        #: What this process took over at its start (hot restart), if any.
+        self.incoming: hotrestart.Incoming | None = None
+        #: Serves takeover requests; hands everything over.
+        self.old_side: hotrestart.OldSide | None = None
+        #: Upload everything to systemd's fd store on SIGTERM.
+        self.fd_store = False
 
     def health(self) -> tuple[bool, str]:
         """``/healthz``: the store takes writes and every listener is up.
@@ -152,15 +165,70 @@ class ProxyService(service.MultiService):
         accepts a client."""
         # After twistd's daemonizing fork, if any: see Store.suspend.
         self.store.resume()
+        if self.incoming is not None:
+            # Before the hub's recovery, which would close their rows.
+            self.incoming.adopt(self.reactor, self.hub, self._factories())
         self.hub.startService()
         super().startService()
+        if self.old_side is not None:
+            try:
+                self.old_side.start()
+            except Exception as e:
+                self._log.warn("no takeover channel (no hot restart): {error}", error=e)
+        notifier = systemd.Notifier()
+        if notifier.address is not None:
+            try:
+                if self.incoming is not None and self.incoming.via == "systemd":
+                    for name in (systemd.PEER, systemd.LISTENER, systemd.STATE):
+                        notifier.remove(name)
+                notifier.ready()
+            except OSError as e:
+                self._log.warn("cannot notify the service manager: {error}", error=e)
         self._log.info(
             "lnproxy started; server_id {server_id}", server_id=self.server_id.hex()
         )
 
+    def _factories(self) -> dict[str, Any]:
+        """The factory of each listener, by the name it crosses under."""
+        out: dict[str, Any] = {}
+        services = [*self.listeners, self.metrics_listener]
+        for name, listener in zip(self.listener_names, services, strict=False):
+            if listener is not None:
+                out[name] = listener.factory
+        return out
+
+    def listening_ports(self) -> list[tuple[Any, str]]:
+        """Each bound TCP listening port with the name it crosses under."""
+        out = []
+        services = [*self.listeners, self.metrics_listener]
+        for name, listener in zip(self.listener_names, services, strict=False):
+            if listener is None or not listening(listener):
+                continue
+            port = getattr(listener, "_waitingForPort").result  # noqa: B009
+            if isinstance(port, tcp.Port):
+                out.append((port, name))
+        return out
+
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        """Stop listeners, then the hub (records closed events), then the store."""
+        """Stop listeners, then the hub (records closed events), then the store.
+
+        Under systemd with the fd store, everything is first uploaded there
+        (hot restart); after a hot restart nothing is closed but the clients'
+        WebSockets (1012).
+        """
+        old = self.old_side
+        if old is not None and not old.handed_over and self.fd_store:
+            notifier = systemd.Notifier()
+            if notifier.address is not None:
+                old.store_on_stop(notifier)
+        if old is not None:
+            old.stop()
+        if old is not None and old.handed_over:
+            # Let the 1012 close frames reach the clients.
+            deadline = self.reactor.seconds() + 2.0
+            while self.factory.clients and self.reactor.seconds() < deadline:
+                yield task.deferLater(self.reactor, 0.01, lambda: None)
         yield defer.maybeDeferred(super().stopService)
         try:
             yield self.hub.stopService()
@@ -199,9 +267,15 @@ def build_service(
     :raise SystemExit: with a clear message when the data dir cannot be used
         (locked by another process, unreadable key, unknown schema).
     """
+    incoming = hotrestart.prepare(config, systemd.captured_listen_fds())
     try:
-        store = Store.open(config["data-dir"])
+        if incoming is not None:
+            store = hotrestart.wait_for_lock(lambda: Store.open(config["data-dir"]))
+        else:
+            store = Store.open(config["data-dir"])
     except StoreError as e:
+        if incoming is not None:
+            incoming.received.close()
         raise SystemExit(f"lnproxy: {e}") from None
     limits = limits_from_config(config)
     hub = Hub(
@@ -233,10 +307,17 @@ def build_service(
         devices=devices,
     )
     root = ProxyService(store, hub, factory)
+    root.reactor = reactor
+    root.incoming = incoming
+    root.old_side = hotrestart.OldSide(
+        root, reactor, timeout=float(config.get("takeover-timeout", 5.0))
+    )
+    root.fd_store = bool(config.get("systemd-fd-store")) or _fdstore_env()
     root.notifier = notifier
     notifier.setServiceParent(root)
     for description in config["listen"]:
-        endpoint = serverFromString(reactor, description)
+        endpoint = _endpoint(reactor, description, "listen", incoming)
+        root.listener_names.append(hotrestart.listener_name("listen", description))
         listener = StreamServerEndpointService(endpoint, factory)
         # Fail loudly at startup when the port cannot be bound.
         listener._raiseSynchronously = True
@@ -248,7 +329,9 @@ def build_service(
         metrics.observe_factory(factory)
         metrics.observe_notifier(notifier)
         root.metrics = metrics
-        endpoint = serverFromString(reactor, config["metrics"])
+        endpoint = _endpoint(reactor, config["metrics"], "metrics", incoming)
+        root.listener_names.append(hotrestart.listener_name("metrics", config["metrics"]))
+        metrics.observe_hot_restart(root.old_side, incoming)
         site = metrics_site(metrics, root.health)
         root.metrics_listener = StreamServerEndpointService(endpoint, site)
         root.metrics_listener._raiseSynchronously = True
@@ -257,6 +340,27 @@ def build_service(
     # in startService, in the process that runs (twistd may fork between).
     store.suspend()
     return root
+
+
+def _fdstore_env() -> bool:
+    """systemd 254 and later tell the service its FileDescriptorStoreMax."""
+    try:
+        return int(os.environ.get("FDSTORE", "0")) > 0
+    except ValueError:
+        return False
+
+
+def _endpoint(
+    reactor: Any, description: str, kind: str, incoming: hotrestart.Incoming | None
+) -> Any:
+    """The server endpoint of a listener; its handed-over port if any."""
+    endpoint = serverFromString(reactor, description)
+    name = hotrestart.listener_name(kind, description)
+    if incoming is None or name not in incoming.listener_names():
+        return endpoint
+    adopted = hotrestart.AdoptedEndpoint(endpoint, name)
+    adopted.incoming = incoming
+    return adopted
 
 
 def _build_notifier(

@@ -64,6 +64,12 @@ class Options(usage.Options):
         ["max-handshakes-per-node", None, "16", "unfinished handshakes per node"],
         ["max-handshakes", None, "1024", "unfinished handshakes in all"],
         ["login-timeout", None, "30", "seconds a client has to log in"],
+        [
+            "takeover-timeout",
+            None,
+            "5",
+            "seconds a process asked for a hot restart waits for the new one",
+        ],
         ["max-vault-entries-per-node", None, "64", "vault names one node may keep"],
         [
             "max-requests-per-second",
@@ -74,6 +80,18 @@ class Options(usage.Options):
     ]
     optFlags: list[list[Any]] = [
         ["webhook-allow-private", None, "allow http and private/loopback webhook URLs"],
+        [
+            "takeover",
+            None,
+            "take every peer connection and listener over from the process "
+            "running on the same data dir (hot restart), then serve",
+        ],
+        [
+            "systemd-fd-store",
+            None,
+            "on SIGTERM under systemd, keep every connection in the service "
+            "manager's file descriptor store (needs FileDescriptorStoreMax=)",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -105,6 +123,7 @@ class Options(usage.Options):
             "webhook-window",
             "webhook-timeout",
             "login-timeout",
+            "takeover-timeout",
         ):
             self[name] = _positive(name, self[name])
         for name in (

@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "max-vault-entries-per-node": 64,
     "max-requests-per-second": 5000.0,
     "policy": {},
+    "takeover": 0,
+    "takeover-timeout": 5.0,
+    "systemd-fd-store": 0,
 }
 
 
@@ -91,6 +94,10 @@ class OptionsTests(SynchronousTestCase):
             "259=summon",
             "--policy",
             "32=drop",
+            "--takeover",
+            "--takeover-timeout",
+            "2",
+            "--systemd-fd-store",
         )
         self.assertEqual(
             dict(options),
@@ -112,6 +119,9 @@ class OptionsTests(SynchronousTestCase):
                 "max-vault-entries-per-node": 5,
                 "max-requests-per-second": 0.0,
                 "policy": {32: MessageClass.DROP, 259: MessageClass.SUMMON},
+                "takeover": 1,
+                "takeover-timeout": 2.0,
+                "systemd-fd-store": 1,
             },
         )
 
