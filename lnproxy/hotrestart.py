@@ -269,6 +269,7 @@ class Incoming:
     ports: dict[str, IListeningPort] = field(default_factory=dict)
     adopted: int = 0
     seconds: float = 0.0
+    done: bool = False
 
     def listener_names(self) -> set[str]:
         """Names of the listeners that arrived with a socket."""
@@ -278,6 +279,7 @@ class Incoming:
         """Rebuild every connection in ``hub`` and give every socket to
         ``reactor`` (before ``hub.startService``: its recovery must not see
         these connections' rows as left open)."""
+        self.done = True
         protocols: list[Any] = []
         for snap in self.snapshots:
             protocol = None

@@ -163,11 +163,7 @@ class ProxyService(service.MultiService):
     def startService(self) -> None:
         """Reopen the database, then start the hub before any listener
         accepts a client."""
-        # After twistd's daemonizing fork, if any: see Store.suspend.
-        self.store.resume()
-        if self.incoming is not None:
-            # Before the hub's recovery, which would close their rows.
-            self.incoming.adopt(self.reactor, self.hub, self._factories())
+        self._adopt()
         self.hub.startService()
         super().startService()
         if self.old_side is not None:
@@ -187,6 +183,20 @@ class ProxyService(service.MultiService):
         self._log.info(
             "lnproxy started; server_id {server_id}", server_id=self.server_id.hex()
         )
+
+    def privilegedStartService(self) -> None:
+        """Adopt what a hot restart handed over before the listeners bind
+        (they bind here)."""
+        self._adopt()
+        super().privilegedStartService()
+
+    def _adopt(self) -> None:
+        # After twistd's daemonizing fork, if any: see Store.suspend.
+        self.store.resume()
+        incoming = self.incoming
+        if incoming is not None and not incoming.done:
+            # Before the hub's recovery, which would close their rows.
+            incoming.adopt(self.reactor, self.hub, self._factories())
 
     def _factories(self) -> dict[str, Any]:
         """The factory of each listener, by the name it crosses under."""
