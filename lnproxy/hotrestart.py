@@ -413,6 +413,11 @@ def prepare(
         takeover.confirm()
     except TakeoverFailed as e:
         raise SystemExit(f"lnproxy: takeover failed: {e}") from None
+    _log.info(
+        "--takeover: {count} connections received and confirmed in {seconds:.3f} s",
+        count=len(snaps),
+        seconds=time.monotonic() - started,
+    )
     return Incoming(takeover.received, list(snaps), started, "takeover")
 
 
@@ -424,7 +429,12 @@ def wait_for_lock(open_store: Callable[[], Any], timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return open_store()
+            store = open_store()
+            _log.info(
+                "hot restart: data dir lock taken after {seconds:.3f} s",
+                seconds=time.monotonic() - deadline + timeout,
+            )
+            return store
         except DataDirLocked:
             if time.monotonic() > deadline:
                 raise

@@ -277,6 +277,9 @@ def build_service(
     :raise SystemExit: with a clear message when the data dir cannot be used
         (locked by another process, unreadable key, unknown schema).
     """
+    # The policy table takes tens of ms to build: before a takeover freezes
+    # the old process's peers, not while they wait.
+    policy = Policy(config["policy"])
     incoming = hotrestart.prepare(config, systemd.captured_listen_fds())
     try:
         if incoming is not None:
@@ -292,7 +295,7 @@ def build_service(
         store,
         reactor,
         tcp_connector(reactor),
-        policy=Policy(config["policy"]),
+        policy=policy,
         limits=limits,
     )
     server_id = keys.public_key(store.server_secret)

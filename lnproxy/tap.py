@@ -154,6 +154,10 @@ def makeService(config: Options) -> IService:
 
     from lnproxy.service import build_service
 
+    # Collect and freeze the imports now, so that the collection below
+    # (after a hot restart's takeover, while peers wait) scans little.
+    gc.collect()
+    gc.freeze()
     root = build_service(reactor, config)
     # Everything imported so far lives as long as the process: move it to
     # the permanent generation so that no full collection scans it again.
