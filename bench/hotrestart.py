@@ -186,7 +186,7 @@ def main(argv: list[str]) -> Any:
         f" {'peers unread ms':>16} {'request->adopted ms':>20}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
-        if 2 * size + 200 > hard:
+        if size + 500 > hard:
             print(f"{size:>6} skipped: RLIMIT_NOFILE {hard} is too low")
             continue
         r = yield run_size(size, args.window)

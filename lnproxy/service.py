@@ -46,6 +46,7 @@ from lnproxy.protocol import (
     FEATURE_ACCOUNT,
     FEATURE_LEASE,
     FEATURE_PEER_STORAGE,
+    FEATURE_TAKEOVER,
     FEATURE_VAULT,
 )
 from lnproxy.ssrf import Resolver, build_http_client, thread_resolver
@@ -252,9 +253,10 @@ def _features(policy: Policy) -> list[str]:
 
     ``peer_storage`` only while the proxy keeps type 7 itself: an operator
     ``--policy 7=...`` hands peer storage to the client instead.  ``lease``,
-    ``vault`` and ``account`` always (:class:`lnproxy.devices.Devices`).
+    ``vault`` and ``account`` always (:class:`lnproxy.devices.Devices`);
+    ``takeover`` always (:mod:`lnproxy.hotrestart`).
     """
-    features = [FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT]
+    features = [FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT, FEATURE_TAKEOVER]
     if policy.classify(wire.PEER_STORAGE) is MessageClass.HANDLE:
         features.append(FEATURE_PEER_STORAGE)
     return features
