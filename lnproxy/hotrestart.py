@@ -288,7 +288,7 @@ class Incoming:
                     if isinstance(snap, HandshakeSnapshot):
                         protocol = hub.adopt_handshake(snap)
                     else:
-                        protocol = hub.adopt(snap)
+                        protocol = hub.adopt(snap, check_limit=False)
                 except Exception as e:
                     _log.warn(
                         "hot restart: connection {conn} not adopted: {error}",

@@ -1138,9 +1138,12 @@ class Hub(service.Service):
         self.flush()
         return self.connection(node_id, conn_id).snapshot()
 
-    def adopt(self, snap: ConnectionSnapshot) -> PeerProtocol:
+    def adopt(self, snap: ConnectionSnapshot, check_limit: bool = True) -> PeerProtocol:
         """Rebuild a captured open connection in this hub.
 
+        :param check_limit: refuse it beyond ``connections_per_node``; a hot
+            restart passes False (the connection exists already, and counting
+            a node's connections for each of them would be quadratic).
         :return: its protocol; ``makeConnection`` it with the TCP transport
             the connection lives on now.
         :raise HubError: code 7 when the node has its maximum of connections.
@@ -1152,7 +1155,7 @@ class Hub(service.Service):
         if snap.conn_id in self.connections:
             raise ValueError(f"connection {snap.conn_id} is already here")
         node = self._node(snap.node_id)
-        if node.live_connections() >= self.limits.connections_per_node:
+        if check_limit and node.live_connections() >= self.limits.connections_per_node:
             raise HubError(
                 LIMIT_EXCEEDED,
                 f"node has {self.limits.connections_per_node} connections "
