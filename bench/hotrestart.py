@@ -48,6 +48,7 @@ from lnproxy.testing import (  # noqa: E402
 R: Any = reactor
 ACTIVE = 100
 VERBOSE = False
+PROFILE = ""
 ARGS = (
     "--max-connections-per-node", "20000",
     "--max-handshakes-per-node", "256",
@@ -111,8 +112,10 @@ def run_size(n: int, window: float) -> Any:
     pinger = Pinger(factory)
     children = []
 
-    def spawn(*extra: str) -> TwistdProcess:
-        argv, env = twistd_command(port, data_dir, *ARGS, *extra)
+    def spawn(*extra: str, twistd_args: tuple[str, ...] = ()) -> TwistdProcess:
+        argv, env = twistd_command(
+            port, data_dir, *ARGS, *extra, twistd_args=twistd_args
+        )
         child = TwistdProcess()
         R.spawnProcess(child, argv[0], argv, env=env, path=base)
         children.append(child)
@@ -137,7 +140,12 @@ def run_size(n: int, window: float) -> Any:
         yield sleep(window)
         results["none"] = (pinger.max_gap, pinger.pongs)
         pinger.reset()
-        new = spawn("--takeover")
+        profile = (
+            (f"--profile={PROFILE}", "--profiler=cprofile", "--savestats")
+            if PROFILE
+            else ()
+        )
+        new = spawn("--takeover", twistd_args=profile)
         yield old.ended
         yield new.wait_started()
         yield sleep(1.0)
@@ -174,10 +182,14 @@ def main(argv: list[str]) -> Any:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,100,1000")
     parser.add_argument("--window", type=float, default=3.0)
+    parser.add_argument(
+        "--profile-new", default="", help="cProfile the new process into this file"
+    )
     parser.add_argument("--verbose", action="store_true", help="print handover logs")
     args = parser.parse_args(argv)
-    global VERBOSE
+    global VERBOSE, PROFILE
     VERBOSE = args.verbose
+    PROFILE = os.path.abspath(args.profile_new) if args.profile_new else ""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"RLIMIT_NOFILE {hard}")

@@ -21,6 +21,7 @@ is in any file of the data dir, the working directory or the logs.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import struct
@@ -30,11 +31,13 @@ import tempfile
 import time
 from typing import Any
 
+from pyln.proto import wire as pyln_wire
 from twisted.internet import defer, reactor, task
 from twisted.internet.error import ProcessDone
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from lnproxy import keys as lnkeys
 from lnproxy import noise, wire
 from lnproxy.handover import TakeoverFailed, request_takeover
 from lnproxy.testing import (
@@ -49,6 +52,7 @@ from lnproxy.testing import (
 from lnproxy.testing_systemd import FakeServiceManager
 
 from .harness import eventually
+from .test_interop import tame_pyln_connection
 
 R: Any = reactor
 
@@ -243,6 +247,84 @@ class Peers:
         yield defer.gatherResults(waits)
 
 
+class PylnPeer:
+    """An independent BOLT 8 peer: pyln-proto's responder, in a thread.
+
+    Sends ``COUNT`` test messages, answers pings, pings twice itself (at the
+    start and once it has every message) and records every message; sending
+    and reading stay in its one thread (pyln's rotation race, see
+    tests/test_interop.py).  ``secrets`` collects its keys through every
+    rotation (they mirror the proxy's).
+    """
+
+    SECRET = bytes.fromhex("42" * 32)
+
+    def __init__(self) -> None:
+        self.node_id = lnkeys.public_key(self.SECRET)
+        self.server = pyln_wire.LightningServerSocket(
+            pyln_wire.PrivateKey(self.SECRET)
+        )
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.server.settimeout(60)
+        self.port = self.server.getsockname()[1]
+        self.received: list[int] = []
+        self.pongs = 0
+        self.secrets: set[bytes] = set()
+        self.error: str | None = None
+        self.stopping = False
+        self.done = deferToThread(self._run)
+
+    def stop(self) -> Any:
+        """End the thread; fires when it is gone."""
+        self.stopping = True
+        return self.done
+
+    def _run(self) -> None:
+        try:
+            lconn, _ = self.server.accept()
+        except OSError as e:
+            self.error = f"accept: {e}"
+            return
+        sock, _, _ = tame_pyln_connection(lconn)
+        try:
+            self._serve(lconn, sock)
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            sock.close()
+            self.server.close()
+
+    def _serve(self, lconn: Any, sock: Any) -> None:
+        lconn.send_message(wire.Init(features=b"").encode())
+        lconn.send_message(wire.Ping(4, b"").encode())
+        sent = 0
+        pinged_again = False
+        while not self.stopping:
+            for _ in range(min(4, COUNT - sent)):
+                lconn.send_message(body(sent))
+                sent += 1
+            self.secrets.update((lconn.sk, lconn.rk, lconn.sck, lconn.rck))
+            readable, _, _ = select.select([sock], [], [], 0.004)
+            while readable:
+                msg = bytes(lconn.read_message())
+                msg_type = wire.message_type(msg)
+                if msg_type == wire.PING:
+                    pong = wire.pong_for(wire.Ping.decode(msg))
+                    if pong is not None:
+                        lconn.send_message(pong.encode())
+                elif msg_type == wire.PONG:
+                    self.pongs += 1
+                else:
+                    n = counter(msg)
+                    if n is not None:
+                        self.received.append(n)
+                readable, _, _ = select.select([sock], [], [], 0)
+            if len(self.received) >= COUNT and not pinged_again:
+                lconn.send_message(wire.Ping(4, b"").encode())
+                pinged_again = True
+
+
 class KeyLog:
     """Every transport key and chaining key of this process's ciphers (the
     responders mirror the proxy's), through every rotation."""
@@ -297,6 +379,7 @@ class HotRestartTests(TestCase):
         os.mkdir(self.cwd)
         self.addCleanup(shutil.rmtree, self.base, True)
         self.port = free_port()
+        self.pyln = None
         self.children: list[TwistdProcess] = []
         self.keys = KeyLog(self)
 
@@ -321,7 +404,7 @@ class HotRestartTests(TestCase):
         return child
 
     @defer.inlineCallbacks
-    def start_traffic(self, old: TwistdProcess) -> Any:
+    def start_traffic(self, old: TwistdProcess, with_pyln: bool = False) -> Any:
         """Peers, a logged-in client with a connection to each, a third one
         in its handshake; messages flowing both ways.
 
@@ -336,6 +419,13 @@ class HotRestartTests(TestCase):
         rpc = yield client.connect()
         for f, p in zip(peers.factories[:2], peers.ports[:2], strict=True):
             conn, tk = yield rpc.open_peer(f, p.getHost().port, persist=True)
+            self.keys.add_keys(tk)
+            client.add(conn)
+        self.pyln: PylnPeer | None = None
+        if with_pyln:
+            self.pyln = pyln = PylnPeer()
+            self.addCleanup(pyln.stop)
+            conn, tk = yield rpc.open_peer(pyln.node_id, pyln.port, persist=True)
             self.keys.add_keys(tk)
             client.add(conn)
         pending = yield rpc.start_connect(
@@ -362,16 +452,23 @@ class HotRestartTests(TestCase):
     @defer.inlineCallbacks
     def check_all_delivered(self, peers: Peers, client: Client, conns: int) -> Any:
         """Every message exactly once, in order, both ways; no peer closed."""
+        pyln = self.pyln
         yield eventually(
             lambda: client.done()
-            and all(len(peers.counters(p)) >= COUNT for p in peers.opened),
+            and all(len(peers.counters(p)) >= COUNT for p in peers.opened)
+            and (pyln is None or (len(pyln.received) >= COUNT and pyln.pongs >= 2)),
             timeout=120,
         )
+        if pyln is not None:
+            self.assertIsNone(pyln.error)
+            self.assertEqual(pyln.received, list(range(COUNT)))
+            self.keys.secrets.update(pyln.secrets)
+            conns -= 1
         self.assertEqual(len(peers.opened), conns)
         self.assertEqual(peers.closed(), 0)
         for peer in peers.opened:
             self.assertEqual(peers.counters(peer), list(range(COUNT)))
-        self.assertEqual(len(client.received), conns)
+        self.assertEqual(len(client.received), conns + (pyln is not None))
         for conn, got in client.received.items():
             self.assertEqual(got, list(range(COUNT)), conn)
         self.assertEqual(client.errors, [])
@@ -384,21 +481,24 @@ class HotRestartTests(TestCase):
         pings answered, the client closed with 1012 logs in again, the old
         process exits 0, no key on disk or in the logs."""
         old = self.spawn("--keepalive", "1")
-        peers, client, pending = yield self.start_traffic(old)
+        peers, client, pending = yield self.start_traffic(old, with_pyln=True)
         yield eventually(lambda: min(peers.sent.values()) >= COUNT // 3, timeout=60)
         new = self.spawn("--takeover", "--keepalive", "1")
         yield old.ended
         self.assertIsInstance(old.reason.value, ProcessDone, old.text)
-        self.assertIn("hot restart: handed over 3 peer connections", old.text)
+        self.assertIn("hot restart: handed over 4 peer connections", old.text)
         yield new.wait_started()
-        self.assertIn("adopted 3 peer connections", new.text)
+        self.assertIn("adopted 4 peer connections", new.text)
         yield self.finish_pending(client, pending)
-        yield self.check_all_delivered(peers, client, 3)
+        yield self.check_all_delivered(peers, client, 4)
         self.assertEqual(client.close_codes, [1012])
         self.assertEqual(client.logins, 2)
         # The keepalive (1 s) runs in the new process: the peers answer.
         yield task.deferLater(R, 2.5, lambda: None)
         self.assertEqual(peers.closed(), 0)
+        assert self.pyln is not None
+        self.assertIsNone(self.pyln.error)
+        yield self.pyln.stop()
         client.stop()
         yield new.stop("TERM")
         found = self.keys.scan(
