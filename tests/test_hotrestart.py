@@ -24,12 +24,14 @@ import os
 import select
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
+from urllib.request import urlopen
 
 from pyln.proto import wire as pyln_wire
 from twisted.internet import defer, reactor, task
@@ -480,10 +482,11 @@ class HotRestartTests(TestCase):
         """``--takeover``: same TCP connections, nothing lost or doubled,
         pings answered, the client closed with 1012 logs in again, the old
         process exits 0, no key on disk or in the logs."""
-        old = self.spawn("--keepalive", "1")
+        metrics = f"tcp:{free_port()}:interface=127.0.0.1"
+        old = self.spawn("--keepalive", "1", "--metrics", metrics)
         peers, client, pending = yield self.start_traffic(old, with_pyln=True)
         yield eventually(lambda: min(peers.sent.values()) >= COUNT // 3, timeout=60)
-        new = self.spawn("--takeover", "--keepalive", "1")
+        new = self.spawn("--takeover", "--keepalive", "1", "--metrics", metrics)
         yield old.ended
         self.assertIsInstance(old.reason.value, ProcessDone, old.text)
         self.assertIn("hot restart: handed over 4 peer connections", old.text)
@@ -493,6 +496,11 @@ class HotRestartTests(TestCase):
         yield self.check_all_delivered(peers, client, 4)
         self.assertEqual(client.close_codes, [1012])
         self.assertEqual(client.logins, 2)
+        # The metrics listener crossed too; it tells what was taken over.
+        url = f"http://127.0.0.1:{metrics.split(':')[1]}/metrics"
+        text = yield deferToThread(lambda: urlopen(url, timeout=10).read().decode())
+        self.assertIn("lnproxy_handover_connections 4.0", text)
+        self.assertIn("lnproxy_handover_seconds ", text)
         # The keepalive (1 s) runs in the new process: the peers answer.
         yield task.deferLater(R, 2.5, lambda: None)
         self.assertEqual(peers.closed(), 0)
@@ -506,6 +514,19 @@ class HotRestartTests(TestCase):
         )
         self.assertGreater(len(self.keys.secrets), 9)
         self.assertEqual(found, [])
+
+    @defer.inlineCallbacks
+    def test_takeover_with_nothing_running(self) -> Any:
+        """``--takeover`` with no process on the data dir starts normally."""
+        child = self.spawn("--takeover")
+        yield child.wait_started()
+        self.assertIn("--takeover: no process serves", child.text)
+        self.assertTrue(os.path.exists(os.path.join(self.data_dir, "takeover.sock")))
+        self.assertEqual(
+            stat.S_IMODE(os.stat(os.path.join(self.data_dir, "takeover.sock")).st_mode),
+            0o600,
+        )
+        yield child.stop("TERM")
 
     @defer.inlineCallbacks
     def test_systemd_store(self) -> Any:
