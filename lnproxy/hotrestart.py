@@ -126,14 +126,18 @@ class OldSide:
         self.listener: TakeoverListener | None = None
         self.handed_over = False
         self._paused_clients: list[Any] = []
+        #: The conn ids of the connections described by the last collect().
+        self._collected: list[str] = []
         #: Called with the :class:`Outcome` (metrics).
         self.on_outcome: list[Callable[[Outcome], None]] = []
 
     def start(self) -> None:
         """Serve the takeover channel (after the store's lock is ours)."""
         path = os.path.join(self.root.store.data_dir, CHANNEL)
+        # notify=False: released transports are only closed, their protocols
+        # hear nothing (faster with many; release() forgets them in the hub).
         self.listener = TakeoverListener(
-            self.reactor, path, self.collect, self.outcome, self.timeout
+            self.reactor, path, self.collect, self.outcome, self.timeout, notify=False
         )
         self.listener.start()
 
@@ -155,6 +159,7 @@ class OldSide:
                 transport.pauseProducing()
                 self._paused_clients.append(client)
         hub.pause_timers()
+        self._collected = []
         try:
             connections = []
             for conn in hub.connections.values():
@@ -168,6 +173,8 @@ class OldSide:
                 else:
                     continue
                 connections.append((protocol.transport, blob))
+                if getattr(protocol.transport, "connected", False):
+                    self._collected.append(conn.conn_id)
             listeners = [
                 (port, name) for port, name in root.listening_ports() if port
             ]
@@ -202,12 +209,7 @@ class OldSide:
         self.handed_over = True
         root = self.root
         hub = root.hub
-        gone = [
-            conn.conn_id
-            for conn in hub.connections.values()
-            if conn.protocol is not None and conn.protocol.handed_over
-        ]
-        hub.handed_over(gone)
+        hub.handed_over(self._collected)
         root.store.close()  # the new process waits for this lock
         for client in list(root.factory.clients):
             try:
@@ -240,7 +242,7 @@ class OldSide:
             self._resume()
             _log.failure("hot restart: the service manager did not take the sockets")
             return False
-        frozen.commit()
+        frozen.commit(notify=False)
         self.release(len(frozen.transports), self.reactor.seconds() - started)
         for fn in self.on_outcome:
             fn(
@@ -288,7 +290,7 @@ class Incoming:
                     if isinstance(snap, HandshakeSnapshot):
                         protocol = hub.adopt_handshake(snap)
                     else:
-                        protocol = hub.adopt(snap, check_limit=False)
+                        protocol = hub.adopt(snap, restart=True)
                 except Exception as e:
                     _log.warn(
                         "hot restart: connection {conn} not adopted: {error}",

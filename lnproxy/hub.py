@@ -1138,12 +1138,12 @@ class Hub(service.Service):
         self.flush()
         return self.connection(node_id, conn_id).snapshot()
 
-    def adopt(self, snap: ConnectionSnapshot, check_limit: bool = True) -> PeerProtocol:
+    def adopt(self, snap: ConnectionSnapshot, restart: bool = False) -> PeerProtocol:
         """Rebuild a captured open connection in this hub.
 
-        :param check_limit: refuse it beyond ``connections_per_node``; a hot
-            restart passes False (the connection exists already, and counting
-            a node's connections for each of them would be quadratic).
+        :param restart: a hot restart on the same store: the connection
+            exists already (its row is stored; no ``connections_per_node``
+            check, which would count a node's connections for each of them).
         :return: its protocol; ``makeConnection`` it with the TCP transport
             the connection lives on now.
         :raise HubError: code 7 when the node has its maximum of connections.
@@ -1155,7 +1155,7 @@ class Hub(service.Service):
         if snap.conn_id in self.connections:
             raise ValueError(f"connection {snap.conn_id} is already here")
         node = self._node(snap.node_id)
-        if check_limit and node.live_connections() >= self.limits.connections_per_node:
+        if not restart and node.live_connections() >= self.limits.connections_per_node:
             raise HubError(
                 LIMIT_EXCEEDED,
                 f"node has {self.limits.connections_per_node} connections "
@@ -1168,7 +1168,8 @@ class Hub(service.Service):
         assert protocol is not None
         self._register(conn)
         self._open[conn.conn_id] = conn
-        self.journal.stage_connection(conn.row())
+        if not restart:
+            self.journal.stage_connection(conn.row())
         return protocol
 
     def adopt_handshake(self, snap: HandshakeSnapshot) -> PeerProtocol:
