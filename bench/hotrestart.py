@@ -13,6 +13,12 @@ any of them within a window.  Two windows on the same connections, in the
 same run: ``none`` (no restart: what the machine adds by itself) and
 ``takeover`` (``twistd -n lnproxy --takeover`` started on the same data dir;
 the window runs until the old process has exited and one more second).
+A third window, ``fd store`` (N up to a third of RLIMIT_NOFILE: the fake
+service manager in this process holds a copy of every socket): a process
+started under :class:`lnproxy.testing_systemd.FakeServiceManager` takes
+over (not measured), then gets SIGTERM, stores everything and exits, and
+the next process starts from ``LISTEN_FDS``: nobody serves in between, so
+this stall is the new process's start-up.
 The old process logs how long peers were not read (freeze to commit), the
 new one how long from its request to every socket adopted; both are
 reported.  Every peer connection must stay up (checked).  RLIMIT_NOFILE is
@@ -44,11 +50,13 @@ from lnproxy.testing import (  # noqa: E402
     free_port,
     twistd_command,
 )
+from lnproxy.testing_systemd import FakeServiceManager  # noqa: E402
 
 R: Any = reactor
 ACTIVE = 100
 VERBOSE = False
 PROFILE = ""
+SYSTEMD = True
 ARGS = (
     "--max-connections-per-node", "20000",
     "--max-handshakes-per-node", "256",
@@ -82,6 +90,12 @@ class Pinger:
             self.last[id(p)] = now
             p.send(wire.Ping(4, b"").encode())
 
+    def gap(self) -> float:
+        """The longest gap so far, counting the open one of a connection
+        still waiting for its pong."""
+        now = time.monotonic()
+        return max([self.max_gap, *(now - t for t in self.last.values())])
+
     def reset(self) -> None:
         """A new window."""
         now = time.monotonic()
@@ -112,9 +126,13 @@ def run_size(n: int, window: float) -> Any:
     pinger = Pinger(factory)
     children = []
 
-    def spawn(*extra: str, twistd_args: tuple[str, ...] = ()) -> TwistdProcess:
+    def spawn(
+        *extra: str,
+        twistd_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> TwistdProcess:
         argv, env = twistd_command(
-            port, data_dir, *ARGS, *extra, twistd_args=twistd_args
+            port, data_dir, *ARGS, *extra, twistd_args=twistd_args, env=env
         )
         child = TwistdProcess()
         R.spawnProcess(child, argv[0], argv, env=env, path=base)
@@ -138,7 +156,7 @@ def run_size(n: int, window: float) -> Any:
         yield sleep(1.0)
         pinger.reset()
         yield sleep(window)
-        results["none"] = (pinger.max_gap, pinger.pongs)
+        results["none"] = (pinger.gap(), pinger.pongs)
         pinger.reset()
         profile = (
             (f"--profile={PROFILE}", "--profiler=cprofile", "--savestats")
@@ -149,11 +167,42 @@ def run_size(n: int, window: float) -> Any:
         yield old.ended
         yield new.wait_started()
         yield sleep(1.0)
-        results["takeover"] = (pinger.max_gap, pinger.pongs)
+        results["takeover"] = (pinger.gap(), pinger.pongs)
         if factory.closed_count:
             raise RuntimeError(f"{factory.closed_count} peer connections closed")
         unread = re.search(r"not read for ([0-9.]+) s", old.text)
         adopt = re.search(r"([0-9.]+) s since the request", new.text)
+        stall_systemd = None
+        if SYSTEMD and 3 * n + 500 < resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+            # A process under the (fake) service manager takes over (not
+            # measured); then SIGTERM -> fd store -> exit -> the next
+            # process from LISTEN_FDS (measured: nobody serves in between).
+            manager = FakeServiceManager(store_max=n + 16)
+            env = dict(os.environ, **manager.environment())
+            mid = spawn("--takeover", "--systemd-fd-store", env=env)
+            yield new.ended
+            yield mid.wait_started()
+            pinger.reset()
+            yield mid.stop("TERM")
+            argv, child_env = twistd_command(port, data_dir, *ARGS)
+            args, child_env, fds = manager.command(argv, child_env)
+            last = TwistdProcess()
+            child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+            child_fds.update({fd: fd for fd in fds})
+            R.spawnProcess(
+                last, args[0], args, env=child_env, path=base, childFDs=child_fds
+            )
+            children.append(last)
+            yield last.wait_started()
+            yield sleep(1.0)
+            stall_systemd = pinger.gap()
+            if VERBOSE:
+                print("    fd store pongs:", pinger.pongs)
+                for line in (mid.text + last.text).splitlines():
+                    if "hot restart" in line or "Traceback" in line or "rror" in line:
+                        print("   ", line[:160])
+            manager.close()
+            new = last
         if VERBOSE:
             for line in (old.text + new.text).splitlines():
                 if "takeover" in line or "hot restart" in line:
@@ -163,6 +212,7 @@ def run_size(n: int, window: float) -> Any:
             "n": n,
             "stall_none_ms": results["none"][0] * 1000,
             "stall_takeover_ms": results["takeover"][0] * 1000,
+            "stall_systemd_ms": stall_systemd * 1000 if stall_systemd else None,
             "unread_ms": float(unread.group(1)) * 1000 if unread else None,
             "request_to_adopted_ms": float(adopt.group(1)) * 1000 if adopt else None,
             "pongs": results["takeover"][1],
@@ -185,9 +235,13 @@ def main(argv: list[str]) -> Any:
     parser.add_argument(
         "--profile-new", default="", help="cProfile the new process into this file"
     )
+    parser.add_argument(
+        "--no-systemd", action="store_true", help="skip the fd store window"
+    )
     parser.add_argument("--verbose", action="store_true", help="print handover logs")
     args = parser.parse_args(argv)
-    global VERBOSE, PROFILE
+    global VERBOSE, PROFILE, SYSTEMD
+    SYSTEMD = not args.no_systemd
     VERBOSE = args.verbose
     PROFILE = os.path.abspath(args.profile_new) if args.profile_new else ""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -195,7 +249,7 @@ def main(argv: list[str]) -> Any:
     print(f"RLIMIT_NOFILE {hard}")
     print(
         f"{'N':>6} {'stall none ms':>14} {'stall takeover ms':>18}"
-        f" {'peers unread ms':>16} {'request->adopted ms':>20}"
+        f" {'peers unread ms':>16} {'request->adopted ms':>20} {'stall fd store ms':>18}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         if size + 500 > hard:
@@ -204,7 +258,8 @@ def main(argv: list[str]) -> Any:
         r = yield run_size(size, args.window)
         print(
             f"{r['n']:>6} {r['stall_none_ms']:>14.1f} {r['stall_takeover_ms']:>18.1f}"
-            f" {r['unread_ms'] or 0:>16.1f} {r['request_to_adopted_ms'] or 0:>20.1f}",
+            f" {r['unread_ms'] or 0:>16.1f} {r['request_to_adopted_ms'] or 0:>20.1f}"
+            f" {r['stall_systemd_ms'] or 0:>18.1f}",
             flush=True,
         )
 
