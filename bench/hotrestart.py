@@ -182,6 +182,9 @@ def run_size(n: int, window: float) -> Any:
             mid = spawn("--takeover", "--systemd-fd-store", env=env)
             yield new.ended
             yield mid.wait_started()
+            # READY=1 comes once its reactor runs (its SIGTERM handler is in).
+            while not manager.seen("READY", pid=mid.pid):
+                yield sleep(0.01)
             pinger.reset()
             yield mid.stop("TERM")
             argv, child_env = twistd_command(port, data_dir, *ARGS)

@@ -178,12 +178,21 @@ class ProxyService(service.MultiService):
                 if self.incoming is not None and self.incoming.via == "systemd":
                     for name in (systemd.PEER, systemd.LISTENER, systemd.STATE):
                         notifier.remove(name)
-                notifier.ready()
             except OSError as e:
                 self._log.warn("cannot notify the service manager: {error}", error=e)
+            # READY=1 only once the reactor runs: twistd installs its SIGTERM
+            # handler there, and a SIGTERM before it would kill the process
+            # without storing anything.
+            self.reactor.callWhenRunning(self._ready, notifier)
         self._log.info(
             "lnproxy started; server_id {server_id}", server_id=self.server_id.hex()
         )
+
+    def _ready(self, notifier: systemd.Notifier) -> None:
+        try:
+            notifier.ready()
+        except OSError as e:
+            self._log.warn("cannot notify the service manager: {error}", error=e)
 
     def privilegedStartService(self) -> None:
         """Adopt what a hot restart handed over before the listeners bind

@@ -537,7 +537,7 @@ class HotRestartTests(TestCase):
         env = dict(os.environ, **manager.environment())
         old = self.spawn("--systemd-fd-store", env=env)
         peers, client, pending = yield self.start_traffic(old)
-        yield eventually(lambda: manager.seen("READY"), timeout=30)
+        yield eventually(lambda: manager.seen("READY", pid=old.pid), timeout=30)
         yield eventually(lambda: min(peers.sent.values()) >= COUNT // 3, timeout=60)
         yield old.stop("TERM")
         self.assertIn("hot restart: handed over 3 peer connections", old.text)
