@@ -28,7 +28,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,45 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.web import server
 
 try:
-    from lnproxy.electrum_demo import ElectrumNode, electrum_available
+    import lnproxy  # noqa: F401
 except ImportError:  # run from a source checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from lnproxy.electrum_demo import ElectrumNode, electrum_available
 from lnproxy.demo import WebhookReceiver
-
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
-TWISTD = (
-    "import sys; from twisted.scripts.twistd import run; "
-    "sys.argv[0] = 'twistd'; sys.exit(run())"
-)
-
-
-class Twistd(ProcessProtocol):
-    """The proxy child."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.text += data.decode(errors="replace")
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from lnproxy.electrum_demo import ElectrumNode, electrum_available, resume_args
+from lnproxy.testing import free_port, spawn_twistd
 
 
 def sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
@@ -103,24 +72,24 @@ def run(reactor: Any, rounds: int, wakes: int) -> Any:
         nodes.append(n)
         return n
 
-    proxy = Twistd()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LNPROXY_")}
-    env["PYTHONPATH"] = REPO_ROOT
-    args = [
-        sys.executable, "-c", TWISTD, "-n", "--pidfile=", "lnproxy",
-        "--listen", f"tcp:{port}:interface=127.0.0.1",
-        "--data-dir", os.path.join(work, "proxy"), "--webhook-allow-private",
-    ]  # fmt: skip
-    proc = reactor.spawnProcess(proxy, sys.executable, args, env=env, path=work)
+    proxy = spawn_twistd(
+        reactor,
+        port,
+        os.path.join(work, "proxy"),
+        "--webhook-allow-private",
+        cwd=work,
+        env=env,
+    )
     try:
-        for _ in range(600):
-            if "lnproxy started" in proxy.text or proxy.ended.called:
-                break
-            yield sleep(reactor, 0.05)
+        try:
+            yield proxy.wait_started().addTimeout(30, reactor)
+        except Exception as e:
+            raise SystemExit(f"twistd did not start ({e}):\n{proxy.text}") from None
         match = re.search(r"server_id ([0-9a-f]{66})", proxy.text)
         if match is None:
-            raise SystemExit(f"twistd did not start:\n{proxy.text}")
+            raise SystemExit(f"twistd logged no server_id:\n{proxy.text}")
         server_id = bytes.fromhex(match.group(1))
         url = f"ws://127.0.0.1:{port}/"
 
@@ -196,15 +165,7 @@ def run(reactor: Any, rounds: int, wakes: int) -> Any:
                 ) -> Any:
                     called.append(reactor.seconds())
                     woken.append(
-                        node(
-                            f"woken-{i}",
-                            "client",
-                            "--proxy",
-                            url,
-                            "--command",
-                            '{"cmd": "resume"}',
-                            key=key,
-                        )  # fmt: skip
+                        node(f"woken-{i}", "client", *resume_args(url), key=key)
                     )
                     return call
 
@@ -239,9 +200,7 @@ def run(reactor: Any, rounds: int, wakes: int) -> Any:
     finally:
         for n in nodes:
             yield n.stop()
-        if not proxy.ended.called:
-            proc.signalProcess("TERM")
-            yield proxy.ended
+        yield proxy.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

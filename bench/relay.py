@@ -872,6 +872,19 @@ class Run:
         self.children.append((child, sigterm))
         return child
 
+    def child(
+        self, name: str, core: int, role: str, job: str, **options: object
+    ) -> Child:
+        """:meth:`spawn` a child in ``role`` doing ``job``; each option
+        ``some_name=value`` becomes ``--some-name value`` (``True``: the
+        bare flag ``--some-name``)."""
+        args = ["--role", role, "--job", job]
+        for key, value in options.items():
+            args.append("--" + key.replace("_", "-"))
+            if value is not True:
+                args.append(str(value))
+        return self.spawn(name, core, *args)
+
     def proxy(self, *proxy_args: str) -> tuple[Child, int]:
         """Start the proxy on the proxy core; return it and its port."""
         data_dir = os.path.join(self.dir, "data")
@@ -966,31 +979,23 @@ class Bench:
         s = self.sizes
         with self.run("ping-proxy") as r:
             proxy, port = r.proxy()
-            peer = r.spawn(
+            peer = r.child(
                 "peer",
                 CORE_LOAD,
-                "--role",
                 "pyln",
-                "--listen",
-                "--job",
                 "pinger",
-                "--count",
-                str(s.pings),
-                "--warm",
-                str(s.warm_pings),
+                listen=True,
+                count=s.pings,
+                warm=s.warm_pings,
             )
             info = peer.expect("PORT")
-            client = r.spawn(
+            client = r.child(
                 "client",
                 CORE_LOAD,
-                "--role",
                 "client",
-                "--job",
                 "hold",
-                "--port",
-                str(port),
-                "--peer",
-                f"{info['node']}:127.0.0.1:{info['port']}",
+                port=port,
+                peer=f"{info['node']}:127.0.0.1:{info['port']}",
             )
             client.expect("READY")
             peer.expect("READY")
@@ -1000,23 +1005,16 @@ class Bench:
     def ping_reference(self) -> Measure:
         s = self.sizes
         with self.run("ping-ref") as r:
-            server = r.spawn(
-                "ponger", CORE_PROXY, "--role", "pyln", "--listen", "--job", "ponger"
-            )
+            server = r.child("ponger", CORE_PROXY, "pyln", "ponger", listen=True)
             info = server.expect("PORT")
-            pinger = r.spawn(
+            pinger = r.child(
                 "pinger",
                 CORE_LOAD,
-                "--role",
                 "pyln",
-                "--job",
                 "pinger",
-                "--connect",
-                f"127.0.0.1:{info['port']}:{info['node']}",
-                "--count",
-                str(s.pings),
-                "--warm",
-                str(s.warm_pings),
+                connect=f"127.0.0.1:{info['port']}:{info['node']}",
+                count=s.pings,
+                warm=s.warm_pings,
             )
             server.expect("READY")
             pinger.expect("READY")
@@ -1030,31 +1028,17 @@ class Bench:
         with self.run("store-proxy") as r:
             proxy, port = r.proxy("--max-events-per-node", str(n + 1000))
             db = os.path.join(r.data_dir, "lnproxy.sqlite")
-            peer = r.spawn(
-                "peer",
-                CORE_LOAD,
-                "--role",
-                "pyln",
-                "--listen",
-                "--job",
-                "blaster",
-                "--count",
-                str(n),
-                "--db",
-                db,
+            peer = r.child(
+                "peer", CORE_LOAD, "pyln", "blaster", listen=True, count=n, db=db
             )
             info = peer.expect("PORT")
-            client = r.spawn(
+            client = r.child(
                 "client",
                 CORE_LOAD,
-                "--role",
                 "client",
-                "--job",
                 "logout",
-                "--port",
-                str(port),
-                "--peer",
-                f"{info['node']}:127.0.0.1:{info['port']}",
+                port=port,
+                peer=f"{info['node']}:127.0.0.1:{info['port']}",
             )
             client.expect("READY")
             peer.expect("READY")
@@ -1066,29 +1050,17 @@ class Bench:
     def store_reference(self) -> Measure:
         n = self.sizes.store_messages
         with self.run("store-ref") as r:
-            recv = r.spawn(
-                "receiver",
-                CORE_PROXY,
-                "--role",
-                "pyln",
-                "--listen",
-                "--job",
-                "receiver",
-                "--count",
-                str(n),
+            recv = r.child(
+                "receiver", CORE_PROXY, "pyln", "receiver", listen=True, count=n
             )
             info = recv.expect("PORT")
-            blaster = r.spawn(
+            blaster = r.child(
                 "blaster",
                 CORE_LOAD,
-                "--role",
                 "pyln",
-                "--job",
                 "blaster",
-                "--connect",
-                f"127.0.0.1:{info['port']}:{info['node']}",
-                "--count",
-                str(n),
+                connect=f"127.0.0.1:{info['port']}:{info['node']}",
+                count=n,
             )
             recv.expect("READY")
             blaster.expect("READY")
@@ -1101,31 +1073,16 @@ class Bench:
         n = self.sizes.ws_messages
         with self.run("toclient-proxy") as r:
             proxy, port = r.proxy()
-            peer = r.spawn(
-                "peer",
-                CORE_LOAD,
-                "--role",
-                "pyln",
-                "--listen",
-                "--job",
-                "blaster",
-                "--count",
-                str(n),
-            )
+            peer = r.child("peer", CORE_LOAD, "pyln", "blaster", listen=True, count=n)
             info = peer.expect("PORT")
-            client = r.spawn(
+            client = r.child(
                 "client",
                 CORE_LOAD,
-                "--role",
                 "client",
-                "--job",
                 "recv",
-                "--port",
-                str(port),
-                "--count",
-                str(n),
-                "--peer",
-                f"{info['node']}:127.0.0.1:{info['port']}",
+                port=port,
+                count=n,
+                peer=f"{info['node']}:127.0.0.1:{info['port']}",
             )
             client.expect("READY")
             peer.expect("READY")
@@ -1133,30 +1090,20 @@ class Bench:
             return Measure(n / (sent["also"]["t1"] - sent["t0"]), cpu / wall)
 
     def to_client_reference(self) -> Measure:
-        n = self.sizes.ws_messages
-        with self.run("toclient-ref") as r:
-            server = r.spawn(
-                "server",
-                CORE_PROXY,
-                "--role",
-                "ws-server",
-                "--job",
-                "stream",
-                "--count",
-                str(n),
-            )
+        return self._ws_reference(
+            "toclient-ref", "stream", "ref-recv", self.sizes.ws_messages
+        )
+
+    def _ws_reference(
+        self, label: str, server_job: str, client_job: str, n: int
+    ) -> Measure:
+        """Figures 3 and 4's reference: a bare Autobahn server and client
+        moving ``n`` messages; the rate the client measured."""
+        with self.run(label) as r:
+            server = r.child("server", CORE_PROXY, "ws-server", server_job, count=n)
             port = server.expect("PORT")
-            client = r.spawn(
-                "client",
-                CORE_LOAD,
-                "--role",
-                "client",
-                "--job",
-                "ref-recv",
-                "--port",
-                str(port),
-                "--count",
-                str(n),
+            client = r.child(
+                "client", CORE_LOAD, "client", client_job, port=port, count=n
             )
             client.expect("READY")
             res, cpu, wall = self._go(server, client, client)
@@ -1168,18 +1115,7 @@ class Bench:
         n = self.sizes.sends
         with self.run("topeer-proxy") as r:
             proxy, port = r.proxy("--max-requests-per-second", "0")
-            client = r.spawn(
-                "client",
-                CORE_LOAD,
-                "--role",
-                "client",
-                "--job",
-                "send",
-                "--port",
-                str(port),
-                "--count",
-                str(n),
-            )
+            client = r.child("client", CORE_LOAD, "client", "send", port=port, count=n)
             client.expect("READY")
             res, cpu, wall = self._go(proxy, client, client)
             if res["errors"] or res["replies"] != n:
@@ -1189,34 +1125,7 @@ class Bench:
             return Measure(n / (res["t1"] - res["t0"]), cpu / wall)
 
     def to_peer_reference(self) -> Measure:
-        n = self.sizes.sends
-        with self.run("topeer-ref") as r:
-            server = r.spawn(
-                "server",
-                CORE_PROXY,
-                "--role",
-                "ws-server",
-                "--job",
-                "count",
-                "--count",
-                str(n),
-            )
-            port = server.expect("PORT")
-            client = r.spawn(
-                "client",
-                CORE_LOAD,
-                "--role",
-                "client",
-                "--job",
-                "ref-send",
-                "--port",
-                str(port),
-                "--count",
-                str(n),
-            )
-            client.expect("READY")
-            res, cpu, wall = self._go(server, client, client)
-            return Measure(n / (res["t1"] - res["t0"]), cpu / wall)
+        return self._ws_reference("topeer-ref", "count", "ref-send", self.sizes.sends)
 
     # -- figure 5: connection set-ups ------------------------------------------------
 
@@ -1224,33 +1133,19 @@ class Bench:
         n, warm = self.sizes.setups, 5
         with self.run("setup-proxy") as r:
             proxy, port = r.proxy("--max-connections-per-node", str(n + warm + 10))
-            peer = r.spawn(
-                "peer",
-                CORE_LOAD,
-                "--role",
-                "pyln",
-                "--listen",
-                "--job",
-                "accept",
-                "--count",
-                str(n + warm),
+            peer = r.child(
+                "peer", CORE_LOAD, "pyln", "accept", listen=True, count=n + warm
             )
             info = peer.expect("PORT")
-            client = r.spawn(
+            client = r.child(
                 "client",
                 CORE_LOAD,
-                "--role",
                 "client",
-                "--job",
                 "setup",
-                "--port",
-                str(port),
-                "--count",
-                str(n),
-                "--warm",
-                str(warm),
-                "--peer",
-                f"{info['node']}:127.0.0.1:{info['port']}",
+                port=port,
+                count=n,
+                warm=warm,
+                peer=f"{info['node']}:127.0.0.1:{info['port']}",
             )
             client.expect("READY")
             res, cpu, wall = self._go(proxy, client, client)
@@ -1260,31 +1155,18 @@ class Bench:
     def setup_reference(self) -> Measure:
         n, warm = self.sizes.setups, 5
         with self.run("setup-ref") as r:
-            server = r.spawn(
-                "server",
-                CORE_PROXY,
-                "--role",
-                "pyln",
-                "--listen",
-                "--job",
-                "accept",
-                "--count",
-                str(n + warm),
+            server = r.child(
+                "server", CORE_PROXY, "pyln", "accept", listen=True, count=n + warm
             )
             info = server.expect("PORT")
-            client = r.spawn(
+            client = r.child(
                 "client",
                 CORE_LOAD,
-                "--role",
                 "pyln",
-                "--job",
                 "connect",
-                "--connect",
-                f"127.0.0.1:{info['port']}:{info['node']}",
-                "--count",
-                str(n),
-                "--warm",
-                str(warm),
+                connect=f"127.0.0.1:{info['port']}:{info['node']}",
+                count=n,
+                warm=warm,
             )
             client.expect("READY")
             res, cpu, wall = self._go(server, client, client)

@@ -34,6 +34,8 @@ __all__ = [
     "SCRYPT_P",
     "hash_auth",
     "verify_auth",
+    "prepare",
+    "prepared",
     "LoginLimiter",
 ]
 
@@ -79,11 +81,24 @@ _dummy: str | None = None
 
 
 def _dummy_record() -> str:
-    """A record no ``auth`` matches, with the default cost (made once)."""
+    """A record no ``auth`` matches, with the default cost (made once, by
+    :func:`prepare` with the process's first hash of any kind, so that the
+    first unknown user does not pay for it alone)."""
     global _dummy
     if _dummy is None:
         _dummy = hash_auth(os.urandom(32))
     return _dummy
+
+
+def prepared() -> bool:
+    """Whether :func:`prepare` has run in this process."""
+    return _dummy is not None
+
+
+def prepare() -> None:
+    """Make the dummy record :func:`verify_auth` uses for unknown users
+    (one scrypt; run it off the reactor thread)."""
+    _dummy_record()
 
 
 def _parse(record: str) -> tuple[int, int, int, bytes, bytes] | None:

@@ -32,7 +32,10 @@ from lnproxy import wire
 
 __all__ = [
     "ANSWERED_TYPES",
+    "ANSWER_BURST_BYTES",
+    "ANSWER_RATE_BYTES",
     "Answer",
+    "AnswerBudget",
     "AnswerContext",
     "CONSUMED",
     "GOSSIP_QUERIES",
@@ -84,6 +87,49 @@ STOP_FIRST_TIMESTAMP: Final = 0xFFFFFFFF
 #: At most this many pings wait for their pong on one connection; sending
 #: one more forgets the oldest (the peer evidently ignored it).
 MAX_WAITING_PINGS: Final = 32
+
+
+#: What the proxy sends back on one connection by itself is paced: a burst
+#: of this many bytes, then this many bytes per second.  A 6-byte ping may
+#: ask for a 65,531-byte pong; unpaced, a peer could make the proxy encrypt
+#: and send ten thousand times what it sends.  A peer that pings as BOLT 1
+#: expects (rarely, asking for few bytes) never comes near it.
+ANSWER_BURST_BYTES: Final = 256 * 1024
+ANSWER_RATE_BYTES: Final = 16 * 1024
+
+
+class AnswerBudget:
+    """A token bucket of answer bytes for one connection, on explicit time.
+
+    BOLT 1 lets a node ignore pings that come too often; the proxy ignores
+    whatever answer (pong, gossip query reply) would overdraw the bucket.
+
+    :param now: the time the connection started (the bucket starts full).
+    """
+
+    __slots__ = ("_tokens", "_at", "_rate", "_burst")
+
+    def __init__(
+        self,
+        now: float,
+        rate: float = ANSWER_RATE_BYTES,
+        burst: float = ANSWER_BURST_BYTES,
+    ) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._at = now
+
+    def spend(self, size: int, now: float) -> bool:
+        """Take ``size`` bytes if the bucket holds them; False (nothing
+        taken) when the answer must be ignored."""
+        tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if size > tokens:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - size
+        return True
 
 
 class PingOwner(enum.Enum):

@@ -334,7 +334,7 @@ class ClientProtocol(WebSocketServerProtocol):
             self._answer_error(has_id, req_id, e)
             return
         except HubError as e:
-            self._answer_error(has_id, req_id, RpcError(e.code, e.message))
+            self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))
             return
         except DeviceError as e:
             self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))
@@ -481,7 +481,8 @@ class ClientProtocol(WebSocketServerProtocol):
         if f.check(RpcError):
             self._answer_error(has_id, req_id, f.value)
         elif f.check(HubError):
-            self._answer_error(has_id, req_id, RpcError(f.value.code, f.value.message))
+            e = f.value
+            self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))
         elif f.check(DeviceError):
             e = f.value
             self._answer_error(has_id, req_id, RpcError(e.code, e.message, e.data))
@@ -496,7 +497,9 @@ class ClientProtocol(WebSocketServerProtocol):
         if self.session is None:
             self.sendClose(CLOSE_LOGIN_TIMEOUT, "login timeout")
 
-    def rpc_login(self, params: dict[str, Any]) -> dict[str, Any]:
+    def rpc_login(
+        self, params: dict[str, Any]
+    ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         """``login {node_id, signature}``: prove the node key."""
         if self.session is not None:
             raise RpcError(INVALID_REQUEST, "this session is already logged in")
@@ -513,7 +516,22 @@ class ClientProtocol(WebSocketServerProtocol):
                 f.failed_login_close_delay, self._close_after_failed_login
             )
             raise RpcError(LOGIN_FAILED, "login failed: bad signature")
-        session, result = f.hub.login(node_id, self)
+        attached = f.hub.login(node_id, self)
+        if isinstance(attached, defer.Deferred):
+            # PostgreSQL: the node is claimed first (code 9 if another
+            # process serves it; this session stays open, not logged in).
+            return attached.addCallback(lambda r: self._logged_in(node_id, *r))
+        return self._logged_in(node_id, *attached)
+
+    def _logged_in(
+        self, node_id: str, session: Session, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The hub attached a session: the login succeeded."""
+        f = self.factory
+        if self.state == self.STATE_CLOSED:
+            # The client went away while the claim was on its way.
+            f.hub.logout(session)
+            return result
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
@@ -580,12 +598,19 @@ class ClientProtocol(WebSocketServerProtocol):
         self.factory.hub.disconnect(self.node_id, conn)
         return {}
 
-    def rpc_connections(self, params: dict[str, Any]) -> dict[str, Any]:
+    def rpc_connections(
+        self, params: dict[str, Any]
+    ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         """``connections {}`` -> ``{connections: [...]}``."""
         assert self.node_id is not None
-        return {"connections": self.factory.hub.list_connections(self.node_id)}
+        found = self.factory.hub.list_connections(self.node_id)
+        if isinstance(found, defer.Deferred):
+            return found.addCallback(lambda c: {"connections": c})
+        return {"connections": found}
 
-    def rpc_ack(self, params: dict[str, Any]) -> dict[str, Any]:
+    def rpc_ack(
+        self, params: dict[str, Any]
+    ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         """``ack {seq}`` -> ``{}``: every event up to seq is done."""
         seq = _param(params, "seq", int)
         assert self.node_id is not None
@@ -595,7 +620,9 @@ class ClientProtocol(WebSocketServerProtocol):
             raise RpcError(INVALID_PARAMS, f"seq {seq} is beyond the newest event ({newest})")
         if seq < 0:
             raise RpcError(INVALID_PARAMS, "seq must not be negative")
-        hub.ack(self.node_id, seq)
+        committed = hub.ack(self.node_id, seq)
+        if committed is not None:
+            return committed.addCallback(lambda _: {})
         return {}
 
     # -- webhooks ----------------------------------------------------------------
@@ -670,14 +697,14 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def rpc_account_set(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
         """``account.set {user, auth, blob}`` -> ``{}``."""
-        return self._devices().account_set(self._node(), params)
+        return self._devices().account_set(self._node(), params, self)
 
     def rpc_account_login(self, params: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
         """``account.login {user, auth}`` -> ``{node_id, blob}``, before login
         only (it does not log the session in)."""
         if self.session is not None:
             raise RpcError(INVALID_REQUEST, "this session is already logged in")
-        return self._devices().account_login(params)
+        return self._devices().account_login(params, self)
 
     def rpc_account_remove(self, params: dict[str, Any]) -> dict[str, Any]:
         """``account.remove {}`` -> ``{}``."""

@@ -152,6 +152,41 @@ def _wait_until(
     return d
 
 
+def _start_proxy(
+    reactor: Any, data_dir: str, cleanups: list[Callable[[], Any]], *extra: str
+) -> tuple[Any, int]:
+    """A proxy in this process on a free 127.0.0.1 port, private webhook
+    URLs allowed, stopped by ``cleanups``: ``(service, port)``."""
+    from lnproxy.service import build_service
+    from lnproxy.tap import Options
+
+    port = free_port()
+    options = Options()
+    options.parseOptions(
+        [
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir", data_dir,
+            "--webhook-allow-private",
+            *extra,
+        ]
+    )  # fmt: skip
+    proxy = build_service(reactor, options)
+    proxy.startService()
+    cleanups.append(proxy.stopService)
+    return proxy, port
+
+
+@defer.inlineCallbacks
+def _clean_up(cleanups: list[Callable[[], Any]]) -> Any:
+    """Run ``cleanups`` last first, each to its end; a failing one does not
+    stop the others (the demo's own result matters more)."""
+    for fn in reversed(cleanups):
+        try:
+            yield defer.maybeDeferred(fn)
+        except Exception:
+            pass
+
+
 def _is(msg_type: int) -> Callable[[bytes], bool]:
     return lambda m: len(m) >= 2 and wire.message_type(m) == msg_type
 
@@ -171,8 +206,6 @@ def run_demo(
     :return: a Deferred firing with the list of completed steps, or failing
         with :class:`DemoFailed` naming the step that did not happen.
     """
-    from lnproxy.service import build_service
-    from lnproxy.tap import Options
 
     n = narrator or _Narrator(out)
     cleanups: list[Callable[[], Any]] = []
@@ -191,19 +224,9 @@ def run_demo(
         peer_addr = f"127.0.0.1:{peer_port.getHost().port}"
         n.say(f"peer      {peer.node_id.hex()} at {peer_addr}")
 
-        proxy_port = free_port()
-        options = Options()
-        options.parseOptions(
-            [
-                "--listen", f"tcp:{proxy_port}:interface=127.0.0.1",
-                "--data-dir", data_dir,
-                "--keepalive", "2",
-                "--webhook-allow-private",
-            ]
-        )  # fmt: skip
-        proxy = build_service(reactor, options)
-        proxy.startService()
-        cleanups.append(proxy.stopService)
+        proxy, proxy_port = _start_proxy(
+            reactor, data_dir, cleanups, "--keepalive", "2"
+        )
         server_id = proxy.server_id
         n.say(f"proxy     ws://127.0.0.1:{proxy_port}/  server_id {server_id.hex()}")
         n.say("          (keepalive 2 s, so its own pings show up quickly)")
@@ -382,11 +405,7 @@ def run_demo(
         )
         n.ok("pings and pongs never reached the client; every event is acknowledged")
     finally:
-        for fn in reversed(cleanups):
-            try:
-                yield defer.maybeDeferred(fn)
-            except Exception:
-                pass
+        yield _clean_up(cleanups)
     out.write(f"\nAll {len(n.done)} steps happened.\n")
     return n.done
 

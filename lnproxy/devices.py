@@ -10,13 +10,20 @@ hashable objects (the API passes its protocol instance).
 - The lease is in memory (:class:`lnproxy.lease.LeaseBook`): it belongs to
   a session, and sessions do not outlive the process.
 - Vault entries and accounts are in the store (:class:`IStore`), written
-  with the same durability as events.
+  with the same durability as events.  With PostgreSQL (``database``, the
+  database executor) every store call runs on the executor's threads and
+  the methods answer with Deferreds: the reactor never waits on the
+  network.
 - ``auth`` is hashed with scrypt (:mod:`lnproxy.accounts`) in a thread, at
   most :attr:`Devices.max_hashing` at a time; more waiting than
-  :attr:`Devices.max_waiting` answer code 7.
+  :attr:`Devices.max_waiting` answer code 7, and so does a session that
+  already has :attr:`Devices.max_per_session` hashes waiting or running
+  (one client cannot fill the queue that every other client shares).
 - Failed ``account.login`` attempts are counted per user name, and an
   attempt counts as failed from its start until it succeeds, so parallel
-  attempts cannot overrun the limit.
+  attempts cannot overrun the limit.  An attempt turned away with code 7
+  because the hashing queue is full was never checked and does not count
+  (a flood by someone else must not lock a user out).
 
 Nothing here logs an ``auth``, a blob or a hash.
 """
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -48,6 +55,9 @@ from lnproxy.store.interface import (
     VaultFull,
     VersionConflict,
 )
+
+if TYPE_CHECKING:
+    from lnproxy.store.executor import DatabaseExecutor
 
 __all__ = [
     "DeviceError",
@@ -125,6 +135,9 @@ class Devices(Generic[S]):
     :param run_hash: runs scrypt off the reactor thread
         (:func:`thread_runner`); :func:`inline_runner` in unit tests.
     :param limits: the vault's and the limiter's limits.
+    :param database: the database executor (PostgreSQL): store calls run
+        on its threads and the vault and account methods return Deferreds.
+        None (SQLite): store calls run inline, as before.
     """
 
     _log = Logger()
@@ -133,6 +146,8 @@ class Devices(Generic[S]):
     max_hashing = 2
     #: scrypt calls waiting for a slot; one more answers code 7.
     max_waiting = 64
+    #: scrypt calls (waiting or running) of one session; one more answers 7.
+    max_per_session = 2
 
     def __init__(
         self,
@@ -140,8 +155,10 @@ class Devices(Generic[S]):
         clock: IReactorTime,
         run_hash: Callable[[Callable[[], Any]], defer.Deferred[Any]],
         limits: DeviceLimits | None = None,
+        database: DatabaseExecutor[Any] | None = None,
     ) -> None:
         self.store = store
+        self.database = database
         self.clock = clock
         self.limits = limits or DeviceLimits()
         self.leases: LeaseBook[S] = LeaseBook(clock)
@@ -152,13 +169,63 @@ class Devices(Generic[S]):
         )
         self._run_hash = run_hash
         self._hashing = defer.DeferredSemaphore(self.max_hashing)
+        #: Hashes waiting or running per session (no entry for none).
+        self._hashes_of: dict[Hashable, int] = {}
 
-    def _hash(self, fn: Callable[[], T]) -> defer.Deferred[T]:
-        if len(self._hashing.waiting) >= self.max_waiting:
-            return defer.fail(
-                DeviceError(LIMIT_EXCEEDED, "too many account requests; retry later")
+    def _store(
+        self,
+        fn: Callable[[IStore], Any],
+        then: Callable[[Any], Any],
+        write: bool,
+    ) -> Any:
+        """Run ``fn(store)`` and pass its result to ``then``: inline (its
+        errors raised) without a database executor, else on the executor
+        (writer or reader thread) with ``then`` as a callback."""
+        if self.database is None:
+            return then(fn(self.store))
+        run = self.database.write if write else self.database.read
+        return run(fn).addCallback(then)
+
+    def _hash_refused(self, session: Hashable | None) -> DeviceError | None:
+        """The code 7 answer when no hash may be queued for ``session`` now."""
+        if session is not None and (
+            self._hashes_of.get(session, 0) >= self.max_per_session
+        ):
+            return DeviceError(
+                LIMIT_EXCEEDED, "too many account requests at once; retry later"
             )
-        return self._hashing.run(self._run_hash, fn)
+        if len(self._hashing.waiting) >= self.max_waiting:
+            return DeviceError(LIMIT_EXCEEDED, "too many account requests; retry later")
+        return None
+
+    def _hash(self, fn: Callable[[], T], session: Hashable | None) -> defer.Deferred[T]:
+        """Run ``fn`` (scrypt) in a hashing slot; the caller checked
+        :meth:`_hash_refused` first.
+
+        The first hash of the process also makes the unknown-user record
+        (:func:`lnproxy.accounts.prepare`), whichever account method it is
+        for: were it left to the first unknown-user login, that one attempt
+        would take twice as long as for a known user.
+        """
+        job: Callable[[], T] = fn
+        if not accounts.prepared():
+
+            def first_job() -> T:
+                accounts.prepare()
+                return fn()
+
+            job = first_job
+        if session is None:
+            return self._hashing.run(self._run_hash, job)
+        self._hashes_of[session] = self._hashes_of.get(session, 0) + 1
+
+        def done(result: Any) -> Any:
+            left = self._hashes_of.pop(session, 1) - 1
+            if left > 0:
+                self._hashes_of[session] = left
+            return result
+
+        return self._hashing.run(self._run_hash, job).addBoth(done)
 
     # -- lease ----------------------------------------------------------------
 
@@ -203,7 +270,7 @@ class Devices(Generic[S]):
 
     # -- vault ------------------------------------------------------------------
 
-    def vault_put(self, node_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    def vault_put(self, node_id: str, params: Mapping[str, Any]) -> Any:
         """``vault.put {name, blob, version}`` -> ``{version}``."""
         try:
             name = vault.vault_name(params)
@@ -211,97 +278,123 @@ class Devices(Generic[S]):
             version = vault.vault_version(params)
         except vault.ParamError as e:
             raise _param_error(e) from None
-        try:
-            new = self.store.vault_put(
-                node_id,
-                name,
-                blob,
-                version,
-                self.limits.vault_entries_per_node,
-                self.clock.seconds(),
-            )
-        except VersionConflict as e:
-            raise DeviceError(
-                VERSION_CONFLICT, "version conflict", {"version": e.current}
-            ) from None
-        except VaultFull:
-            raise DeviceError(
-                LIMIT_EXCEEDED,
-                "vault is full ("
-                f"{self.limits.vault_entries_per_node} entries per node)",
-            ) from None
-        return {"version": new}
+        limit = self.limits.vault_entries_per_node
+        now = self.clock.seconds()
 
-    def vault_get(self, node_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        def put(store: IStore) -> Any:
+            try:
+                return store.vault_put(node_id, name, blob, version, limit, now)
+            except VersionConflict as e:
+                raise DeviceError(
+                    VERSION_CONFLICT, "version conflict", {"version": e.current}
+                ) from None
+            except VaultFull:
+                raise DeviceError(
+                    LIMIT_EXCEEDED, f"vault is full ({limit} entries per node)"
+                ) from None
+
+        return self._store(put, lambda new: {"version": new}, write=True)
+
+    def vault_get(self, node_id: str, params: Mapping[str, Any]) -> Any:
         """``vault.get {name}`` -> ``{version, blob}`` (0 and null if none)."""
         try:
             name = vault.vault_name(params)
         except vault.ParamError as e:
             raise _param_error(e) from None
-        entry = self.store.vault_get(node_id, name)
-        if entry is None:
-            return {"version": 0, "blob": None}
-        return {"version": entry[0], "blob": entry[1].hex()}
 
-    def vault_list(self, node_id: str) -> dict[str, Any]:
+        def answer(entry: tuple[int, bytes] | None) -> dict[str, Any]:
+            if entry is None:
+                return {"version": 0, "blob": None}
+            return {"version": entry[0], "blob": entry[1].hex()}
+
+        return self._store(
+            lambda store: store.vault_get(node_id, name), answer, write=False
+        )
+
+    def vault_list(self, node_id: str) -> Any:
         """``vault.list {}`` -> ``{entries: [{name, version, size}]}``."""
-        return {
-            "entries": [
-                {"name": e.name, "version": e.version, "size": e.size}
-                for e in self.store.vault_list(node_id)
-            ]
-        }
+        return self._store(
+            lambda store: store.vault_list(node_id),
+            lambda entries: {
+                "entries": [
+                    {"name": e.name, "version": e.version, "size": e.size}
+                    for e in entries
+                ]
+            },
+            write=False,
+        )
 
-    def vault_remove(self, node_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    def vault_remove(self, node_id: str, params: Mapping[str, Any]) -> Any:
         """``vault.remove {name, version}`` -> ``{}``."""
         try:
             name = vault.vault_name(params)
             version = vault.vault_version(params)
         except vault.ParamError as e:
             raise _param_error(e) from None
-        try:
-            self.store.vault_remove(node_id, name, version)
-        except VersionConflict as e:
-            raise DeviceError(
-                VERSION_CONFLICT, "version conflict", {"version": e.current}
-            ) from None
-        return {}
+
+        def remove(store: IStore) -> None:
+            try:
+                store.vault_remove(node_id, name, version)
+            except VersionConflict as e:
+                raise DeviceError(
+                    VERSION_CONFLICT, "version conflict", {"version": e.current}
+                ) from None
+
+        return self._store(remove, lambda _: {}, write=True)
 
     # -- account ----------------------------------------------------------------
 
     def account_set(
-        self, node_id: str, params: Mapping[str, Any]
+        self, node_id: str, params: Mapping[str, Any], session: S | None = None
     ) -> defer.Deferred[dict[str, Any]]:
         """``account.set {user, auth, blob}`` -> ``{}``; code 8 for a user
-        name bound to another node."""
+        name bound to another node.
+
+        :param session: the asking session, for :attr:`max_per_session`.
+        """
         try:
             user = vault.account_user(params)
             auth = vault.account_auth(params)
             blob = vault.account_blob(params)
         except vault.ParamError as e:
             return defer.fail(_param_error(e))
+        refused = self._hash_refused(session)
+        if refused is not None:
+            return defer.fail(refused)
 
-        def store(record: str) -> dict[str, Any]:
+        def keep(record: str) -> Any:
             row = AccountRow(user, node_id, record, blob, self.clock.seconds())
-            try:
-                self.store.set_account(row)
-            except UserTaken:
-                raise DeviceError(
-                    NOT_ALLOWED, "this user name belongs to another node"
-                ) from None
-            self._log.info("node {node} set its account", node=node_id)
-            return {}
 
-        return self._hash(lambda: accounts.hash_auth(auth)).addCallback(store)
+            def write(store: IStore) -> None:
+                try:
+                    store.set_account(row)
+                except UserTaken:
+                    raise DeviceError(
+                        NOT_ALLOWED, "this user name belongs to another node"
+                    ) from None
+
+            def done(_: object) -> dict[str, Any]:
+                self._log.info("node {node} set its account", node=node_id)
+                return {}
+
+            return self._store(write, done, write=True)
+
+        return self._hash(lambda: accounts.hash_auth(auth), session).addCallback(
+            keep
+        )
 
     def account_login(
-        self, params: Mapping[str, Any]
+        self, params: Mapping[str, Any], session: S | None = None
     ) -> defer.Deferred[dict[str, Any]]:
         """``account.login {user, auth}`` -> ``{node_id, blob}``.
 
         A wrong user and a wrong ``auth`` answer the same code 2 after the
         same work; a user name with too many recent failures answers code 7
-        without any check.
+        without any check, and so does any attempt while the hashing queue
+        (or the session's share of it) is full; only the latter does not
+        count as a failure.
+
+        :param session: the asking session, for :attr:`max_per_session`.
         """
         try:
             user = vault.account_user(params)
@@ -315,28 +408,55 @@ class Devices(Generic[S]):
                     "too many failed account logins for this user; retry later",
                 )
             )
+        refused = self._hash_refused(session)
+        if refused is not None:
+            # Turned away unchecked: not a failed attempt of this user.
+            return defer.fail(refused)
         # Counted as failed until it succeeds: parallel attempts cannot
         # overrun the limit while their hashes run.
         self.limiter.failed(user)
-        row = self.store.get_account(user)
-        record = None if row is None else row.auth_hash
 
-        def checked(ok: bool) -> dict[str, Any]:
-            if not ok or row is None:
-                raise DeviceError(LOGIN_FAILED, "login failed: wrong user or password")
-            current = self.store.get_account(user)
-            if current != row:
-                # Changed or removed while hashing: as if it never matched.
-                raise DeviceError(LOGIN_FAILED, "login failed: wrong user or password")
-            self.limiter.succeeded(user)
-            return {"node_id": row.node_id, "blob": row.blob.hex()}
+        def found(row: AccountRow | None) -> Any:
+            record = None if row is None else row.auth_hash
 
-        return self._hash(lambda: accounts.verify_auth(record, auth)).addCallback(
-            checked
+            def checked(ok: bool) -> Any:
+                if not ok or row is None:
+                    raise DeviceError(
+                        LOGIN_FAILED, "login failed: wrong user or password"
+                    )
+
+                def again(current: AccountRow | None) -> dict[str, Any]:
+                    if current != row:
+                        # Changed or removed while hashing: as if it never
+                        # matched.
+                        raise DeviceError(
+                            LOGIN_FAILED, "login failed: wrong user or password"
+                        )
+                    self.limiter.succeeded(user)
+                    return {"node_id": row.node_id, "blob": row.blob.hex()}
+
+                return self._store(
+                    lambda store: store.get_account(user), again, write=False
+                )
+
+            return self._hash(
+                lambda: accounts.verify_auth(record, auth), session
+            ).addCallback(checked)
+
+        if self.database is None:
+            return found(self.store.get_account(user))
+        return self.database.read(lambda store: store.get_account(user)).addCallback(
+            found
         )
 
-    def account_remove(self, node_id: str) -> dict[str, Any]:
+    def account_remove(self, node_id: str) -> Any:
         """``account.remove {}`` -> ``{}``."""
-        if self.store.remove_account(node_id):
-            self._log.info("node {node} removed its account", node=node_id)
-        return {}
+
+        def done(removed: bool) -> dict[str, Any]:
+            if removed:
+                self._log.info("node {node} removed its account", node=node_id)
+            return {}
+
+        return self._store(
+            lambda store: store.remove_account(node_id), done, write=True
+        )

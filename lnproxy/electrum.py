@@ -187,7 +187,8 @@ class ProxySession:
 
         :return: the ``login`` result (``node_id``, ``inbox``,
             ``connections``); the stored events follow as they arrive.
-        :raise ProxyError: when the login fails (code 2, 7, 9...).
+        :raise ProxyError: when the login fails (code 2, 7, 9...); the
+            session is closed then, as after any other failure of start.
         """
         loop = asyncio.get_running_loop()
         self._hello_future = loop.create_future()
@@ -204,13 +205,21 @@ class ProxySession:
             raise
         self._tasks.append(loop.create_task(self._read_loop()))
         self._tasks.append(loop.create_task(self._write_loop()))
+        try:
+            return await self._hello_and_login()
+        except BaseException:
+            # No login: nothing of this session stays open (the WebSocket,
+            # its two tasks, the HTTP session).
+            await asyncio.shield(self.close())
+            raise
+
+    async def _hello_and_login(self) -> dict[str, Any]:
+        assert self._hello_future is not None
         hello = await asyncio.wait_for(self._hello_future, self.request_timeout)
         if hello.get("protocol") != PROTOCOL_VERSION:
-            await self.close()
             raise ProxyError(0, f"unexpected protocol {hello.get('protocol')!r}")
         server_id = bytes.fromhex(hello["server_id"])
         if self.pinned_server_id is not None and server_id != self.pinned_server_id:
-            await self.close()
             raise ProxyError(0, f"server_id {server_id.hex()} is not the pinned one")
         self.hello = hello
         sig = login_signature(
@@ -380,9 +389,23 @@ class ProxySession:
             async for frame in self._ws:
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     continue
-                self._dispatch(json.loads(frame.data))
-        except (TimeoutError, ConnectionError, ValueError) as e:
+                obj = json.loads(frame.data)
+                if not isinstance(obj, dict):
+                    raise ValueError("a frame that is not a JSON object")
+                self._dispatch(obj)
+        except (TimeoutError, ConnectionError) as e:
             reason = f"the WebSocket failed: {e}"
+        except Exception as e:
+            # A frame this adapter cannot read (not JSON, wrong types): the
+            # session cannot go on.  End it now, so that every pending call
+            # fails at once instead of waiting for its timeout.
+            log.warning("unreadable frame from the proxy: %r; closing", e)
+            reason = f"unreadable frame from the proxy: {e!r}"
+            self._lost(reason)
+            try:
+                await asyncio.wait_for(self._ws.close(), 5)
+            except (TimeoutError, OSError):
+                pass
         self._lost(reason)
 
     def _lost(self, reason: str) -> None:
@@ -521,36 +544,41 @@ class ProxyTransport(LNTransport):
             raise OSError(f"lnproxy could not reach {address}: {e}") from e
         self.conn = r["conn"]
         s._attach(self)
-        act2 = bytes.fromhex(r["act2"])
-        if len(act2) != 50 or act2[:1] != hs.handshake_version:
-            self._abort()
-            raise HandshakeFailed("bad act 2 from the peer")
-        re, tag = act2[1:34], act2[34:]
-        hs.update(re)
         try:
-            ck, temp_k2 = get_bolt8_hkdf(hs.ck, get_ecdh(epriv, re))
+            act2 = bytes.fromhex(r["act2"])
+            if len(act2) != 50 or act2[:1] != hs.handshake_version:
+                raise HandshakeFailed("bad act 2 from the peer")
+            re, tag = act2[1:34], act2[34:]
+            hs.update(re)
+            try:
+                ck, temp_k2 = get_bolt8_hkdf(hs.ck, get_ecdh(epriv, re))
+                hs.ck = ck
+                aead_decrypt(temp_k2, 0, hs.h, tag)
+            except Exception as e:
+                raise HandshakeFailed(f"act 2 does not authenticate: {e!r}") from e
+            hs.update(tag)
+            c = aead_encrypt(temp_k2, 1, hs.h, privkey_to_pubkey(self.privkey))
+            hs.update(c)
+            ck, temp_k3 = get_bolt8_hkdf(hs.ck, get_ecdh(self.privkey, re))
             hs.ck = ck
-            aead_decrypt(temp_k2, 0, hs.h, tag)
-        except Exception as e:
-            self._abort()
-            raise HandshakeFailed(f"act 2 does not authenticate: {e!r}") from e
-        hs.update(tag)
-        c = aead_encrypt(temp_k2, 1, hs.h, privkey_to_pubkey(self.privkey))
-        hs.update(c)
-        ck, temp_k3 = get_bolt8_hkdf(hs.ck, get_ecdh(self.privkey, re))
-        hs.ck = ck
-        t = aead_encrypt(temp_k3, 0, hs.h, b"")
-        act3 = hs.handshake_version + c + t
-        # BOLT 8: the initiator sends with the first key, receives with the
-        # second, and both directions start their key rotation from ck.
-        sk, rk = get_bolt8_hkdf(ck, b"")
-        try:
-            await s.call(
-                "finish", conn=self.conn, act3=act3.hex(), sk=sk.hex(), rk=rk.hex(),
-                ck=ck.hex(),
-            )  # fmt: skip
-        except ProxyError as e:
-            raise HandshakeFailed(f"through lnproxy: {e.message}") from e
+            t = aead_encrypt(temp_k3, 0, hs.h, b"")
+            act3 = hs.handshake_version + c + t
+            # BOLT 8: the initiator sends with the first key, receives with
+            # the second, and both directions start their key rotation from
+            # ck.
+            sk, rk = get_bolt8_hkdf(ck, b"")
+            try:
+                await s.call(
+                    "finish", conn=self.conn, act3=act3.hex(), sk=sk.hex(),
+                    rk=rk.hex(), ck=ck.hex(),
+                )  # fmt: skip
+            except ProxyError as e:
+                raise HandshakeFailed(f"through lnproxy: {e.message}") from e
+        except BaseException:
+            # Failed (or cancelled) after connect: the connection is of no
+            # use; nothing of it may stay behind to hold up the acks.
+            self._give_up()
+            raise
         self._finished = True
 
     def send_bytes(self, msg: bytes) -> None:
@@ -627,6 +655,18 @@ class ProxyTransport(LNTransport):
     def _detach(self, reason: str) -> None:
         self._closing = True
         self._push(None, "closed", reason)
+
+    def _give_up(self) -> None:
+        """The handshake failed after ``connect``: disconnect, take no more
+        events, and mark those already queued as processed (no one will
+        read them, and an unprocessed seq would stop every later ack)."""
+        self._ended = True
+        self._abort()
+        self.session._forget(self)
+        while not self._queue.empty():
+            seq, _, _ = self._queue.get_nowait()
+            if seq is not None:
+                self.session._processed(seq)
 
     def _abort(self) -> None:
         if self.conn is not None and not self.session.closed.is_set():

@@ -28,12 +28,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, error, task
+from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -91,6 +90,13 @@ def electrum_available(python: str = ELECTRUM_PYTHON) -> str | None:
     return None
 
 
+def resume_args(url: str) -> tuple[str, ...]:
+    """The arguments of an Electrum client (``role`` ``"client"``) that logs
+    in to the proxy at ``url`` and resumes every connection it kept: the
+    process a webhook's receiver starts."""
+    return ("--proxy", url, "--command", '{"cmd": "resume"}')
+
+
 class NodeFailed(Exception):
     """An Electrum node did not do what was expected in time."""
 
@@ -141,8 +147,6 @@ class ElectrumNode(ProcessProtocol):
             "HOME": user_dir,
             "TMPDIR": user_dir,
         }
-        if key is not None:
-            env["LNPROXY_NODE_KEY"] = key.hex()
         argv = [
             python,
             "-m",
@@ -152,7 +156,24 @@ class ElectrumNode(ProcessProtocol):
             user_dir,
             *args,
         ]
-        reactor.spawnProcess(node, python, argv, env=env, path=user_dir)
+        if key is None:
+            reactor.spawnProcess(node, python, argv, env=env, path=user_dir)
+            return node
+        # The key goes through a pipe the child reads once (its fd 3), not
+        # the environment: /proc/PID/environ keeps an environment variable
+        # for the child's whole life, and every process it starts inherits
+        # it.
+        argv += ["--key-fd", "3"]
+        process = reactor.spawnProcess(
+            node,
+            python,
+            argv,
+            env=env,
+            path=user_dir,
+            childFDs={0: "w", 1: "r", 2: "r", 3: "w"},
+        )
+        process.writeToChild(3, key.hex().encode())
+        process.closeChildFD(3)
         return node
 
     def outReceived(self, data: bytes) -> None:
@@ -264,12 +285,6 @@ class ElectrumNode(ProcessProtocol):
                 pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @defer.inlineCallbacks
 def run_electrum_demo(
     reactor: Any, out: Any, step_timeout: float = 25.0, narrator: Any = None
@@ -281,9 +296,15 @@ def run_electrum_demo(
         ``accept_channel``), or failing with ``DemoFailed``.
     """
     from lnproxy import keys
-    from lnproxy.demo import DemoFailed, WebhookReceiver, _Narrator
-    from lnproxy.service import build_service
-    from lnproxy.tap import Options
+    from lnproxy.demo import (
+        DemoFailed,
+        WebhookReceiver,
+        _bounded,
+        _clean_up,
+        _Narrator,
+        _start_proxy,
+        _wait_until,
+    )
 
     n = narrator or _Narrator(out)
     cleanups: list[Callable[[], Any]] = []
@@ -293,17 +314,12 @@ def run_electrum_demo(
     def bounded(d: defer.Deferred[Any], what: str) -> defer.Deferred[Any]:
         step = n.current
 
-        def timed_out(result: Any, t: float) -> Any:
-            raise DemoFailed(step, f"{what} did not happen within {t:g} s")
-
         def failed(f: Failure) -> Any:
             if f.check(NodeFailed):
                 raise DemoFailed(step, f"{what}: {f.value}")
             return f
 
-        return d.addTimeout(
-            step_timeout, reactor, onTimeoutCancel=timed_out
-        ).addErrback(failed)
+        return _bounded(d, reactor, step_timeout, step, what).addErrback(failed)
 
     def node(
         name: str, role: str, *args: str, key: bytes | None = None
@@ -325,18 +341,7 @@ def run_electrum_demo(
         ready = yield bounded(peer.wait("ready"), "the Electrum peer starting")
         peer_id, peer_port = ready["node_id"], ready["port"]
         n.say(f"peer      Electrum lnpeer.Peer {peer_id} at 127.0.0.1:{peer_port}")
-        proxy_port = _free_port()
-        options = Options()
-        options.parseOptions(
-            [
-                "--listen", f"tcp:{proxy_port}:interface=127.0.0.1",
-                "--data-dir", os.path.join(work, "proxy"),
-                "--webhook-allow-private",
-            ]
-        )  # fmt: skip
-        proxy = build_service(reactor, options)
-        proxy.startService()
-        cleanups.append(proxy.stopService)
+        proxy, proxy_port = _start_proxy(reactor, os.path.join(work, "proxy"), cleanups)
         server_id = proxy.server_id
         url = f"ws://127.0.0.1:{proxy_port}/"
         n.say(f"proxy     {url}  server_id {server_id.hex()}")
@@ -376,7 +381,8 @@ def run_electrum_demo(
         yield bounded(client.wait("webhook"), "webhook.set")
         yield bounded(client.stop(), "the client exiting")
         yield bounded(
-            _poll(reactor, lambda: not proxy.hub.online(node_id)), "the proxy noticing"
+            _wait_until(reactor, lambda: not proxy.hub.online(node_id)),
+            "the proxy noticing",
         )
         n.ok("the client process has exited; the proxy keeps the peer connection")
 
@@ -396,8 +402,7 @@ def run_electrum_demo(
         n.ok("stored in the inbox; webhook signed by server_id, verified")
 
         n.step("The webhook's receiver starts the Electrum client; it resumes")
-        woken = node("client-2", "client", "--proxy", url, "--command",
-                     '{"cmd": "resume"}', key=secret)  # fmt: skip
+        woken = node("client-2", "client", *resume_args(url), key=secret)
         login = yield bounded(woken.wait("logged_in"), "the second login")
         n.say(f"client: logged in; {login['pending']} events pending")
         yield bounded(woken.wait("resumed"), "resuming the connection")
@@ -424,32 +429,6 @@ def run_electrum_demo(
         )
         n.ok("funding_created and funding_signed verified by Electrum on both sides")
     finally:
-        for fn in reversed(cleanups):
-            try:
-                yield defer.maybeDeferred(fn)
-            except Exception:
-                pass
+        yield _clean_up(cleanups)
     out.write(f"\nAll {len(n.done)} steps happened.\n")
     return {"wake_to_accept": wake}
-
-
-def _poll(reactor: Any, check: Callable[[], bool]) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-
-    def tick() -> None:
-        if d.called:
-            loop.stop()
-        elif check():
-            loop.stop()
-            d.callback(None)
-
-    def stop(f: Failure) -> Failure:
-        if loop.running:
-            loop.stop()
-        return f
-
-    loop = task.LoopingCall(tick)
-    loop.clock = reactor
-    loop.start(0.05, now=True)
-    d.addErrback(stop)
-    return d

@@ -14,9 +14,13 @@ so the channel never confirms; everything up to ``funding_signed`` (both
 commitment signatures made and checked by Electrum) is real.
 
 It reads one JSON command per line on stdin and writes one JSON event per
-line on stdout, each with ``"t"`` (unix time).  The node key comes from the
-environment variable ``LNPROXY_NODE_KEY`` (hex), never from the command
-line, and is never printed.
+line on stdout, each with ``"t"`` (unix time).  The node key (hex) comes
+from the file descriptor ``--key-fd`` names (a pipe the parent writes once
+and closes: :class:`lnproxy.electrum_demo.ElectrumNode` passes fd 3), or
+else from the environment variable ``LNPROXY_NODE_KEY``, which is taken out
+of the environment at once so that no process the node starts inherits it
+(it stays readable, to this user and root only, in ``/proc/PID/environ``:
+prefer ``--key-fd``).  Never from the command line; it is never printed.
 
 Commands (``{"cmd": ...}``):
 
@@ -515,10 +519,30 @@ class Node:
         return self.peer
 
 
+def read_key(key_fd: int | None) -> bytes:
+    """The node key: from ``key_fd`` (read to its end, then closed), else
+    from ``LNPROXY_NODE_KEY`` (removed from the environment), else a new
+    random one."""
+    env_hex = os.environ.pop("LNPROXY_NODE_KEY", "")
+    if key_fd is not None:
+        with os.fdopen(key_fd, "rb") as f:
+            key_hex = f.read(1024).decode("ascii", "replace").strip()
+    else:
+        key_hex = env_hex
+    if not key_hex:
+        return os.urandom(32)
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise SystemExit("the node key must be 64 hex characters")
+    return key
+
+
 async def amain(args: argparse.Namespace) -> None:
     """Run the node until ``exit`` or the end of stdin."""
-    key_hex = os.environ.get("LNPROXY_NODE_KEY", "")
-    privkey = bytes.fromhex(key_hex) if key_hex else os.urandom(32)
+    privkey = read_key(args.key_fd)
     # Electrum's callbacks (util.trigger_callback) run on its global loop,
     # which Electrum's daemon would have made: this one.
     electrum_util._asyncio_event_loop = asyncio.get_running_loop()
@@ -558,6 +582,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--proxy", default="", help="client: the proxy's ws:// URL")
     parser.add_argument("--user-dir", default=os.environ.get("TMPDIR", "/tmp"))
+    parser.add_argument(
+        "--key-fd", type=int, default=None,
+        help="read the node key (hex) from this inherited file descriptor",
+    )  # fmt: skip
     parser.add_argument(
         "--answer-queries", action="store_true",
         help="answer query_channel_range (Electrum 4.3 does not)",

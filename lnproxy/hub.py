@@ -37,6 +37,18 @@ milliseconds before the next event's fsync'd commit (normally the peer's
 later changes (``open``, the peer's ``init``) only matter while the process
 lives, so they ride along with the next batch.
 
+Several processes (PostgreSQL, docs/protocol.md, "Running several processes
+(scale-out)"): with a database executor the hub never calls the store on the
+reactor thread.  The journal commits on the executor's writer thread; login
+claims the node through the lease keeper (code 9 with the owner's URL when
+another live process serves it) and reads through the executor; a session
+replays its backlog from a reader thread; a connection row is committed
+before act 2 is relayed by waiting for the journal.  Nodes taken over from a
+dead process come in through :meth:`Hub.adopt_claim` (their ``closed``
+events, reason ``proxy failed``); nodes this process lost go out through
+:meth:`Hub.drop_nodes` (sessions and peer links closed at once, nothing
+written for them).
+
 Memory: a node's unacknowledged events live on disk, not in memory.  A
 session that cannot keep up (its WebSocket transport paused us) reads its
 backlog from the store when it drains.  When a node's inbox reaches its cap,
@@ -48,9 +60,9 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.application import service
@@ -62,6 +74,7 @@ from zope.interface import implementer
 
 from lnproxy import noise, wire
 from lnproxy.answer import (
+    AnswerBudget,
     AnswerContext,
     PingLedger,
     PingOwner,
@@ -81,14 +94,22 @@ from lnproxy.peer import IPeerListener, PeerFactory, PeerProtocol
 from lnproxy.policy import MessageClass, Policy
 from lnproxy.protocol import (
     HANDSHAKE_FAILED,
+    INTERNAL_ERROR,
     LIMIT_EXCEEDED,
+    NOT_LOGGED_IN,
     NOT_OPEN,
     PEER_UNREACHABLE,
+    SERVED_ELSEWHERE,
     UNKNOWN_CONNECTION,
     format_address,
 )
 from lnproxy.snapshot import ConnectionSnapshot, HandshakeSnapshot
-from lnproxy.store import ConnectionRow, EventRow, IStore
+from lnproxy.store import ConnectionRow, EventRow, IStore, NodeLost, StoreError
+
+if TYPE_CHECKING:
+    from lnproxy.leases import LeaseKeeper
+    from lnproxy.store.executor import DatabaseExecutor
+    from lnproxy.store.postgres import Claim
 
 __all__ = [
     "Limits",
@@ -116,10 +137,12 @@ _ABANDONED = ConnState.ABANDONED
 class HubError(Exception):
     """A refusal with a protocol error code; the API turns it into a reply."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: The error's ``data`` member (e.g. ``{"url": ...}`` with code 9).
+        self.data = data
 
 
 #: errno values that mean "this process (or the system) has no descriptor
@@ -246,6 +269,11 @@ class Session:
         self.closed = False
         self._catching_up = True
         self._replay_call: IDelayedCall | None = None
+        #: A replay read on the executor is in flight (PostgreSQL).
+        self._reading = False
+        #: The highest seq offered while catching up (PostgreSQL: an event
+        #: committed after a replay read was taken must be read again).
+        self._offered = 0
 
     def start(self) -> None:
         """Begin the replay of every unacknowledged event."""
@@ -254,6 +282,8 @@ class Session:
     def offer(self, seq: int, text: str) -> None:
         """A new event was committed: send it now if we are in step."""
         if self._catching_up or self.closed:
+            if seq > self._offered:
+                self._offered = seq
             return
         if self.paused or seq != self.last_sent + 1:
             self._catching_up = True
@@ -287,6 +317,9 @@ class Session:
 
     def _replay(self) -> None:
         self._replay_call = None
+        if self.hub.executor is not None:
+            self._replay_async(self.hub.executor)
+            return
         while not self.closed and not self.paused:
             rows = self.hub.store.events_after(
                 self.node.node_id, self.last_sent, REPLAY_CHUNK
@@ -304,6 +337,49 @@ class Session:
             # starve everyone else.
             self._schedule_replay()
             return
+
+    def _replay_async(self, executor: DatabaseExecutor[Any]) -> None:
+        """One chunk of the backlog, read on a reader thread (PostgreSQL)."""
+        if self._reading or self.closed or self.paused:
+            return
+        self._reading = True
+        node_id = self.node.node_id
+        after = self.last_sent
+
+        def got(rows: list[EventRow]) -> None:
+            self._reading = False
+            for row in rows:
+                if self.closed:
+                    return
+                if row.seq <= self.last_sent:
+                    continue
+                self.last_sent = row.seq
+                self.sink.send_event(event_text(row))
+                self.hub.count("event_delivered")
+                if self.paused:
+                    return
+            if self.closed or self.paused:
+                return
+            if len(rows) < REPLAY_CHUNK and self._offered <= self.last_sent:
+                self._catching_up = False
+                return
+            self._schedule_replay()
+
+        def failed(f: Failure) -> None:
+            self._reading = False
+            self._log.warn(
+                "could not read the backlog of {node}: {error}; retrying",
+                node=node_id,
+                error=f.getErrorMessage(),
+            )
+            if not self.closed and (
+                self._replay_call is None or not self._replay_call.active()
+            ):
+                self._replay_call = self.hub.clock.callLater(1.0, self._replay)
+
+        executor.read(
+            lambda store: store.events_after(node_id, after, REPLAY_CHUNK)
+        ).addCallbacks(got, failed)
 
 
 @implementer(IPeerListener)
@@ -353,6 +429,8 @@ class Connection:
         self.body_since: float | None = None
         #: Pings (the proxy's and the client's) waiting for their pong.
         self.pings = PingLedger()
+        #: Paces what the proxy answers by itself on this connection.
+        self.answers = AnswerBudget(since)
         #: The client sent a gossip query: the peer's gossip reaches it.
         self.gossip_asked = False
         #: The client has sent its first message (its ``init``).
@@ -733,6 +811,23 @@ class Node:
         return sum(1 for c in self.connections.values() if c.life.state in PENDING)
 
 
+#: What :meth:`Hub.login` gives: the session and the login result.
+LoginResult = tuple["Session", dict[str, Any]]
+
+
+def _connection_object(row: ConnectionRow) -> dict[str, Any]:
+    """The protocol's connection object of a stored row."""
+    return {
+        "conn": row.conn_id,
+        "peer": row.peer,
+        "address": row.address,
+        "state": row.state,
+        "persist": row.persist,
+        "since": row.since,
+        "their_init": row.their_init,
+    }
+
+
 class Hub(service.Service):
     """Nodes, connections, sessions and inboxes of one proxy process.
 
@@ -752,8 +847,12 @@ class Hub(service.Service):
         connect_peer: ConnectPeer,
         policy: Policy | None = None,
         limits: Limits | None = None,
+        executor: DatabaseExecutor[Any] | None = None,
     ) -> None:
         self.store = store
+        self.executor = executor
+        #: The lease keeper (PostgreSQL): claims nodes at login.
+        self.leases: LeaseKeeper | None = None
         self.clock = clock
         self.connect_peer = connect_peer
         self.policy = policy or Policy()
@@ -762,7 +861,9 @@ class Hub(service.Service):
         self.connections: dict[str, Connection] = {}
         self._open: dict[str, Connection] = {}
         self._handshakes = 0
-        self.journal = Journal(store, clock, self._offer)
+        self.journal = Journal(
+            store, clock, self._offer, executor=executor, on_lost=self._lost
+        )
         self.keepalive = KeepaliveSweep(
             clock,
             self._open,
@@ -787,6 +888,15 @@ class Hub(service.Service):
         self.on_acked: list[Callable[[str, int], None]] = []
         #: Called as ``fn(seconds)`` from ``connect`` to act 2 relayed.
         self.on_handshake_relayed: list[Callable[[float], None]] = []
+        #: Called as ``fn(claim)`` when this process starts serving a node
+        #: (PostgreSQL: at a login or a take-over).
+        self.on_claimed: list[Callable[[Claim], None]] = []
+        #: Called as ``fn(node_ids)`` when it stopped serving nodes that
+        #: another process took over.
+        self.on_dropped: list[Callable[[Sequence[str]], None]] = []
+        #: Called as ``fn(row)`` to wake a taken-over node's client with its
+        #: newest summon-class event (committed earlier, by another process).
+        self.on_wake: list[Callable[[EventRow], None]] = []
         self._table = self.policy.table
         self._gossip_table = self.policy.gossip_table
 
@@ -795,7 +905,10 @@ class Hub(service.Service):
     def startService(self) -> None:
         """Close, durably, the connections a crash left open; start the sweep."""
         super().startService()
-        self._recover()
+        if self.executor is None:
+            # With PostgreSQL the connections a dead process left open are
+            # closed by whoever takes its nodes over (adopt_claim).
+            self._recover()
         self.keepalive.start()
 
     def stopService(self) -> defer.Deferred[None]:
@@ -830,6 +943,18 @@ class Hub(service.Service):
                 # Closing, TCP not gone yet: record the close now.
                 self._record_closed(conn, "proxy stopped")
         self.flush()
+        if self.executor is not None:
+            # The commit runs on the database thread: offer the closed
+            # events (wait for it, 10 s at most: if the database is away
+            # they stay unwritten and whoever takes the nodes over writes
+            # "proxy failed" for the rows instead) before closing sessions.
+            committed = self.journal.idle()
+            committed.addTimeout(10.0, self.clock)
+            return committed.addBoth(lambda _: self._close_sessions(waits))
+        return self._close_sessions(waits)
+
+    def _close_sessions(self, waits: list[defer.Deferred[Any]]) -> defer.Deferred[None]:
+        """The end of :meth:`stopService`: close every session, wait."""
         # Close the clients' WebSockets politely (after the closed events
         # just offered to them): the reactor's shutdown would otherwise drop
         # them with those events still in their write buffers.
@@ -885,6 +1010,14 @@ class Hub(service.Service):
 
     def _node(self, node_id: str) -> Node:
         node = self.nodes.get(node_id)
+        if node is None and self.executor is not None:
+            # Only a claim creates a node here (PostgreSQL); it was dropped
+            # (taken over) while this session was still open.
+            raise HubError(
+                NOT_LOGGED_IN,
+                "this session has ended: its node is now served by another "
+                "process; log in again",
+            )
         if node is None:
             node = Node(
                 node_id,
@@ -894,14 +1027,22 @@ class Hub(service.Service):
             self.nodes[node_id] = node
         return node
 
-    def login(self, node_id: str, sink: EventSink) -> tuple[Session, dict[str, Any]]:
+    def login(
+        self, node_id: str, sink: EventSink
+    ) -> LoginResult | defer.Deferred[LoginResult]:
         """Attach a session to a node.
+
+        With PostgreSQL, a Deferred: the node is claimed first (it fails
+        with code 9 and ``data`` ``{"url": ...}`` when another live process
+        serves the node) and the connections are read on the executor.
 
         :return: the session and the login result (``inbox``,
             ``connections``).  The caller sends the result, then calls
             :meth:`Session.start` to replay the inbox.
         :raise HubError: code 7 when the node has its maximum of sessions.
         """
+        if self.executor is not None:
+            return self._login_shared(node_id, sink)
         node = self._node(node_id)
         if len(node.sessions) >= self.limits.sessions_per_node:
             raise HubError(
@@ -920,6 +1061,149 @@ class Hub(service.Service):
         for fn in self.on_login:
             fn(node_id)
         return session, result
+
+    @defer.inlineCallbacks
+    def _login_shared(self, node_id: str, sink: EventSink) -> Any:
+        """``login`` on PostgreSQL: claim, attach, read the connections."""
+        if node_id not in self.nodes:
+            yield self._claim(node_id)
+        node = self._node(node_id)
+        if len(node.sessions) >= self.limits.sessions_per_node:
+            raise HubError(
+                LIMIT_EXCEEDED,
+                f"node already has {len(node.sessions)} sessions "
+                f"(limit {self.limits.sessions_per_node})",
+            )
+        # Attached (catching up: offers only mark what it must read) before
+        # the reads, so no event committed meanwhile is missed.
+        session = Session(self, node, sink)
+        node.sessions.append(session)
+        try:
+            connections = yield self._connections_shared(node_id)
+        except BaseException:
+            self.logout(session)
+            raise
+        if self.nodes.get(node_id) is not node or session.closed:
+            self.logout(session)
+            raise HubError(
+                NOT_LOGGED_IN, "the node moved to another process; log in again"
+            )
+        result = {
+            "node_id": node_id,
+            "inbox": {"next_seq": node.next_seq, "pending": node.pending},
+            "connections": connections,
+        }
+        for fn in self.on_login:
+            fn(node_id)
+        return session, result
+
+    def _claim(self, node_id: str) -> defer.Deferred[None]:
+        """Become the node's owner, or fail with code 9 naming the owner."""
+        from lnproxy.leases import LeaseLapsed
+
+        leases = self.leases
+        if leases is None:
+            return defer.fail(HubError(INTERNAL_ERROR, "no lease keeper"))
+
+        def claimed(claim: Claim) -> None:
+            if not claim.owned:
+                raise HubError(
+                    SERVED_ELSEWHERE,
+                    "node is served by another process",
+                    {"url": claim.url},
+                )
+            self.adopt_claim(claim)
+
+        def unavailable(f: Failure) -> None:
+            f.trap(LeaseLapsed, StoreError)
+            raise HubError(
+                INTERNAL_ERROR,
+                "the proxy cannot reach its database; try again shortly",
+            )
+
+        return leases.claim(node_id).addCallbacks(claimed, unavailable)
+
+    def adopt_claim(self, claim: Claim) -> None:
+        """Start serving a node this process just became the owner of.
+
+        The connections a previous owner left open get their ``closed``
+        event (reason ``proxy failed``, ``reconnect`` for persist ones,
+        summon-class then, which wakes the client through the webhooks);
+        a node with nothing to close but a summon-class event waiting is
+        woken with that one (:attr:`on_wake`).
+        """
+        if claim.node_id in self.nodes:
+            return
+        node = Node(claim.node_id, claim.next_seq, claim.pending)
+        self.nodes[claim.node_id] = node
+        for fn in self.on_claimed:
+            fn(claim)
+        for row in claim.unclosed:
+            params = {
+                "conn": row.conn_id,
+                "peer": row.peer,
+                "reason": "proxy failed",
+                "reconnect": row.persist,
+            }
+            seq = self._emit(node, "closed", params, summon=row.persist)
+            self.journal.record_close(row.conn_id, seq, row.node_id)
+        if claim.unclosed:
+            self._log.info(
+                "now serving node {node} (previous owner: {owner}): {count} "
+                "connections it left open closed ('proxy failed')",
+                node=claim.node_id,
+                owner=claim.failed_owner or "this process, before its lease lapsed",
+                count=len(claim.unclosed),
+            )
+            self.flush()
+        elif claim.newest_summon is not None and claim.failed_owner is not None:
+            for wake in self.on_wake:
+                wake(claim.newest_summon)
+
+    def adopt_claims(self, claims: Sequence[Claim]) -> None:
+        """:meth:`adopt_claim` for each node of a take-over."""
+        for claim in claims:
+            self.adopt_claim(claim)
+
+    def drop_nodes(self, node_ids: Sequence[str]) -> None:
+        """Stop serving nodes another process took over, at once: close
+        their sessions and peer links and drop what is not committed.
+        Nothing is written for them (the new owner writes their closed
+        events from the connection rows it finds)."""
+        dropped = [n for n in node_ids if n in self.nodes]
+        if not dropped:
+            return
+        self.journal.discard(dropped)
+        for node_id in dropped:
+            node = self.nodes.pop(node_id)
+            for session in list(node.sessions):
+                session.close()
+                try:
+                    session.sink.close_session("node moved to another process")
+                except Exception:
+                    self._log.failure(
+                        "could not close a session of {node}", node=node_id
+                    )
+            node.sessions.clear()
+            for conn in list(node.connections.values()):
+                self.connections.pop(conn.conn_id, None)
+                self._open.pop(conn.conn_id, None)
+                protocol = conn.protocol
+                if protocol is not None and protocol.transport is not None:
+                    protocol.transport.abortConnection()  # type: ignore[attr-defined]
+        self._log.warn(
+            "stopped serving {count} nodes (lease lapsed, or another process "
+            "took them over)",
+            count=len(dropped),
+        )
+        for fn in self.on_dropped:
+            fn(dropped)
+
+    def _lost(self, node_ids: Sequence[str]) -> None:
+        """A write was refused with NodeLost: stop serving those nodes."""
+        if self.leases is not None:
+            self.leases.lost(node_ids)
+        self.drop_nodes(node_ids)
 
     def logout(self, session: Session) -> None:
         """Detach a session (its WebSocket closed)."""
@@ -1008,7 +1292,13 @@ class Hub(service.Service):
             raise self._connect_error(e) from e
         tcp.addErrback(tcp_failed).addErrback(lambda _: None)
 
-        def handed(act2: bytes) -> tuple[str, bytes]:
+        def handed(act2: bytes) -> Any:
+            if self.executor is not None:
+                # The row must be committed before the client learns the
+                # conn id (see connection_announced).
+                return self.journal.idle().addCallback(
+                    lambda _: (conn.conn_id, act2)
+                )
             return conn.conn_id, act2
 
         return conn.act2.addCallback(handed)
@@ -1068,46 +1358,88 @@ class Hub(service.Service):
             raise HubError(NOT_OPEN, "connection is closed")
         conn.close("client request", client_requested=True)
 
-    def list_connections(self, node_id: str) -> list[dict[str, Any]]:
-        """Connection objects of a node, closed-but-unacknowledged included."""
+    def list_connections(
+        self, node_id: str
+    ) -> list[dict[str, Any]] | defer.Deferred[list[dict[str, Any]]]:
+        """Connection objects of a node, closed-but-unacknowledged included
+        (a Deferred with PostgreSQL)."""
+        if self.executor is not None:
+            self._node(node_id)
+            return self._connections_shared(node_id)
         self.flush()
-        out = []
-        for row in self.store.connections(node_id):
-            out.append(
-                {
-                    "conn": row.conn_id,
-                    "peer": row.peer,
-                    "address": row.address,
-                    "state": row.state,
-                    "persist": row.persist,
-                    "since": row.since,
-                    "their_init": row.their_init,
-                }
-            )
-        return out
+        return [_connection_object(row) for row in self.store.connections(node_id)]
 
-    def ack(self, node_id: str, seq: int) -> None:
+    def _connections_shared(self, node_id: str) -> defer.Deferred[list[dict[str, Any]]]:
+        """Read the connection rows once the journal committed what it has."""
+        executor = self.executor
+        assert executor is not None
+
+        def read(_: object) -> defer.Deferred[list[ConnectionRow]]:
+            return executor.read(lambda store: store.connections(node_id))
+
+        d = self.journal.idle().addCallback(read)
+        return d.addCallback(lambda rows: [_connection_object(r) for r in rows])
+
+    def ack(self, node_id: str, seq: int) -> defer.Deferred[None] | None:
         """Acknowledge every event of the node up to ``seq``.
 
         :raise HubError: never; a seq beyond the newest is checked by the
             caller with :meth:`newest_seq`.
+        :return: None, or with PostgreSQL a Deferred that fires once the
+            ack is committed.
         """
+        if self.executor is not None:
+            return self._ack_shared(self.executor, node_id, seq)
         self.flush()
         node = self._node(node_id)
         # An ack lost to a power cut only means redelivery (clients dedup by
         # seq), so it does not pay an fsync of its own.
         gone = self.store.ack(node_id, seq, fsync=False)
+        before = node.pending
+        self._acked(node, gone, before - self.store.pending_count(node_id))
+        return None
+
+    def _ack_shared(
+        self, executor: DatabaseExecutor[Any], node_id: str, seq: int
+    ) -> defer.Deferred[None]:
+        """``ack`` on PostgreSQL: after the journal's commits, on the writer."""
+        node = self._node(node_id)
+
+        def write(store: IStore) -> tuple[list[str], int]:
+            before = store.pending_count(node_id)
+            gone = store.ack(node_id, seq, fsync=False)
+            return gone, before - store.pending_count(node_id)
+
+        def done(result: tuple[list[str], int]) -> None:
+            if self.nodes.get(node_id) is node:
+                self._acked(node, *result)
+
+        def lost(f: Failure) -> None:
+            if isinstance(f.value, NodeLost):
+                self._lost(f.value.node_ids)
+                raise HubError(
+                    NOT_LOGGED_IN,
+                    "this session has ended: its node is now served by "
+                    "another process; log in again",
+                )
+            f.raiseException()
+
+        d = self.journal.idle().addCallback(lambda _: executor.write(write))
+        return d.addCallbacks(done, lost)
+
+    def _acked(self, node: Node, gone: list[str], count: int) -> None:
+        """Apply a committed ack: forget acknowledged closed connections,
+        lower the inbox count, resume reading below the cap."""
         for conn_id in gone:
             conn = node.connections.pop(conn_id, None)
             if conn is not None:
                 self.connections.pop(conn_id, None)
                 if conn.life.state is _CLOSED:
                     conn.life.advance(ConnState.ACKNOWLEDGED)
-        before = node.pending
-        node.pending = self.store.pending_count(node_id)
-        if before > node.pending:
+        if count > 0:
+            node.pending = max(0, node.pending - count)
             for fn in self.on_acked:
-                fn(node_id, before - node.pending)
+                fn(node.node_id, count)
         if node.reading_paused and node.pending < self.limits.events_per_node:
             node.reading_paused = False
             for conn in node.connections.values():
@@ -1227,7 +1559,11 @@ class Hub(service.Service):
 
     def connection_announced(self, conn: Connection) -> None:
         """Act 2 relayed: commit the row now (module docstring), time it."""
-        self.store.put_connection(conn.row(), fsync=False)
+        if self.executor is not None:
+            # Committed by the journal; connect's reply waits for it.
+            self.journal.stage_connection(conn.row())
+        else:
+            self.store.put_connection(conn.row(), fsync=False)
         relay = self.clock.seconds() - conn.since
         for fn in self.on_handshake_relayed:
             fn(relay)
@@ -1256,7 +1592,11 @@ class Hub(service.Service):
         """TCP is gone: forget it, or record its ``closed`` event."""
         gone = conn.gone
         self._open.pop(conn.conn_id, None)
-        if conn.life.state is _ABANDONED:
+        if self.nodes.get(conn.node.node_id) is not conn.node:
+            # Its node was taken over (drop_nodes): the new owner writes
+            # the closed event.
+            self.connections.pop(conn.conn_id, None)
+        elif conn.life.state is _ABANDONED:
             self._forget(conn)
         elif conn.closed_seq is None:
             self._record_closed(conn, reason)
@@ -1327,7 +1667,7 @@ class Hub(service.Service):
         }
         seq = self._emit(conn.node, "closed", params, summon=reconnect)
         conn.closed_seq = seq
-        self.journal.record_close(conn.conn_id, seq)
+        self.journal.record_close(conn.conn_id, seq, conn.node.node_id)
         self.count("closed")
         self._log.info(
             "peer connection {conn} closed: {reason}", conn=conn.conn_id, reason=reason
@@ -1370,6 +1710,12 @@ class Hub(service.Service):
             )
             self.count("peer_storage_kept")
         if decision.reply is not None:
+            if not conn.answers.spend(len(decision.reply), now):
+                # The peer asks for more than it may (a flood of pings
+                # asking for big pongs): ignored, as BOLT 1 allows.
+                self.count("answer_throttled")
+                self.count("handled")
+                return False
             if not conn.send_own(decision.reply):
                 # The connection is closing (or our answer hit the write
                 # buffer cap and aborted it): there is no one left to answer.
@@ -1398,7 +1744,11 @@ class Hub(service.Service):
 
     def _offer(self, row: EventRow) -> bool:
         """The journal committed ``row``: offer it to the node's sessions."""
-        sessions = self.nodes[row.node_id].sessions
+        node = self.nodes.get(row.node_id)
+        if node is None:
+            # Dropped meanwhile (taken over): nobody here to offer it to.
+            return False
+        sessions = node.sessions
         if sessions:
             text = event_text(row)
             for session in sessions:

@@ -11,6 +11,17 @@ node's sessions, through the ``offer`` callable the hub gives) and shown to
 that a crash could lose.  When the commit fails, everything is kept and the
 same rows (same seqs) are tried again after ``retry_delay`` seconds.
 
+With a database executor (PostgreSQL; docs/architecture.md, "PostgreSQL
+and several processes") the commit runs on the executor's writer thread
+instead of inline: one
+commit is in flight at a time, events of later turns gather meanwhile and
+go in the next one, and the offer still happens only after the commit
+(back on the reactor thread). A commit refused with
+:class:`~lnproxy.store.NodeLost` (another process took a node over) drops
+that node's rows, reports the node to ``on_lost`` and commits the rest at
+once. :meth:`Journal.idle` fires when everything emitted so far is
+committed.
+
 The journal does not know nodes, sessions or connections: it numbers
 events of any object with ``node_id`` and ``next_seq`` (the hub's
 :class:`~lnproxy.hub.Node`, see :class:`EventLog`) and calls back.
@@ -20,15 +31,21 @@ See docs/architecture.md, "Journal".
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from lnproxy.protocol import notification_text
-from lnproxy.store import ConnectionRow, EventRow, IStore
+from lnproxy.store import ConnectionRow, EventRow, IStore, NodeLost
+
+if TYPE_CHECKING:
+    from lnproxy.store.executor import DatabaseExecutor
 
 __all__ = ["EventLog", "Journal", "event_text", "message_head"]
 
@@ -59,6 +76,10 @@ class Journal:
     :param offer: called as ``offer(row)`` for each committed event, in
         order; returns whether the node has a session online.
     :param retry_delay: seconds before a failed commit is tried again.
+    :param executor: commit on this database executor's writer thread
+        (PostgreSQL) instead of inline on ``store``.
+    :param on_lost: called as ``fn(node_ids)`` when a commit was refused
+        because this process lost those nodes (with an executor only).
     """
 
     _log = Logger()
@@ -69,11 +90,22 @@ class Journal:
         clock: IReactorTime,
         offer: Callable[[EventRow], bool],
         retry_delay: float = 1.0,
+        executor: DatabaseExecutor[Any] | None = None,
+        on_lost: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.offer = offer
         self.retry_delay = retry_delay
+        self.executor = executor
+        self.on_lost = on_lost
+        #: The commit on the executor, while one is in flight.
+        self._inflight: defer.Deferred[None] | None = None
+        self._idle_waiters: list[defer.Deferred[None]] = []
+        #: The node of each recorded close, by conn id (to drop lost nodes').
+        self._close_nodes: dict[str, str] = {}
+        #: Consecutive failed commits (for the health check).
+        self.failures = 0
         #: Called as ``fn(row, online)`` after an event is committed.
         self.observers: list[Callable[[EventRow, bool], None]] = []
         self._batch: list[EventRow] = []
@@ -82,6 +114,9 @@ class Journal:
         self._rows: dict[str, ConnectionRow] = {}
         #: Peer storage blobs to keep, by (node id, peer): the newest wins.
         self._blobs: dict[tuple[str, str], tuple[bytes, float]] = {}
+        #: With an executor: blobs committed by this process (the store
+        #: the reactor sees only knows those loaded when a node was claimed).
+        self._kept: dict[tuple[str, str], bytes] = {}
         self._flush_call: IDelayedCall | None = None
 
     # -- adding ---------------------------------------------------------------
@@ -130,10 +165,15 @@ class Journal:
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
-    def record_close(self, conn_id: str, seq: int) -> None:
+    def record_close(self, conn_id: str, seq: int, node_id: str | None = None) -> None:
         """Mark a connection row closed by the event ``seq``, in the batch
-        that carries that event."""
+        that carries that event.
+
+        :param node_id: the connection's node (lets :meth:`discard` drop it).
+        """
         self._closes.append((conn_id, seq))
+        if node_id is not None:
+            self._close_nodes[conn_id] = node_id
 
     def stage_connection(self, row: ConnectionRow) -> None:
         """Write a connection row with the next batch (a later one for the
@@ -158,6 +198,9 @@ class Journal:
         staged = self._blobs.get((node_id, peer))
         if staged is not None:
             return staged[0]
+        kept = self._kept.get((node_id, peer))
+        if kept is not None:
+            return kept
         return self.store.get_peer_storage(node_id, peer)
 
     def _add(self, row: EventRow) -> None:
@@ -167,45 +210,187 @@ class Journal:
 
     # -- committing -------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Commit what is pending, then offer it and tell observers."""
-        call, self._flush_call = self._flush_call, None
-        if call is not None and call.active():
-            call.cancel()
-        if not self._batch and not self._rows and not self._blobs:
+    @property
+    def pending(self) -> bool:
+        """Whether anything is waiting for (or in) a commit."""
+        return bool(
+            self._batch or self._rows or self._closes or self._blobs or self._inflight
+        )
+
+    def idle(self) -> defer.Deferred[None]:
+        """Fire once everything emitted or staged so far is committed (at
+        once if nothing is pending). With an executor a commit is started
+        if none is in flight."""
+        if not self.pending:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(d)
+        if self._inflight is None and self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+        return d
+
+    def _fire_idle(self) -> None:
+        if self.pending or not self._idle_waiters:
             return
-        batch, closes, rows = self._batch, self._closes, self._rows
-        blobs = self._blobs
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def discard(self, node_ids: Sequence[str]) -> None:
+        """Drop what is not committed yet of nodes this process no longer
+        serves (they were taken over: their new owner writes the closed
+        events from the rows it finds)."""
+        gone = set(node_ids)
+        self._batch = [r for r in self._batch if r.node_id not in gone]
+        self._rows = {k: r for k, r in self._rows.items() if r.node_id not in gone}
+        self._closes = [
+            (c, q) for c, q in self._closes if self._close_nodes.get(c) not in gone
+        ]
+        for conn_id in [c for c, n in self._close_nodes.items() if n in gone]:
+            del self._close_nodes[conn_id]
+        self._blobs = {k: b for k, b in self._blobs.items() if k[0] not in gone}
+        self._kept = {k: b for k, b in self._kept.items() if k[0] not in gone}
+        self._fire_idle()
+
+    def _take(self) -> _Batch:
+        taken = _Batch(self._batch, self._closes, self._rows, self._blobs)
         self._batch, self._closes, self._rows, self._blobs = [], [], {}, {}
-        store = self.store
-        try:
-            with store.transaction():
-                # Rows before closes: a row queued while open must not
-                # overwrite the closed state recorded in this same batch.
-                for conn_row in rows.values():
-                    store.put_connection(conn_row)
-                store.append_events(batch)
-                for conn_id, seq in closes:
-                    store.close_connection(conn_id, seq)
-                for (node_id, peer), (blob, at) in blobs.items():
-                    store.put_peer_storage(node_id, peer, blob, at)
-        except Exception:
-            # Keep everything and try again shortly: nothing is offered to a
-            # client before it is on disk.
-            self._log.failure("could not commit {n} events; retrying", n=len(batch))
-            self._batch = batch + self._batch
-            self._closes = closes + self._closes
-            self._rows = {**rows, **self._rows}
-            self._blobs = {**blobs, **self._blobs}
-            if self._flush_call is None:
-                self._flush_call = self.clock.callLater(self.retry_delay, self.flush)
-            return
+        return taken
+
+    def _put_back(self, taken: _Batch) -> None:
+        self._batch = taken.events + self._batch
+        self._closes = taken.closes + self._closes
+        self._rows = {**taken.rows, **self._rows}
+        self._blobs = {**taken.blobs, **self._blobs}
+
+    @staticmethod
+    def _write(store: IStore, taken: _Batch) -> None:
+        """Write one batch inside the caller's transaction."""
+        # Rows before closes: a row queued while open must not
+        # overwrite the closed state recorded in this same batch.
+        for conn_row in taken.rows.values():
+            store.put_connection(conn_row)
+        store.append_events(taken.events)
+        for conn_id, seq in taken.closes:
+            store.close_connection(conn_id, seq)
+        for (node_id, peer), (blob, at) in taken.blobs.items():
+            store.put_peer_storage(node_id, peer, blob, at)
+
+    def _committed(self, taken: _Batch) -> None:
+        """Offer a committed batch and tell observers."""
+        self.failures = 0
+        for conn_id, _ in taken.closes:
+            self._close_nodes.pop(conn_id, None)
+        if self.executor is not None:
+            for key, (blob, _) in taken.blobs.items():
+                self._kept[key] = blob
         offer = self.offer
         observers = self.observers
-        for row in batch:
+        for row in taken.events:
             online = offer(row)
             for fn in observers:
                 fn(row, online)
+
+    def flush(self) -> None:
+        """Commit what is pending, then offer it and tell observers.
+
+        Inline on the store; with an executor, start a commit (or let the
+        one in flight be followed by another at once)."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if self.executor is not None:
+            self._flush_async(self.executor)
+            return
+        if not self._batch and not self._rows and not self._blobs:
+            self._fire_idle()
+            return
+        taken = self._take()
+        store = self.store
+        try:
+            with store.transaction():
+                self._write(store, taken)
+        except Exception:
+            # Keep everything and try again shortly: nothing is offered to a
+            # client before it is on disk.
+            self.failures += 1
+            self._log.failure(
+                "could not commit {n} events; retrying", n=len(taken.events)
+            )
+            self._put_back(taken)
+            if self._flush_call is None:
+                self._flush_call = self.clock.callLater(self.retry_delay, self.flush)
+            return
+        self._committed(taken)
+        self._fire_idle()
+
+    def _flush_async(self, executor: DatabaseExecutor[Any]) -> None:
+        """One commit in flight on the executor; the next follows it."""
+        if self._inflight is not None:
+            return
+        if not self._batch and not self._rows and not self._closes and not self._blobs:
+            self._fire_idle()
+            return
+        taken = self._take()
+        write = self._write
+
+        def commit(store: IStore) -> None:
+            write(store, taken)
+
+        d = executor.write(commit)
+        self._inflight = d
+
+        def done(_: object) -> None:
+            self._inflight = None
+            self._committed(taken)
+            self._after_commit()
+
+        def failed(f: Failure) -> None:
+            self._inflight = None
+            if isinstance(f.value, NodeLost):
+                lost = f.value.node_ids
+                self._log.warn(
+                    "{n} nodes were taken over by another process; dropping "
+                    "their uncommitted events",
+                    n=len(lost),
+                )
+                self._put_back(taken)
+                self.discard(lost)
+                if self.on_lost is not None:
+                    self.on_lost(lost)
+                self._after_commit()
+                return
+            self.failures += 1
+            self._log.warn(
+                "could not commit {n} events ({error}); retrying in {delay} s",
+                n=len(taken.events),
+                error=f.getErrorMessage(),
+                delay=self.retry_delay,
+            )
+            self._put_back(taken)
+            if self._flush_call is None:
+                self._flush_call = self.clock.callLater(self.retry_delay, self.flush)
+
+        d.addCallbacks(done, failed)
+
+    def _after_commit(self) -> None:
+        """Start the next commit if anything gathered, else wake waiters."""
+        if self._batch or self._rows or self._closes or self._blobs:
+            if self._flush_call is None or not self._flush_call.active():
+                self._flush_call = None
+                self.flush()
+        else:
+            self._fire_idle()
+
+
+@dataclass
+class _Batch:
+    """What one commit writes."""
+
+    events: list[EventRow]
+    closes: list[tuple[str, int]]
+    rows: dict[str, ConnectionRow]
+    blobs: dict[tuple[str, str], tuple[bytes, float]]
 
 
 def event_text(row: EventRow) -> str:

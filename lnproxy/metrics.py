@@ -199,6 +199,17 @@ class Metrics:
             buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300, 900, 3600),
             registry=r,
         )
+        self.answers_throttled = Counter(
+            "lnproxy_answers_throttled",
+            "Answers the proxy did not send because the peer asked for more "
+            "than its pace (big pongs, many gossip queries)",
+            registry=r,
+        )
+        self.peer_storage_kept = Counter(
+            "lnproxy_peer_storage_kept",
+            "peer_storage blobs kept for peers",
+            registry=r,
+        )
         # Pre-bound children: the hot path never calls .labels().
         self._in = {c: self.messages_in.labels(c) for c in _POLICY_CLASSES}
         self._out_client = self.messages_out.labels("client")
@@ -217,6 +228,8 @@ class Metrics:
             "pong_sent": self._pong,
             "ping_sent": self._ping,
             "keepalive_closed": self.keepalive_closes.inc,
+            "answer_throttled": self.answers_throttled.inc,
+            "peer_storage_kept": self.peer_storage_kept.inc,
             "closed": self.connections_closed.inc,
             "message_out": self._out_client.inc,
             "event_delivered": self.events_delivered.inc,

@@ -12,13 +12,20 @@ Shutdown order matters and ``MultiService`` does not wait between children,
 so :class:`ProxyService` sequences it: stop accepting clients, let the hub
 record ``proxy stopped`` for every peer connection and close them, then
 close the store.
+
+With ``--database postgresql://...`` (docs/protocol.md, "Running several
+processes (scale-out)") the store is a
+:class:`~lnproxy.store.postgres.PostgresStore` behind a
+:class:`~lnproxy.scaleout.Deployment` (database threads, lease keeper,
+health probe); the hub and the notifier see a
+:class:`~lnproxy.scaleout.ReactorStore` and never wait on the network.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -34,7 +41,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
-from lnproxy import hotrestart, keys, wire
+from lnproxy import hotrestart, keys, protocol, wire
 from lnproxy.api import ClientFactory, ClientProtocol
 from lnproxy.devices import DeviceLimits, Devices, thread_runner
 from lnproxy.handover import systemd
@@ -49,8 +56,10 @@ from lnproxy.protocol import (
     FEATURE_TAKEOVER,
     FEATURE_VAULT,
 )
+from lnproxy.scaleout import Deployment, ReactorStore
 from lnproxy.ssrf import Resolver, build_http_client, thread_resolver
-from lnproxy.store import Store, StoreError
+from lnproxy.store import IStore, Store, StoreError, datadir
+from lnproxy.store.postgres import PostgresStore
 from lnproxy.webhook import Notifier
 
 __all__ = [
@@ -125,9 +134,17 @@ class ProxyService(service.MultiService):
 
     _log = Logger()
 
-    def __init__(self, store: Store, hub: Hub, factory: ClientFactory) -> None:
+    def __init__(
+        self,
+        store: IStore,
+        hub: Hub,
+        factory: ClientFactory,
+        deployment: Deployment | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
+        #: The PostgreSQL side (None with SQLite).
+        self.deployment = deployment
         self.hub = hub
         self.factory = factory
         self.listeners: list[StreamServerEndpointService] = []
@@ -154,7 +171,14 @@ class ProxyService(service.MultiService):
         """
         if not self.running:
             return False, "stopping"
-        if not self.store.writable():
+        if self.deployment is not None:
+            if not self.deployment.probe.ok:
+                return False, "database is unreachable or not writable"
+            if not self.deployment.keeper.valid:
+                return False, "lease lapsed: this process serves no nodes"
+            if self.hub.journal.failures:
+                return False, "commits are failing (retrying)"
+        elif not self.store.writable():
             return False, "store is not writable"
         down = sum(1 for listener in self.listeners if not listening(listener))
         if down:
@@ -164,7 +188,15 @@ class ProxyService(service.MultiService):
     def startService(self) -> None:
         """Reopen the database, then start the hub before any listener
         accepts a client."""
-        self._adopt()
+        if self.deployment is not None:
+            # After twistd's daemonizing fork, if any.
+            try:
+                self.deployment.prepare()
+            except StoreError as e:
+                raise SystemExit(f"lnproxy: {e}") from None
+            self.deployment.startService()
+        else:
+            self._adopt()
         self.hub.startService()
         super().startService()
         if self.old_side is not None:
@@ -201,6 +233,8 @@ class ProxyService(service.MultiService):
         super().privilegedStartService()
 
     def _adopt(self) -> None:
+        if self.deployment is not None:
+            return  # PostgreSQL: no hot restart
         # After twistd's daemonizing fork, if any: see Store.suspend.
         self.store.resume()
         incoming = self.incoming
@@ -253,7 +287,10 @@ class ProxyService(service.MultiService):
         try:
             yield self.hub.stopService()
         finally:
-            self.store.close()
+            if self.deployment is not None:
+                yield self.deployment.shutdown()
+            else:
+                self.store.close()
         self._log.info("lnproxy stopped; every stored event is kept")
 
 
@@ -262,10 +299,11 @@ def _features(policy: Policy) -> list[str]:
 
     ``peer_storage`` only while the proxy keeps type 7 itself: an operator
     ``--policy 7=...`` hands peer storage to the client instead.  ``lease``,
-    ``vault`` and ``account`` always (:class:`lnproxy.devices.Devices`);
-    ``takeover`` always (:mod:`lnproxy.hotrestart`).
+    ``vault`` and ``account`` always (:class:`lnproxy.devices.Devices`).
+    ``takeover`` is added by :func:`build_service` with the SQLite store
+    (:mod:`lnproxy.hotrestart`).
     """
-    features = [FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT, FEATURE_TAKEOVER]
+    features = [FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT]
     if policy.classify(wire.PEER_STORAGE) is MessageClass.HANDLE:
         features.append(FEATURE_PEER_STORAGE)
     return features
@@ -288,29 +326,91 @@ def build_service(
     :raise SystemExit: with a clear message when the data dir cannot be used
         (locked by another process, unreadable key, unknown schema).
     """
+    database = config.get("database") or "sqlite"
+    key_path = config.get("server-key")
+    deployment: Deployment | None = None
+    store: IStore
     # The policy table takes tens of ms to build: before a takeover freezes
     # the old process's peers, not while they wait.
     policy = Policy(config["policy"])
-    incoming = hotrestart.prepare(config, systemd.captured_listen_fds())
+    incoming: hotrestart.Incoming | None = None
+    if database == "sqlite":
+        incoming = hotrestart.prepare(config, systemd.captured_listen_fds())
+    elif config.get("takeover") or config.get("systemd-fd-store"):
+        raise SystemExit(
+            "lnproxy: --takeover and --systemd-fd-store work with the SQLite"
+            " store only; with --database postgresql://... restart the"
+            " processes one at a time (docs/operations.md, \"Upgrading without"
+            " dropping peers\")"
+        )
     try:
-        if incoming is not None:
-            store = hotrestart.wait_for_lock(lambda: Store.open(config["data-dir"]))
+        if database == "sqlite":
+            if incoming is not None:
+                store = hotrestart.wait_for_lock(
+                    lambda: Store.open(config["data-dir"], key_path=key_path)
+                )
+            else:
+                store = Store.open(config["data-dir"], key_path=key_path)
         else:
-            store = Store.open(config["data-dir"])
+            data_dir = config["data-dir"]
+            pg = PostgresStore.open(
+                database,
+                key_path=key_path or datadir.default_key_path(
+                    os.path.abspath(data_dir)
+                ),
+                data_dir=data_dir,
+            )
     except StoreError as e:
         if incoming is not None:
             incoming.received.close()
         raise SystemExit(f"lnproxy: {e}") from None
     limits = limits_from_config(config)
+    if database != "sqlite":
+        deployment = Deployment(
+            reactor, pg, config["public-url"], config.get("lease-timeout", 15.0)
+        )
+        hub_ref: list[Hub] = []
+
+        def pending(node_id: str) -> int:
+            node = hub_ref[0].nodes.get(node_id)
+            return 0 if node is None else node.pending
+
+        def healthy() -> bool:
+            assert deployment is not None
+            return deployment.healthy
+
+        reactor_store = ReactorStore(
+            deployment.executor,
+            pg.server_secret,
+            pending,
+            healthy,
+            lambda ids: hub_ref[0]._lost(ids),
+        )
+        # Only what the reactor thread may ask (see ReactorStore).
+        store = cast(IStore, reactor_store)
     hub = Hub(
         store,
         reactor,
         tcp_connector(reactor),
         policy=policy,
         limits=limits,
+        executor=deployment.executor if deployment is not None else None,
     )
+    features: list[str] = []
+    if deployment is not None:
+        hub_ref.append(hub)
+        hub.leases = deployment.keeper
+        deployment.on_lost = hub.drop_nodes
+        deployment.on_taken = hub.adopt_claims
+        hub.on_claimed.append(reactor_store.load)
+        hub.on_dropped.append(reactor_store.forget)
+        features.append(protocol.FEATURE_REDIRECT)
+    else:
+        features.append(FEATURE_TAKEOVER)
     server_id = keys.public_key(store.server_secret)
     notifier = _build_notifier(reactor, config, hub, store, resolver)
+    if deployment is not None:
+        hub.on_wake.append(lambda row: notifier.event_stored(row, online=False))
     devices: Devices[ClientProtocol] = Devices(
         store,
         reactor,
@@ -318,6 +418,7 @@ def build_service(
         DeviceLimits(
             vault_entries_per_node=config.get("max-vault-entries-per-node", 64),
         ),
+        database=deployment.executor if deployment is not None else None,
     )
     factory = ClientFactory(
         hub,
@@ -327,16 +428,18 @@ def build_service(
         login_timeout=config["login-timeout"],
         request_rate=config.get("max-requests-per-second", 5000.0),
         request_burst=2 * config.get("max-requests-per-second", 5000.0),
-        features=_features(hub.policy),
+        features=[*_features(hub.policy), *features],
         devices=devices,
     )
-    root = ProxyService(store, hub, factory)
+    root = ProxyService(store, hub, factory, deployment)
     root.reactor = reactor
     root.incoming = incoming
-    root.old_side = hotrestart.OldSide(
-        root, reactor, timeout=float(config.get("takeover-timeout", 5.0))
-    )
-    root.fd_store = bool(config.get("systemd-fd-store")) or _fdstore_env()
+    if deployment is None:
+        # Hot restart: the SQLite store only (one process per data dir).
+        root.old_side = hotrestart.OldSide(
+            root, reactor, timeout=float(config.get("takeover-timeout", 5.0))
+        )
+        root.fd_store = bool(config.get("systemd-fd-store")) or _fdstore_env()
     root.notifier = notifier
     notifier.setServiceParent(root)
     for description in config["listen"]:
@@ -362,7 +465,10 @@ def build_service(
         root.metrics_listener.setServiceParent(root)
     # The database was checked (and upgraded) by Store.open; it is reopened
     # in startService, in the process that runs (twistd may fork between).
-    store.suspend()
+    if deployment is not None:
+        deployment.store.suspend()
+    else:
+        store.suspend()
     return root
 
 
@@ -391,7 +497,7 @@ def _build_notifier(
     reactor: Any,
     config: Mapping[str, Any],
     hub: Hub,
-    store: Store,
+    store: IStore,
     resolver: Resolver | None,
 ) -> Notifier:
     """The webhook notifier with its own pooled, SSRF-guarded HTTP client."""

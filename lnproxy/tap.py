@@ -72,6 +72,35 @@ class Options(usage.Options):
         ],
         ["max-vault-entries-per-node", None, "64", "vault names one node may keep"],
         [
+            "database",
+            None,
+            "sqlite",
+            "sqlite (the data dir's file) or a postgresql:// URL shared by "
+            "every process of a deployment",
+        ],
+        [
+            "public-url",
+            None,
+            None,
+            "ws:// or wss:// URL at which clients reach this process "
+            "(required with PostgreSQL)",
+        ],
+        [
+            "lease-timeout",
+            None,
+            "15",
+            "seconds after which a process that stopped renewing its leases "
+            "has lost its nodes (PostgreSQL)",
+        ],
+        [
+            "server-key",
+            None,
+            None,
+            "server key file (hex secret, created if missing; default "
+            "DATA_DIR/server.key); the same file for every process of a "
+            "deployment",
+        ],
+        [
             "max-requests-per-second",
             None,
             "5000",
@@ -135,6 +164,7 @@ class Options(usage.Options):
             "max-vault-entries-per-node",
         ):
             self[name] = _count(name, self[name])
+        self._check_database()
         rate = self["max-requests-per-second"]
         try:
             self["max-requests-per-second"] = float(rate)
@@ -145,6 +175,27 @@ class Options(usage.Options):
         if not 0 <= self["max-requests-per-second"] < float("inf"):
             raise usage.UsageError(
                 "--max-requests-per-second must be 0 (no limit) or a positive number"
+            )
+
+    def _check_database(self) -> None:
+        """``--database``, ``--public-url`` and ``--lease-timeout``
+        (docs/protocol.md, "Running several processes (scale-out)")."""
+        database = self["database"]
+        if database != "sqlite" and not database.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise usage.UsageError(
+                "--database must be 'sqlite' or a postgresql:// URL, not "
+                f"{database.split('://')[0]!r}"
+            )
+        self["lease-timeout"] = _positive("lease-timeout", self["lease-timeout"])
+        url = self["public-url"]
+        if url is not None and not url.startswith(("ws://", "wss://")):
+            raise usage.UsageError("--public-url must be a ws:// or wss:// URL")
+        if database != "sqlite" and url is None:
+            raise usage.UsageError(
+                "--public-url is required with a PostgreSQL --database: clients "
+                "sent to this process by another one are given that URL"
             )
 
 

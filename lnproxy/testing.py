@@ -16,6 +16,8 @@ of other clients (JavaScript, Electrum) use one copy.
   split handshake)").  :func:`connect_rpc` connects one.
 * :class:`WholeSocket`: exact reads and whole writes over a socket, the
   connection object pyln-proto needs (interop tests, benchmarks).
+* :func:`static_resolver`: a host name resolver answering from a table,
+  for the webhook SSRF guard (:mod:`lnproxy.ssrf`) without DNS.
 * :func:`free_port`, :func:`twistd_command`, :class:`TwistdProcess` (a
   ``twistd -n lnproxy`` child on the reactor, for tests) and
   :class:`ProxyProcess` (the same child from blocking code, for benchmarks).
@@ -58,6 +60,7 @@ __all__ = [
     "RpcClient",
     "connect_rpc",
     "free_port",
+    "static_resolver",
     "twistd_command",
     "TwistdProcess",
     "spawn_twistd",
@@ -659,6 +662,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def static_resolver(
+    table: Mapping[str, Sequence[str]],
+) -> Callable[[str, int], defer.Deferred[list[str]]]:
+    """A resolver (:class:`lnproxy.ssrf.Resolver`) answering from ``table``,
+    host name -> IP addresses; an unknown name fails with ``OSError`` as
+    ``getaddrinfo`` would."""
+
+    def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
+        if host not in table:
+            return defer.fail(OSError(f"no such host {host}"))
+        return defer.succeed(list(table[host]))
+
+    return resolve
 
 
 def _package_root() -> str:

@@ -102,12 +102,17 @@ def vault_version(params: Mapping[str, Any]) -> int:
 
 
 def account_user(params: Mapping[str, Any]) -> str:
-    """``user``: 1-64 characters of valid Unicode text."""
+    """``user``: 1-64 characters of valid Unicode text, U+0000 excepted
+    (PostgreSQL cannot store it in text).  The name is kept exactly as
+    sent: no Unicode normalisation (the contract's salt hashes the UTF-8
+    bytes as given, so two spellings are two users)."""
     value = _get(params, "user")
     if not isinstance(value, str) or not 1 <= len(value) <= USER_MAX:
         raise ParamError(
             INVALID_PARAMS, f"parameter 'user' must be 1-{USER_MAX} characters"
         )
+    if "\x00" in value:
+        raise ParamError(INVALID_PARAMS, "parameter 'user' must not contain U+0000")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -461,11 +461,14 @@ class Notifier(service.Service):
         except HubError as e:
             return defer.fail(e)
         if self.allow_private:
-            return defer.succeed(self._store(node_id, url))
+            stored: defer.Deferred[str] = defer.succeed(None).addCallback(
+                lambda _: self._store(node_id, url)
+            )
+            return stored
         d = resolve(self.resolver, target.host, target.port)
         d.addTimeout(RESOLVE_TIMEOUT, self.clock)
 
-        def resolved(addresses: list[str]) -> str:
+        def resolved(addresses: list[str]) -> str | defer.Deferred[str]:
             try:
                 check_addresses(target.host, addresses)
             except WebhookRefused as e:
@@ -503,14 +506,17 @@ class Notifier(service.Service):
         if self.store.webhook_count(node_id) >= limit:
             raise HubError(LIMIT_EXCEEDED, f"node has {limit} webhooks (the limit)")
 
-    def _store(self, node_id: str, url: str) -> str:
+    def _store(self, node_id: str, url: str) -> str | defer.Deferred[str]:
         webhook_id = secrets.token_hex(8)
-        self.store.add_webhook(
-            WebhookRow(node_id, webhook_id, url, self.clock.seconds())
-        )
+        # With PostgreSQL the store answers a Deferred that fires once the
+        # row is committed (lnproxy.scaleout.ReactorStore): the reply waits.
+        add: Callable[[WebhookRow], Any] = self.store.add_webhook
+        committed = add(WebhookRow(node_id, webhook_id, url, self.clock.seconds()))
         self._log.info(
             "node {node} set webhook {webhook}", node=node_id, webhook=webhook_id
         )
+        if isinstance(committed, defer.Deferred):
+            return committed.addCallback(lambda _: webhook_id)
         return webhook_id
 
     def list(self, node_id: str) -> list[dict[str, str]]:

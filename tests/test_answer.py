@@ -13,6 +13,7 @@ from lnproxy.answer import (
     CONSUMED,
     MAX_WAITING_PINGS,
     Answer,
+    AnswerBudget,
     AnswerContext,
     PingLedger,
     PingOwner,
@@ -168,3 +169,25 @@ class PeerStorageWireTests(SynchronousTestCase):
         for bad in (b"\x00\x08\x00\x00", b"\x00\x07\x00", b"\x00\x09\x00\x02a"):
             with self.assertRaises(wire.WireError):
                 wire.PeerStorage.decode(bad)
+
+
+class AnswerBudgetTests(SynchronousTestCase):
+    """The per-connection pace of the proxy's own answers."""
+
+    def test_burst_then_rate(self) -> None:
+        """Full at the start; an answer bigger than what is left is refused
+        and takes nothing; time refills at the rate, up to the burst."""
+        budget = AnswerBudget(100.0, rate=10.0, burst=100.0)
+        self.assertTrue(budget.spend(60, 100.0))
+        self.assertFalse(budget.spend(60, 100.0))
+        self.assertTrue(budget.spend(40, 100.0))
+        self.assertFalse(budget.spend(1, 100.0))
+        self.assertTrue(budget.spend(50, 105.0))
+        self.assertTrue(budget.spend(100, 1000.0))
+        self.assertFalse(budget.spend(101, 5000.0), "never more than the burst")
+
+    def test_defaults_cover_normal_pings(self) -> None:
+        """A peer pinging every second for a 64-byte pong, for an hour, is
+        always answered."""
+        budget = AnswerBudget(0.0)
+        self.assertTrue(all(budget.spend(70, float(t)) for t in range(3600)))

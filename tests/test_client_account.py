@@ -192,6 +192,14 @@ class VariationTests(SynchronousTestCase):
                 account.check_user(user)
         self.assertEqual(account.check_user("x" * 64), "x" * 64)
 
+    def test_nul_in_user_name(self) -> None:
+        """A user name with U+0000, which the proxy refuses, is refused
+        here first (before the Argon2id work)."""
+        with self.assertRaises(account.AccountError):
+            account.check_user("a\x00b")
+        with self.assertRaises(account.AccountError):
+            account.derive("password", SERVER_ID, "a\x00b")
+
     def test_empty_password(self) -> None:
         """An empty password is refused before any work is done."""
         with self.assertRaises(account.AccountError):

@@ -103,11 +103,15 @@ class PipelineTests(SynchronousTestCase):
             self.pipeline.push(message(seq))
         self.assertEqual(self.delivered, [1])
         self.pending[0].callback(None)
+        self.clock.advance(0)
         self.assertEqual((self.delivered, self.acks), ([1, 2], [1]))
         self.assertEqual(self.saved.current.last_seq, 1)
         self.pending[1].callback(None)
+        self.clock.advance(0)
         self.pending[2].callback(None)
+        self.clock.advance(0)
         self.pipeline.push(message(2))
+        self.clock.advance(0)
         self.assertEqual(self.delivered, [1, 2, 3])
         self.assertEqual(self.acks, [1, 2, 3, 2])
         self.assertEqual(self.saved.current.last_seq, 3)
@@ -122,12 +126,14 @@ class PipelineTests(SynchronousTestCase):
         self.pipeline.push(message(6))
         self.pipeline.adopt_server(SERVER_2)
         self.pending[0].callback(None)
+        self.clock.advance(0)
         self.assertEqual(self.saved.current.server_id, SERVER_2)
         self.assertEqual(self.saved.current.last_seq, 0)
         self.assertEqual(self.acks, [])
         self.assertEqual(self.delivered, [5])
         self.slow = False
         self.pipeline.push(message(1))
+        self.clock.advance(0)
         self.assertEqual(self.delivered, [5, 1])
         self.assertEqual((self.saved.current.last_seq, self.acks), (1, [1]))
 
@@ -154,6 +160,7 @@ class PipelineTests(SynchronousTestCase):
             return st.evolve(rehandshake={**st.rehandshake, PEER_A: entry})
 
         d.callback(wanted)
+        self.clock.advance(0)
         self.assertEqual(self.saved.current.rehandshake, {PEER_A: entry})
         self.assertEqual(self.saved.current.last_seq, 7)
         self.assertEqual(self.acks, [7])
@@ -178,7 +185,78 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual((self.delivered, self.acks), ([1], []))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.clock.advance(1.0)
-        self.assertEqual((self.delivered, self.acks), ([1, 2], [1, 2]))
+        # Both recorded in the turn of the retry: one ack of the highest.
+        self.assertEqual((self.delivered, self.acks), ([1, 2], [2]))
+
+    def test_acks_coalesced_per_turn(self) -> None:
+        """The events recorded in one reactor turn (replays included) are
+        acknowledged once, with the highest seq, when the turn ends; the
+        next turn's events get their own ack."""
+        for seq in (1, 2, 3):
+            self.pipeline.push(message(seq))
+        self.assertEqual((self.delivered, self.acks), ([1, 2, 3], []))
+        self.assertEqual(self.saved.current.last_seq, 3)
+        self.clock.advance(0)
+        self.assertEqual(self.acks, [3])
+        # A replay and a new event in one turn: one ack.
+        self.pipeline.push(message(2))
+        self.pipeline.push(message(4))
+        self.clock.advance(0)
+        self.assertEqual((self.delivered, self.acks), ([1, 2, 3, 4], [3, 4]))
+        # A turn with nothing recorded sends nothing.
+        self.clock.advance(0)
+        self.assertEqual(self.acks, [3, 4])
+
+    def test_ack_only_after_handler_and_save(self) -> None:
+        """No coalesced ack covers an event whose handler has not finished,
+        and every acked seq was saved before the ack was sent."""
+        seen: list[tuple[int, int]] = []
+        self.pipeline._send_ack = lambda seq: seen.append(
+            (seq, self.saved.current.last_seq)
+        )
+        self.slow = True
+        for seq in (1, 2, 3):
+            self.pipeline.push(message(seq))
+        self.clock.advance(0)
+        self.assertEqual(seen, [])
+        self.pending[0].callback(None)
+        self.pending[1].callback(None)
+        # Seq 3's handler still runs: the ack says 2.
+        self.clock.advance(0)
+        self.assertEqual(seen, [(2, 2)])
+        self.pending[2].callback(None)
+        self.clock.advance(0)
+        self.assertEqual(seen, [(2, 2), (3, 3)])
+
+    def test_abort_drops_the_pending_ack(self) -> None:
+        """An abort (as a crash) sends no ack still waiting for the turn's
+        end; the proxy replays the event, which is then acknowledged."""
+        self.pipeline.push(message(1))
+        self.pipeline.abort()
+        self.clock.advance(0)
+        self.assertEqual(self.acks, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_halt_sends_the_pending_ack_at_once(self) -> None:
+        """A clean stop sends the ack still waiting for the turn's end
+        before the session goes, and only once."""
+        self.pipeline.push(message(1))
+        self.pipeline.push(message(2))
+        self.pipeline.halt()
+        self.assertEqual(self.acks, [2])
+        self.clock.advance(0)
+        self.assertEqual(self.acks, [2])
+
+    def test_another_proxy_drops_the_pending_ack(self) -> None:
+        """A pending ack for the former proxy's seq is not sent to a proxy
+        with another server_id."""
+        self.pipeline.push(message(5))
+        self.pipeline.adopt_server(SERVER_2)
+        self.clock.advance(0)
+        self.assertEqual(self.acks, [])
+        self.pipeline.push(message(1))
+        self.clock.advance(0)
+        self.assertEqual(self.acks, [1])
 
 
 class FakeRequests:

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lnproxy import accounts
 from lnproxy.devices import DeviceError, DeviceLimits, Devices, inline_runner
 from lnproxy.protocol import (
     INVALID_PARAMS,
@@ -259,3 +260,118 @@ class AccountTests(DevicesTestCase):
         for d in pending:
             d.cancel()
             self.failureResultOf(d)
+
+
+class HashingFairnessTests(DevicesTestCase):
+    """The shared scrypt queue: one client cannot take all of it, and being
+    turned away by it is not a failed login."""
+
+    def hold_hashes(self) -> list[defer.Deferred[Any]]:
+        """Make every hash wait until the returned Deferreds are fired."""
+        waiting: list[defer.Deferred[Any]] = []
+
+        def slow(fn: Callable[[], Any]) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            waiting.append(d)
+            return d.addCallback(lambda _: fn())
+
+        self.devices._run_hash = slow
+        return waiting
+
+    def test_one_session_cannot_fill_the_queue(self) -> None:
+        """A session beyond max_per_session hashes answers 7 itself, while
+        another session's account.login is still queued and answered."""
+        self.devices.account_set(
+            NODE, {"user": "alice", "auth": AUTH, "blob": BLOB}
+        )
+        waiting = self.hold_hashes()
+        self.devices.max_waiting = 4
+        flood = [
+            self.devices.account_login({"user": f"x{i}", "auth": AUTH}, "bad")
+            for i in range(10)
+        ]
+        allowed = self.devices.max_per_session
+        for d in flood[allowed:]:
+            self.assertEqual(self.failureResultOf(d, DeviceError).value.code, 7)
+        good = self.devices.account_login({"user": "alice", "auth": AUTH}, "good")
+        self.assertNoResult(good)
+        while waiting:
+            waiting.pop(0).callback(None)
+        self.assertEqual(self.successResultOf(good)["node_id"], NODE)
+        for d in flood[:allowed]:
+            self.assertEqual(self.failureResultOf(d, DeviceError).value.code, 2)
+        self.assertEqual(self.devices._hashes_of, {})
+        # Its share is free again once its hashes are done.
+        d = self.devices.account_login({"user": "alice", "auth": AUTH}, "bad")
+        waiting.pop(0).callback(None)
+        self.assertEqual(self.successResultOf(d)["node_id"], NODE)
+
+    def test_account_set_shares_the_session_limit(self) -> None:
+        """account.set counts against the same per-session share."""
+        waiting = self.hold_hashes()
+        params = {"user": "alice", "auth": AUTH, "blob": BLOB}
+        sets = [
+            self.devices.account_set(NODE, params, "phone")
+            for _ in range(self.devices.max_per_session + 1)
+        ]
+        self.assertEqual(self.failureResultOf(sets[-1], DeviceError).value.code, 7)
+        while waiting:
+            waiting.pop(0).callback(None)
+        for d in sets[:-1]:
+            self.assertEqual(self.successResultOf(d), {})
+
+    def test_full_queue_is_not_a_failed_login(self) -> None:
+        """Attempts answered 7 because the queue is full (someone else's
+        flood) do not count against the user: once it drains, the right
+        auth logs in."""
+        self.devices.account_set(
+            NODE, {"user": "alice", "auth": AUTH, "blob": BLOB}
+        )
+        waiting = self.hold_hashes()
+        self.devices.max_waiting = 1
+        flood = [
+            self.devices.account_login({"user": f"x{i}", "auth": AUTH}, f"s{i}")
+            for i in range(self.devices.max_hashing + 1)
+        ]
+        for _ in range(self.devices.limits.login_failures + 1):
+            d = self.devices.account_login({"user": "alice", "auth": AUTH}, "me")
+            self.assertEqual(self.failureResultOf(d, DeviceError).value.code, 7)
+        self.assertFalse(self.devices.limiter.blocked("alice"))
+        while waiting:
+            waiting.pop(0).callback(None)
+        for d in flood:
+            self.failureResultOf(d, DeviceError)
+        d = self.devices.account_login({"user": "alice", "auth": AUTH}, "me")
+        waiting.pop(0).callback(None)
+        self.assertEqual(self.successResultOf(d)["node_id"], NODE)
+
+
+class UnknownUserCostTests(DevicesTestCase):
+    """The first login of the process costs the same for any user name."""
+
+    def scrypts_of_first_login(self, user: str) -> int:
+        """scrypt runs of ``user``'s login with a wrong auth, as the first
+        hash of a fresh process."""
+        self.patch(accounts, "_dummy", None)
+        calls: list[int] = []
+        scrypt = accounts._scrypt
+
+        def counting(*args: Any) -> bytes:
+            calls.append(1)
+            return scrypt(*args)
+
+        self.patch(accounts, "_scrypt", counting)
+        d = self.devices.account_login({"user": user, "auth": "00" * 32})
+        self.assertEqual(self.failureResultOf(d, DeviceError).value.code, 2)
+        self.patch(accounts, "_scrypt", scrypt)
+        return len(calls)
+
+    def test_first_login_same_cost_known_or_unknown(self) -> None:
+        """Making the unknown-user record rides with the first hash of any
+        kind, so a known and an unknown name's first attempts run the same
+        number of scrypts (more for the unknown one would tell it does not
+        exist)."""
+        self.devices.account_set(NODE, {"user": "alice", "auth": AUTH, "blob": BLOB})
+        known = self.scrypts_of_first_login("alice")
+        unknown = self.scrypts_of_first_login("nobody")
+        self.assertEqual(known, unknown)

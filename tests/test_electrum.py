@@ -22,23 +22,17 @@ import sys
 from typing import Any
 
 from twisted.internet import defer, reactor, task
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import log
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import server
 
 from lnproxy import protocol
 from lnproxy.demo import WebhookReceiver
-from lnproxy.electrum_demo import ElectrumNode, electrum_available
+from lnproxy.electrum_demo import ElectrumNode, electrum_available, resume_args
+from lnproxy.testing import TwistdProcess, free_port, spawn_twistd
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = (
-    "import sys; from twisted.scripts.twistd import run; "
-    "sys.argv[0] = 'twistd'; sys.exit(run())"
-)
-
 ELECTRUM_MISSING = electrum_available()
 # A developer without Electrum sees these tests skipped; CI (which installs
 # python3-electrum in .ci/run) must run them, so there a missing Electrum
@@ -50,26 +44,6 @@ SKIP = (
 )
 
 PING, PONG, OPEN, ACCEPT, CREATED, SIGNED = 18, 19, 32, 33, 34, 35
-
-
-class _Twistd(ProcessProtocol):
-    """``twistd -n lnproxy`` as a child; keeps its log."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-    @property
-    def text(self) -> str:
-        return self.output.decode("utf-8", "replace")
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -102,26 +76,18 @@ class ElectrumCase(TestCase):
     def twistd(self, *extra: str) -> Any:
         """Start ``twistd -n lnproxy``; returns its WebSocket URL and sets
         ``self.server_id``."""
-        from tests.harness import free_port
-
         port = free_port()
-        child = _Twistd()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LNPROXY_")}
-        env["PYTHONPATH"] = REPO_ROOT
-        args = [
-            sys.executable, "-c", TWISTD, "-n", "--pidfile=", "lnproxy",
-            "--listen", f"tcp:{port}:interface=127.0.0.1",
-            "--data-dir", os.path.join(self.work, "proxy"), *extra,
-        ]  # fmt: skip
-        proc = reactor.spawnProcess(
-            child, sys.executable, args, env=env, path=self.work
+        child = spawn_twistd(
+            reactor,
+            port,
+            os.path.join(self.work, "proxy"),
+            *extra,
+            cwd=self.work,
+            env=env,
         )
-        self.addCleanup(self._reap, child, proc)
-        yield until(
-            lambda: "lnproxy started" in child.text or child.ended.called,
-            30,
-            "twistd to start",
-        )
+        self.addCleanup(self._reap, child)
+        yield child.wait_started().addTimeout(30, reactor)
         match = re.search(r"server_id ([0-9a-f]{66})", child.text)
         self.assertIsNotNone(match, child.text)
         assert match is not None
@@ -129,14 +95,12 @@ class ElectrumCase(TestCase):
         self.proxy_log = child
         return f"ws://127.0.0.1:{port}/"
 
-    def _reap(self, child: _Twistd, proc: Any) -> Any:
+    def _reap(self, child: TwistdProcess) -> Any:
+        """TERM the proxy; KILL it if it is still there after 10 s."""
         if child.ended.called:
             return None
-        proc.signalProcess("TERM")
-        kill = reactor.callLater(
-            10, lambda: child.ended.called or proc.signalProcess("KILL")
-        )
-        return child.ended.addBoth(lambda r: kill.active() and kill.cancel())
+        kill = reactor.callLater(10, child.stop, "KILL")
+        return child.stop().addBoth(lambda r: kill.active() and kill.cancel())
 
     def node(
         self, name: str, role: str, *args: str, key: bytes | None = None
@@ -357,17 +321,7 @@ class ThroughProxyTests(ElectrumCase):
         woken: list[ElectrumNode] = []
 
         def wake(call: dict[str, Any]) -> dict[str, Any]:
-            woken.append(
-                self.node(
-                    "woken",
-                    "client",
-                    "--proxy",
-                    url,
-                    "--command",
-                    '{"cmd": "resume"}',
-                    key=key,
-                )  # fmt: skip
-            )
+            woken.append(self.node("woken", "client", *resume_args(url), key=key))
             return call
 
         hook = receiver.wait_call().addCallback(wake)
@@ -393,8 +347,7 @@ class ThroughProxyTests(ElectrumCase):
         # Everything was acknowledged once processed.
         woken[0].send("leave")
         yield woken[0].wait("left")
-        again = self.node("again", "client", "--proxy", url, "--command",
-                          '{"cmd": "resume"}', key=key)  # fmt: skip
+        again = self.node("again", "client", *resume_args(url), key=key)
         login = yield again.wait("logged_in", 30)
         self.assertEqual(login["pending"], 0)
 

@@ -12,12 +12,16 @@ from typing import Any
 from twisted.logger import globalLogPublisher
 
 from lnproxy import wire
-from lnproxy.answer import MAX_WAITING_PINGS, PingOwner
-from lnproxy.hub import Hub, Limits
+from lnproxy.answer import (
+    ANSWER_BURST_BYTES,
+    ANSWER_RATE_BYTES,
+    MAX_WAITING_PINGS,
+    PingOwner,
+)
 from lnproxy.policy import MessageClass, Policy
 from lnproxy.snapshot import ConnectionSnapshot
 
-from .test_hub_unit import KEEPALIVE_PING, NODE, PEER, HubCase, Transport
+from .test_hub_unit import KEEPALIVE_PING, NODE, PEER, HubCase
 
 CHAIN = bytes(range(32))
 PEER_HEX = PEER.hex()
@@ -127,6 +131,31 @@ class PongTests(HubCase):
         link.send(b"\x00\x13\x00")  # a malformed pong: ignored
         self.clock.advance(0)
         self.assertEqual(message_events(self.events()), [])
+        self.assertFalse(link.transport.disconnecting)
+
+    def test_big_pong_flood_is_paced(self) -> None:
+        """A peer flooding 6-byte pings that ask for 65,531-byte pongs gets
+        pongs only up to the connection's answer budget; the rest are
+        ignored and counted, and the budget refills with time.  Another
+        connection's answers are not affected."""
+        self.make_hub(keepalive=60)
+        counts: list[str] = []
+        self.hub.on_count.append(counts.append)
+        _, link = self.open()
+        big = wire.Ping(65531).encode()
+        pong_size = len(wire.Pong(bytes(65531)).encode())
+        allowed = ANSWER_BURST_BYTES // pong_size
+        for _ in range(allowed + 20):
+            link.send(big)
+        self.clock.advance(0)
+        pongs = [m for m in link.read() if m[:2] == b"\x00\x13"]
+        self.assertEqual(len(pongs), allowed)
+        self.assertEqual(counts.count("answer_throttled"), 20)
+        # One pong's worth of time later, one more is answered.
+        self.clock.advance(pong_size / ANSWER_RATE_BYTES)
+        link.send(big)
+        self.clock.advance(0)
+        self.assertEqual(len(link.read()), 1)
         self.assertFalse(link.transport.disconnecting)
 
     def test_pongs_are_per_connection(self) -> None:
@@ -345,14 +374,7 @@ class SnapshotStateTests(HubCase):
         self.assertEqual(snap.pings, ((PingOwner.CLIENT, 3),))
         self.assertTrue(snap.gossip_asked)
         self.assertTrue(snap.client_spoke)
-        self.hub.keepalive.stop()
-        self.hub.running = False
-        hub2 = Hub(
-            self.store, self.clock, self.connect_peer, Policy(), Limits(keepalive=1000)
-        )
-        proto = hub2.adopt(snap)
-        transport = Transport()
-        proto.makeConnection(transport)
+        hub2, proto, transport = self.adopt_in_new_hub(snap)
         pong = wire.Pong(bytes(3)).encode()
         proto.dataReceived(link.frames(pong, b"\x01\x00ann"))
         hub2.flush()

@@ -35,6 +35,7 @@ from lnproxy.peer import (
     PeerProtocol,
 )
 from lnproxy.policy import Policy
+from lnproxy.snapshot import ConnectionSnapshot
 from lnproxy.store import EventRow, Store
 
 NODE_SECRET = bytes.fromhex("11" * 32)
@@ -183,6 +184,23 @@ class HubCase(SynchronousTestCase):
         if send_init:
             link.send(wire.Init(features=b"").encode())
         self.clock.advance(0)
+
+    def adopt_in_new_hub(
+        self, snap: ConnectionSnapshot
+    ) -> tuple[Hub, PeerProtocol, Transport]:
+        """Hand ``snap`` over as a hot restart would: this hub goes away
+        without a stop (no closed event); a second hub on the same store
+        adopts the connection on a new transport.  Returns
+        ``(hub2, protocol, transport)``."""
+        self.hub.keepalive.stop()
+        self.hub.running = False
+        hub2 = Hub(
+            self.store, self.clock, self.connect_peer, Policy(), Limits(keepalive=1000)
+        )
+        proto = hub2.adopt(snap)
+        transport = Transport()
+        proto.makeConnection(transport)
+        return hub2, proto, transport
 
     def advance_to(self, t: float) -> None:
         """Advance the clock to absolute time ``t`` in sweep-sized steps."""

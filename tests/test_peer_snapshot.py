@@ -234,14 +234,7 @@ class HubSnapshotTests(HubCase):
         seqs = [e["seq"] for e in self.events() if "type" in e]
         # The old process goes away after the hand-off (no stop, no closed
         # event); a second hub, as a new process would have, shares the store.
-        self.hub.keepalive.stop()
-        self.hub.running = False
-        hub2 = Hub(
-            self.store, self.clock, self.connect_peer, Policy(), Limits(keepalive=1000)
-        )
-        proto = hub2.adopt(snap)
-        transport = Transport()
-        proto.makeConnection(transport)
+        hub2, proto, transport = self.adopt_in_new_hub(snap)
         self.assertEqual(transport.value(), b"", "no act 1 for a resumed one")
         proto.dataReceived(frame[50:] + link.frames(_msg(601)))
         hub2.flush()

@@ -8,7 +8,6 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,19 +22,9 @@ from lnproxy.ssrf import (
     check_addresses,
     check_url,
 )
+from lnproxy.testing import static_resolver
 
 PUBLIC_IP = "93.184.216.34"
-
-
-def static_resolver(table: dict[str, list[str]]) -> Any:
-    """A resolver answering from ``table`` (an unknown name fails)."""
-
-    def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
-        if host not in table:
-            return defer.fail(OSError(f"no such host {host}"))
-        return defer.succeed(list(table[host]))
-
-    return resolve
 
 
 class AddressTests(SynchronousTestCase):

@@ -30,6 +30,10 @@ DEFAULTS: dict[str, Any] = {
     "login-timeout": 30.0,
     "max-vault-entries-per-node": 64,
     "max-requests-per-second": 5000.0,
+    "database": "sqlite",
+    "public-url": None,
+    "lease-timeout": 15.0,
+    "server-key": None,
     "policy": {},
     "takeover": 0,
     "takeover-timeout": 5.0,
@@ -88,6 +92,14 @@ class OptionsTests(SynchronousTestCase):
             "5",
             "--max-requests-per-second",
             "0",
+            "--database",
+            "postgresql://lnproxy@db.internal/lnproxy",
+            "--public-url",
+            "wss://p1.example.com/",
+            "--lease-timeout",
+            "3",
+            "--server-key",
+            "/etc/lnproxy/server.key",
             "--policy",
             "32=queue",
             "--policy",
@@ -118,6 +130,10 @@ class OptionsTests(SynchronousTestCase):
                 "login-timeout": 10.0,
                 "max-vault-entries-per-node": 5,
                 "max-requests-per-second": 0.0,
+                "database": "postgresql://lnproxy@db.internal/lnproxy",
+                "public-url": "wss://p1.example.com/",
+                "lease-timeout": 3.0,
+                "server-key": "/etc/lnproxy/server.key",
                 "policy": {32: MessageClass.DROP, 259: MessageClass.SUMMON},
                 "takeover": 1,
                 "takeover-timeout": 2.0,
@@ -196,6 +212,26 @@ class BadOptionsTests(SynchronousTestCase):
         self.assertUsage(f"{name} must be a number, not 'fast'", name, "fast")
         for bad in ("-1", "nan", "inf"):
             self.assertUsage(f"{name} must be 0 (no limit) or a positive", name, bad)
+
+    def test_bad_scale_out_options(self) -> None:
+        """A database that is neither sqlite nor PostgreSQL (its password
+        never echoed), PostgreSQL without --public-url, a public URL that
+        is not ws(s), and a non-positive lease timeout are refused."""
+        self.assertUsage("'mysql'", "--database", "mysql://u:secret@h/db")
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--database", "mysql://u:secret@h/db")
+        self.assertNotIn("secret", str(cm.exception))
+        self.assertUsage(
+            "--public-url is required", "--database", "postgresql://h/db"
+        )
+        self.assertUsage(
+            "ws:// or wss://",
+            "--database",
+            "postgresql://h/db",
+            "--public-url",
+            "http://h/",
+        )
+        self.assertUsage("--lease-timeout must be greater than 0", "--lease-timeout", "0")
 
     def test_unknown_option(self) -> None:
         """An unknown option is refused."""

@@ -18,6 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from lnproxy import keys, noise, wire
 from lnproxy.protocol import LOGIN_FAILED, PROTOCOL_VERSION, SUBPROTOCOL
@@ -32,6 +33,7 @@ from lnproxy.testing import (
     connect_rpc,
     free_port,
     spawn_twistd,
+    static_resolver,
     twistd_command,
 )
 
@@ -483,3 +485,19 @@ class PortAndProcessTests(ProxyTestCase):
         with self.assertRaises(RuntimeError) as cm:
             bad.wait_listening(30)
         self.assertIn("no-such-option", str(cm.exception))
+
+
+class StaticResolverTests(SynchronousTestCase):
+    """static_resolver answers from its table, like getaddrinfo would."""
+
+    def test_known_and_unknown(self) -> None:
+        """A known name gives a fresh list of its addresses; an unknown one
+        fails with OSError naming it."""
+        resolve = static_resolver({"hooks.example": ["93.184.216.34", "::1"]})
+        got = self.successResultOf(resolve("hooks.example", 443))
+        self.assertEqual(got, ["93.184.216.34", "::1"])
+        got.append("10.0.0.1")
+        again = self.successResultOf(resolve("hooks.example", 443))
+        self.assertEqual(again, ["93.184.216.34", "::1"])
+        f = self.failureResultOf(resolve("other.example", 443), OSError)
+        self.assertIn("other.example", str(f.value))

@@ -68,6 +68,21 @@ class AccountParamTests(SynchronousTestCase):
                 self.code(vault.account_user, {"user": bad}), INVALID_PARAMS
             )
 
+    def test_user_nul_refused(self) -> None:
+        """U+0000 anywhere in a user name answers -32602 (PostgreSQL text
+        cannot hold it, and it would end as an internal error there)."""
+        for bad in ("\x00", "a\x00b", "alice\x00"):
+            self.assertEqual(
+                self.code(vault.account_user, {"user": bad}), INVALID_PARAMS
+            )
+
+    def test_user_not_normalised(self) -> None:
+        """The NFC and NFD spellings of one name come back unchanged (two
+        users, as their salts differ)."""
+        nfc, nfd = "Zo\u00eb", "Zoe\u0308"
+        self.assertEqual(vault.account_user({"user": nfc}), nfc)
+        self.assertEqual(vault.account_user({"user": nfd}), nfd)
+
     def test_auth(self) -> None:
         """Exactly 32 bytes of hex."""
         self.assertEqual(vault.account_auth({"auth": "AB" * 32}), b"\xab" * 32)

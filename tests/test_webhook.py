@@ -22,6 +22,7 @@ from lnproxy import keys
 from lnproxy.hub import HubError, Limits
 from lnproxy.ssrf import WebhookRefused
 from lnproxy.store import EventRow, Store
+from lnproxy.testing import static_resolver
 from lnproxy.webhook import Notifier
 
 NODE_A = keys.public_key(b"\x01" * 32).hex()
@@ -109,15 +110,6 @@ class FakeHub:
 def answer(code: int) -> Callable[[Request], None]:
     """An auto-responder answering every request with ``code``."""
     return lambda req: req.d.callback(FakeResponse(code))
-
-
-def static_resolver(table: dict[str, list[str]]) -> Any:
-    def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
-        if host not in table:
-            return defer.fail(OSError(f"no such host {host}"))
-        return defer.succeed(list(table[host]))
-
-    return resolve
 
 
 class NotifierCase(SynchronousTestCase):

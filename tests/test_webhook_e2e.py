@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from lnproxy import keys
 from lnproxy.service import ProxyService, build_service
 from lnproxy.store import ConnectionRow, Store, WebhookRow
+from lnproxy.testing import static_resolver
 
 from .harness import ProxyTestCase, RpcFailed, WsClient, proxy_options
 
@@ -361,11 +362,7 @@ class SsrfTests(WebhookCase):
         resolves to a private address are code 8 and say why; the 11th
         webhook is code 7."""
         table = {"intranet.example": ["192.168.1.10"], "hooks.example": ["8.8.8.8"]}
-
-        def resolver(host: str, port: int) -> defer.Deferred[list[str]]:
-            return defer.succeed(table[host])
-
-        self.start(resolver=resolver)
+        self.start(resolver=static_resolver(table))
         client = yield self.logged_in()
         msg = yield self.refused(client, "http://hooks.example/x")
         self.assertEqual(msg, "webhook URL refused: plain http; use https")

@@ -11,34 +11,10 @@ derivation in :mod:`~lnproxy.client.account`, the key restore in
 in :mod:`lnproxy.client.cli`.  Import the public names from here.
 """
 
+from lnproxy.client import errors as _errors
 from lnproxy.client.account import AccountError
 from lnproxy.client.connection import LoginInfo
-from lnproxy.client.errors import (
-    ClientError,
-    ClientStopped,
-    ConnectionLost,
-    HandshakeFailed,
-    InternalError,
-    InvalidParams,
-    InvalidRequest,
-    LeaseHeld,
-    LimitExceeded,
-    LoginFailed,
-    MethodNotFound,
-    NotAllowed,
-    NotLoggedIn,
-    NotOpen,
-    ParseError,
-    PeerUnreachable,
-    ProxyError,
-    ProxyUnreachable,
-    RequestTimeout,
-    ServedElsewhere,
-    ServerMismatch,
-    UnknownConnection,
-    VersionConflict,
-    error_for_code,
-)
+from lnproxy.client.errors import *  # noqa: F403  (its __all__, re-exported)
 from lnproxy.client.events import Event
 from lnproxy.client.keyfile import KeyFileError, generate_key_file, read_key_file
 from lnproxy.client.peers import PeerLink, parse_peer
@@ -73,28 +49,5 @@ __all__ = [
     "KeyFileError",
     "generate_key_file",
     "read_key_file",
-    "ClientError",
-    "ProxyError",
-    "ParseError",
-    "InvalidRequest",
-    "MethodNotFound",
-    "InvalidParams",
-    "InternalError",
-    "NotLoggedIn",
-    "LoginFailed",
-    "UnknownConnection",
-    "PeerUnreachable",
-    "HandshakeFailed",
-    "NotOpen",
-    "LimitExceeded",
-    "NotAllowed",
-    "ServedElsewhere",
-    "VersionConflict",
-    "LeaseHeld",
-    "RequestTimeout",
-    "ConnectionLost",
-    "ProxyUnreachable",
-    "ServerMismatch",
-    "ClientStopped",
-    "error_for_code",
+    *_errors.__all__,
 ]

@@ -87,12 +87,14 @@ class AccountKeys:
 
 def check_user(user: object) -> str:
     """Return ``user`` if it is a valid account user name (1-64 characters
-    that encode as UTF-8).
+    that encode as UTF-8, U+0000 excepted, as the proxy refuses it).
 
     :raise AccountError: otherwise.
     """
     if not isinstance(user, str) or not 1 <= len(user) <= USER_MAX:
         raise AccountError(f"a user name is 1-{USER_MAX} characters")
+    if "\x00" in user:
+        raise AccountError("a user name must not contain U+0000")
     try:
         user.encode("utf-8")
     except UnicodeEncodeError:

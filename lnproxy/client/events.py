@@ -10,6 +10,15 @@ and only then acknowledges it.  A replay of an event already recorded
 proxy restart) is acknowledged again but not delivered.  A failing callback,
 or a failing save, is retried with backoff.
 
+Acks are coalesced: the seqs recorded (or replayed) during one turn of the
+reactor go out as one ``ack`` of the highest of them, sent by a
+``callLater(0)`` (an ack covers every lower seq too).  A burst of events
+read from one WebSocket frame batch thus costs the proxy one ack instead of
+one per event.  Nothing is acknowledged before its handler finished and its
+seq was saved; a pending ack is sent at once by :meth:`EventPipeline.halt`
+(a clean stop), dropped by :meth:`EventPipeline.abort` and when the proxy
+turns out to be another one.
+
 Other parts may add to what is recorded with an event's seq, in the same
 write, through an :class:`EventFollowUp` (the re-handshake of a persistent
 peer, :mod:`lnproxy.client.peers`).
@@ -130,7 +139,8 @@ class EventPipeline:
     :param clock: timers for the retries.
     :param saved: the state (its ``last_seq`` says what was handled).
     :param deliver: the application's callback; may return a Deferred.
-    :param ack: sends ``ack`` for a seq (may do nothing while logged out).
+    :param ack: sends ``ack`` for a seq (may do nothing while logged out);
+        called at most once per reactor turn, with the highest seq of it.
     :param retry_policy: ``attempt -> seconds`` before a retry.
     :param follow_up: what else to record with an event.
     """
@@ -164,6 +174,10 @@ class EventPipeline:
         #: Bumped when the proxy turns out to be another one: work begun
         #: for the former proxy's events is dropped, not recorded.
         self._generation = 0
+        #: The highest seq to acknowledge at the end of this reactor turn
+        #: (0: none), and the call that will send it.
+        self._ack_wanted = 0
+        self._ack_call: IDelayedCall | None = None
 
     # -- life cycle -------------------------------------------------------------
 
@@ -175,17 +189,23 @@ class EventPipeline:
         """Forget queued events and stop retrying.
 
         The proxy keeps what was not acknowledged and sends it again; a
-        callback already running may finish and be recorded.
+        callback already running may finish and be recorded.  An ack
+        waiting for the end of the reactor turn is sent now, while the
+        session is still there.
         """
         self._running = False
         self._queue.clear()
         self._cancel_retry()
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+            self._flush_ack()
 
     def abort(self) -> None:
         """Stop at once, as a crash would: record and acknowledge nothing
         more, not even for a callback already running."""
         self._aborted = True
         self.halt()
+        self._drop_ack()
 
     def _cancel_retry(self) -> None:
         if self._retry_call is not None and self._retry_call.active():
@@ -222,6 +242,7 @@ class EventPipeline:
                 new=server_id,
             )
             self._generation += 1
+            self._drop_ack()
             self._queue.clear()
             self._unsaved = None
             self._failures = 0
@@ -334,6 +355,25 @@ class EventPipeline:
         self._retry_call = self.clock.callLater(delay, retry)
 
     def _ack(self, seq: int) -> None:
+        """Acknowledge ``seq`` at the end of this reactor turn, together
+        with every other seq recorded in it (one ``ack`` of the highest)."""
+        if self._aborted or seq <= 0:
+            return
+        self._ack_wanted = max(self._ack_wanted, seq)
+        if self._ack_call is None:
+            self._ack_call = self.clock.callLater(0, self._flush_ack)
+
+    def _flush_ack(self) -> None:
+        """Send the coalesced ack."""
+        self._ack_call = None
+        seq, self._ack_wanted = self._ack_wanted, 0
         if self._aborted or seq <= 0:
             return
         self._send_ack(seq)
+
+    def _drop_ack(self) -> None:
+        """Forget an ack not sent yet (a crash, or another proxy)."""
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
+        self._ack_wanted = 0

@@ -43,6 +43,7 @@ __all__ = [
     "StoreError",
     "DBError",
     "DataDirLocked",
+    "NodeLost",
     "EventRow",
     "ConnectionRow",
     "WebhookRow",
@@ -93,6 +94,25 @@ class UserTaken(StoreError):
 class DataDirLocked(StoreError):
     """Another process (or another store in this one) holds the data dir
     lock."""
+
+
+class NodeLost(StoreError):
+    """A write was refused because this process no longer owns a node it
+    wrote for (another process claimed it: the epoch moved). Nothing of the
+    write was stored. Only stores shared by several processes raise it.
+
+    :param node_ids: the nodes this process lost; it must stop serving them
+        at once (close their sessions and peer connections).
+    """
+
+    def __init__(self, node_ids: Sequence[str]) -> None:
+        self.node_ids = tuple(node_ids)
+        shown = ", ".join(self.node_ids[:3])
+        more = f" and {len(self.node_ids) - 3} more" if len(self.node_ids) > 3 else ""
+        super().__init__(
+            f"this process no longer owns node {shown}{more}: another process "
+            "took it over"
+        )
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 // the browser bundle's size.
 //
 //   node bench/events.mjs [--count 5000] [--rounds 3]     (or: npm run bench)
+//       [--compare-python DIR]
+//
+// --compare-python DIR also measures the Python client of another checkout
+// (DIR is its repository root, e.g. `git worktree add DIR main`) in the
+// same run, against the same proxy, to compare two versions of it.
 //
 // One `twistd -n lnproxy` and the local peer (test/support/peer.py) on
 // 127.0.0.1.  For each client in turn: log in, open the peer, then the peer
@@ -13,7 +18,7 @@
 // each client.  Python: see test/support/harness.mjs.
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
@@ -26,7 +31,12 @@ const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? Number(process.argv[i + 1]) : dflt;
 };
+const argText = (name) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : undefined;
+};
 const COUNT = arg("count", 5000);
+const OTHER_PY = argText("compare-python");
 const ROUNDS = arg("rounds", 3);
 const MSG = "8001" + "ab".repeat(30); // 32 bytes, odd unknown type: queue class
 
@@ -61,9 +71,10 @@ async function jsRound(proxy, peer, WS) {
   return COUNT / ((t1 - t0) / 1000);
 }
 
-async function pyRound(proxy, peer) {
-  const child = spawn(python(), [join(HERE, "py_events.py"), proxy.url, peer.address, String(COUNT)], {
-    env: { ...process.env, PYTHONPATH: join(HERE, "..", "..", "..") },
+async function pyRound(proxy, peer, root = join(HERE, "..", "..", "..")) {
+  const script = join(root, "clients", "js", "bench", "py_events.py");
+  const child = spawn(python(), [script, proxy.url, peer.address, String(COUNT)], {
+    env: { ...process.env, PYTHONPATH: root },
     stdio: ["ignore", "pipe", "inherit"],
   });
   const lines = createInterface({ input: child.stdout });
@@ -94,15 +105,20 @@ const [proxy, peer] = await Promise.all([startProxy(), startPeer()]);
 try {
   const js = [];
   const py = [];
+  const other = [];
   for (let i = 0; i < ROUNDS; i++) {
     js.push(await jsRound(proxy, peer, WS));
     py.push(await pyRound(proxy, peer));
+    if (OTHER_PY) other.push(await pyRound(proxy, peer, resolve(OTHER_PY)));
   }
   const best = (xs) => Math.max(...xs);
   const fmt = (x) => `${Math.round(x)}`;
   console.log(`events: ${COUNT} per round, ${ROUNDS} rounds, node ${process.version}, python ${python()}`);
   console.log(`JS client:     ${js.map(fmt).join(", ")} events/s (best ${fmt(best(js))})`);
   console.log(`Python client: ${py.map(fmt).join(", ")} events/s (best ${fmt(best(py))})`);
+  if (OTHER_PY) {
+    console.log(`Python client of ${OTHER_PY}: ${other.map(fmt).join(", ")} events/s (best ${fmt(best(other))})`);
+  }
   console.log(`ratio JS/Python (best): ${(best(js) / best(py)).toFixed(2)}`);
 } finally {
   await peer.stop();

@@ -21,6 +21,15 @@
  *   then the client runs a new handshake to that peer with backoff until one
  *   is open (unless another device of the node already has one).  The
  *   pending re-handshakes are in the state, so a restart resumes them.
+ * - **The writer lease** (docs/protocol.md, "Several devices of one node"):
+ *   {@link LnproxyClient.writer} says whether this session holds it.  After a
+ *   successful {@link LnproxyClient.leaseAcquire} (or with the option
+ *   `lease: true`) the client asks for it again, without force, after every
+ *   login, since a lease ends with its WebSocket.  The `lease` client event
+ *   reports each change (`{writer: false}` when another device forced it
+ *   away).  Persistent peers are handshaken again only when no other device
+ *   is known to hold the lease; the proxy's code 11 leaves the re-handshake
+ *   (kept in the state) until this client gets the lease.
  * - **Every request has a timeout**; waiting for a login counts in it.
  */
 
@@ -31,6 +40,7 @@ import {
   ClientStopped,
   HandshakeFailed,
   InvalidParams,
+  LeaseHeld,
   LoginFailed,
   ProtocolViolation,
   ProxyError,
@@ -169,6 +179,12 @@ export interface ClientOptions {
   backoff?: { initial?: number; max?: number };
   /** The WebSocket constructor (default: global, else the `ws` package). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Ask for the node's writer lease (without force) at every login; default
+   * false.  {@link LnproxyClient.leaseAcquire} turns it on,
+   * {@link LnproxyClient.leaseRelease} off.
+   */
+  lease?: boolean;
 }
 
 /** A peer connection opened by this client. */
@@ -201,7 +217,11 @@ interface ClientEvents {
   error: Error;
   /** The error that stopped the client for good. */
   fatal: Error;
-  /** The writer lease moved away (`{writer: false}`). */
+  /**
+   * The writer lease changed hands: `{writer: true}` when this session got
+   * it, `{writer: false}` when another device took it (the proxy's `lease`
+   * notification) or holds it (code 11 to our acquire at login).
+   */
   lease: { writer: boolean };
   /** An event was handled, recorded and its ack sent (the seq). */
   handled: number;
@@ -352,6 +372,10 @@ export class LnproxyClient {
   #linkFeatures = new Map<string, string>(); // conn -> init features hex
   #rehandshaking = new Set<string>(); // node ids
 
+  // Writer lease.
+  #wantsLease: boolean;
+  #writer: boolean | null = null;
+
   constructor(opts: ClientOptions) {
     if (!/^wss?:\/\/[^/]+/.test(opts.url)) {
       throw new TypeError(`proxy URL must be ws://host:port/ or wss://host:port/, not ${opts.url}`);
@@ -376,6 +400,27 @@ export class LnproxyClient {
     this.#backoff = { initial: opts.backoff?.initial ?? 500, max: opts.backoff?.max ?? 60_000 };
     this.#WS = opts.WebSocket;
     this.#rehandshakeOn = opts.rehandshake ?? true;
+    this.#wantsLease = opts.lease ?? false;
+  }
+
+  /**
+   * Whether this session holds the node's writer lease: true after it got
+   * it, false when another device holds it, null when unknown (no lease
+   * asked for on this session, or logged out).
+   */
+  get writer(): boolean | null {
+    return this.#writer;
+  }
+
+  #setWriter(writer: boolean): void {
+    const changed = this.#writer !== writer;
+    this.#writer = writer;
+    if (changed) this.#emit("lease", { writer });
+    if (writer && changed) this.#resumeRehandshakes();
+  }
+
+  #resumeRehandshakes(): void {
+    for (const node of Object.keys(this.#state.rehandshake ?? {})) this.#startRehandshake(node);
   }
 
   /** Subscribe to a client event; returns the unsubscribe function. */
@@ -579,15 +624,37 @@ export class LnproxyClient {
     for (const w of this.#loginWaiters.splice(0)) w.resolve(info);
     for (const w of this.#sessionWaiters.splice(0)) w.resolve(socket);
     for (const c of info.connections) this.#addresses.set(c.conn, c.address);
+    this.#writer = null;
     this.#emit("login", info);
-    for (const node of Object.keys(this.#state.rehandshake ?? {})) this.#startRehandshake(node);
+    if (this.#wantsLease && socket.hello.features.includes("lease")) {
+      // Re-handshakes wait for the answer: only a writer should run them.
+      this.#acquireAtLogin(socket);
+    } else {
+      this.#resumeRehandshakes();
+    }
     this.#pump();
+  }
+
+  /** Ask for the lease again on a new session (it ended with the old one). */
+  #acquireAtLogin(socket: Session): void {
+    socket.request("lease.acquire", { force: false }, this.#timeout).then(
+      (r) => {
+        if (socket !== this.#session) return;
+        if ((r as { writer?: unknown } | null)?.writer === true) this.#setWriter(true);
+      },
+      (e: Error) => {
+        if (socket !== this.#session) return;
+        if (e instanceof LeaseHeld) this.#setWriter(false);
+        else this.#emit("error", e);
+      },
+    );
   }
 
   #closed(socket: Session, reason: string): void {
     if (socket !== this.#socket) return;
     const wasLoggedIn = socket === this.#session;
     this.#socket = this.#session = null;
+    this.#writer = null; // the lease ends with its session
     this.#queue = [];
     this.#ackWanted = 0;
     if (wasLoggedIn) this.#emit("disconnect", reason);
@@ -739,15 +806,31 @@ export class LnproxyClient {
     await this.call("webhook.remove", { id });
   }
 
-  /** Take the node's writer lease (`force` moves it from another session). */
+  /**
+   * Take the node's writer lease (`force` moves it from another session).
+   * From then on the client asks for it again after every login.
+   *
+   * @throws LeaseHeld (11) when another session holds it and not `force`.
+   */
   async leaseAcquire(force = false): Promise<boolean> {
-    const r = (await this.call("lease.acquire", { force })) as { writer?: unknown } | null;
-    return r?.writer === true;
+    this.#wantsLease = true;
+    let r: { writer?: unknown } | null;
+    try {
+      r = (await this.call("lease.acquire", { force })) as { writer?: unknown } | null;
+    } catch (e) {
+      if (e instanceof LeaseHeld) this.#setWriter(false);
+      throw e;
+    }
+    const writer = r?.writer === true;
+    if (writer) this.#setWriter(true);
+    return writer;
   }
 
-  /** Give the writer lease up. */
+  /** Give the writer lease up (and stop asking for it at login). */
   async leaseRelease(): Promise<void> {
+    this.#wantsLease = false;
     await this.call("lease.release");
+    this.#writer = null;
   }
 
   /**
@@ -812,7 +895,7 @@ export class LnproxyClient {
     if (socket !== this.#socket) return;
     if (method === "lease") {
       const p = params as { writer?: unknown } | null;
-      this.#emit("lease", { writer: p?.writer === true });
+      if (socket === this.#session) this.#setWriter(p?.writer === true);
       return;
     }
     if (method === "hello") return;
@@ -925,6 +1008,9 @@ export class LnproxyClient {
       if (!entry) return;
       let link: PeerLink | null = null;
       try {
+        // Left to the device holding the lease (kept in the state until
+        // this client gets it).
+        if (this.#writer === false) return;
         const conns = await this.connections();
         // Another device of this node may have done it already.
         if (!conns.some((c) => c.peer === node && c.state === "open")) {
@@ -934,6 +1020,11 @@ export class LnproxyClient {
           });
         }
       } catch (e) {
+        if (e instanceof LeaseHeld) {
+          if (this.#writer === null) this.#setWriter(false);
+          this.#emit("error", new ClientError(`handshake again with ${node} left to the device holding the writer lease`));
+          return;
+        }
         this.#emit("error", new ClientError(`handshake again with ${node} failed: ${(e as Error).message}`));
         await new Promise((r) => setTimeout(r, this.#delay(attempt)));
         continue;

@@ -1,7 +1,11 @@
 // End-to-end: the client against a real `twistd -n lnproxy` and the local
 // BOLT 8 peer (test/support/peer.py), all on 127.0.0.1.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import { secp256k1 } from "@noble/curves/secp256k1.js";
@@ -11,6 +15,7 @@ import {
   Initiator,
   InvalidParams,
   InvalidRequest,
+  LeaseHeld,
   LimitExceeded,
   LnproxyClient,
   LoginFailed,
@@ -21,14 +26,24 @@ import {
   ServerMismatch,
   Session,
   UnknownConnection,
+  VersionConflict,
   fromHex,
   memoryState,
   newNodeSecret,
   nodeIdOf,
+  restoreFromAccount,
   signLogin,
   toHex,
 } from "../dist/index.js";
-import { eventually, freePort, nodeWebSocket, startPeer, startProxy } from "./support/harness.mjs";
+import {
+  REPO,
+  eventually,
+  freePort,
+  nodeWebSocket,
+  python,
+  startPeer,
+  startProxy,
+} from "./support/harness.mjs";
 
 let proxy;
 let peer;
@@ -392,19 +407,6 @@ describe("every error code the client can get", () => {
     await assert.rejects(link.send(new Uint8Array(65536)), (e) => e instanceof LimitExceeded && e.code === 7);
   });
 
-  test("lease, vault and account: used when hello announces them, MethodNotFound otherwise", async () => {
-    const features = client.hello.features;
-    if (features.includes("lease")) assert.equal(await client.leaseAcquire(), true);
-    else await assert.rejects(client.leaseAcquire(), MethodNotFound);
-    if (features.includes("vault")) {
-      const v = await client.vaultPut("js-test", fromHex("0102"), 0);
-      assert.deepEqual(await client.vaultGet("js-test"), { version: v, blob: fromHex("0102") });
-    } else {
-      await assert.rejects(client.vaultList(), MethodNotFound);
-    }
-    if (!features.includes("account")) await assert.rejects(client.accountRemove(), MethodNotFound);
-  });
-
   test("a pinned server id that differs stops the client (ServerMismatch)", async () => {
     const c = newClient({ extra: { serverId: "02" + "11".repeat(32) } });
     const fatal = new Promise((r) => c.on("fatal", r));
@@ -412,5 +414,285 @@ describe("every error code the client can get", () => {
     await assert.rejects(c.whenLoggedIn(5000), ServerMismatch);
     assert.ok((await fatal) instanceof ServerMismatch);
     assert.equal(c.running, false);
+  });
+});
+
+// -- several devices of one node (docs/protocol.md, "Several devices of one node")
+
+/** Two started, logged-in clients of one node (a phone and a laptop). */
+async function twoDevices() {
+  const secret = newNodeSecret();
+  const a = newClient({ nodeSecret: secret });
+  const b = newClient({ nodeSecret: secret });
+  a.start();
+  b.start();
+  await Promise.all([a.whenLoggedIn(10_000), b.whenLoggedIn(10_000)]);
+  return [a, b];
+}
+
+/** Run the Python client's CLI (lnproxy-client) with `input` on stdin. */
+function pythonCli(args, input = "") {
+  const child = spawn(
+    python(),
+    ["-c", "import sys; from lnproxy.client.cli import main; main(sys.argv[1:])", ...args],
+    { env: { ...process.env, PYTHONPATH: REPO }, stdio: ["pipe", "pipe", "pipe"] },
+  );
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (err += d));
+  child.stdin.end(input);
+  return new Promise((resolve) => child.once("exit", (code) => resolve({ code, out, err })));
+}
+
+/** A fresh session's `account.login` with an `auth` no password gives. */
+async function accountLoginRaw(user, auth = newNodeSecret()) {
+  const s = await Session.open(proxy.url, { WebSocket: WS });
+  try {
+    return await s.request("account.login", { user, auth: toHex(auth) });
+  } finally {
+    s.close();
+  }
+}
+
+describe("several devices of one node", () => {
+  test("hello announces lease, vault, account and peer_storage", async () => {
+    const s = await Session.open(proxy.url, { WebSocket: WS });
+    s.close();
+    for (const f of ["lease", "vault", "account", "peer_storage"]) {
+      assert.ok(s.hello.features.includes(f), `${f} not in ${JSON.stringify(s.hello.features)}`);
+    }
+  });
+
+  test("the writer lease: the other device gets 11, force moves it, the loser is told, it ends with its session", async () => {
+    const [a, b] = await twoDevices();
+    const told = { a: [], b: [] };
+    a.on("lease", (l) => told.a.push(l));
+    b.on("lease", (l) => told.b.push(l));
+    assert.equal(await a.leaseAcquire(), true);
+    const link = await a.openPeer(peer.address);
+    await peer.waitFor((e) => e.event === "open" && e.remote === a.nodeId);
+    // B, not the writer, cannot touch peer connections (connect, send,
+    // disconnect) nor take the lease without force; it can still read.
+    const held = (e) => e instanceof LeaseHeld && e.code === 11 && !e.local;
+    await assert.rejects(b.openPeer(peer.address), held);
+    await assert.rejects(b.send(link.conn, fromHex("8009" + "0001")), held);
+    await assert.rejects(b.disconnect(link.conn), held);
+    await assert.rejects(b.leaseAcquire(), held);
+    assert.ok((await b.connections()).some((c) => c.conn === link.conn && c.state === "open"));
+    assert.equal(b.writer, false);
+    // A forced acquire moves the lease; A is told by the proxy's `lease`
+    // notification.
+    assert.equal(await b.leaseAcquire(true), true);
+    await eventually(() => told.a.length === 2, 5000, "the lease notification");
+    assert.deepEqual(told.a, [{ writer: true }, { writer: false }]);
+    assert.deepEqual(told.b, [{ writer: false }, { writer: true }]);
+    assert.deepEqual([a.writer, b.writer], [false, true]);
+    await assert.rejects(a.send(link.conn, fromHex("8009" + "0002")), held);
+    await b.send(link.conn, fromHex("8009" + "0003"));
+    const got = await peer.waitFor((e) => e.event === "received" && e.msg === "80090003");
+    assert.ok(got);
+    assert.ok(!peer.events.some((e) => e.event === "received" && /^8009000[12]$/.test(e.msg)));
+    // The lease ends with B's session: A may write again.
+    b.stop();
+    await eventually(
+      async () => {
+        try {
+          await a.send(link.conn, fromHex("8009" + "0004"));
+          return true;
+        } catch (e) {
+          if (!(e instanceof LeaseHeld)) throw e;
+          return false;
+        }
+      },
+      5000,
+      "the lease to end with its session",
+    );
+    await peer.waitFor((e) => e.event === "received" && e.msg === "80090004");
+    assert.equal(await a.leaseAcquire(), true);
+    await a.leaseRelease();
+    await link.disconnect();
+  });
+
+  test("lease: true: the lease is asked for at every login; only the holder handshakes a dropped persist peer again", async () => {
+    const secret = newNodeSecret();
+    const spy = spyingWebSocket();
+    const a = newClient({ nodeSecret: secret, WebSocket: spy.WebSocket, extra: { lease: true } });
+    const linksA = [];
+    a.on("link", (l) => linksA.push(l));
+    a.start();
+    await a.whenLoggedIn(10_000);
+    await eventually(() => a.writer === true, 5000, "A to hold the lease");
+    const spyB = spyingWebSocket();
+    const b = newClient({ nodeSecret: secret, WebSocket: spyB.WebSocket, extra: { lease: true } });
+    const linksB = [];
+    const toldB = [];
+    b.on("link", (l) => linksB.push(l));
+    b.on("lease", (l) => toldB.push(l));
+    b.start();
+    await b.whenLoggedIn(10_000);
+    await eventually(() => b.writer === false, 5000, "B to learn that A holds the lease");
+    assert.deepEqual(toldB, [{ writer: false }]);
+    // The lease ends with A's WebSocket; A logs in again and takes it again.
+    let logins = 0;
+    a.on("login", () => logins++);
+    spy.sockets.at(-1).terminate();
+    await eventually(() => logins === 1 && a.writer === true, 10_000, "A to hold the lease again");
+    // A persist connection drops: both devices get the closed event; only
+    // A (the holder) handshakes again.
+    const first = await a.openPeer(peer.address, { persist: true });
+    await handled(b, (e) => e.type === 16 && e.conn === first.conn);
+    const opens = () => peer.events.filter((e) => e.event === "open" && e.remote === a.nodeId).length;
+    const before = opens();
+    peer.command({ close: true });
+    await handled(b, (e) => e.kind === "closed" && e.conn === first.conn && e.reconnect);
+    await eventually(() => linksA.length === 1, 15_000, "A's new link");
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(opens(), before + 1);
+    assert.deepEqual(linksB, []);
+    // B did not even try: it knows A holds the lease.
+    assert.deepEqual(spyB.sent.filter((o) => o.method === "connect"), []);
+    const conns = await b.connections();
+    assert.equal(conns.filter((c) => c.state === "open" && c.peer === peer.nodeId).length, 1);
+    await linksA[0].disconnect();
+  });
+
+  test("vault: two writers of one version, exactly one wins, the other gets 10 with the version and wins on retry", async () => {
+    const [a, b] = await twoDevices();
+    assert.deepEqual(await a.vaultGet("channels.v1"), { version: 0, blob: null });
+    const results = await Promise.allSettled([
+      a.vaultPut("channels.v1", fromHex("aa01"), 0),
+      b.vaultPut("channels.v1", fromHex("bb01"), 0),
+    ]);
+    const won = results.filter((r) => r.status === "fulfilled");
+    const lost = results.filter((r) => r.status === "rejected");
+    assert.equal(won.length, 1, JSON.stringify(results));
+    assert.equal(won[0].value, 1);
+    const err = lost[0].reason;
+    assert.ok(err instanceof VersionConflict && err.code === 10, String(err));
+    assert.deepEqual(err.data, { version: 1 });
+    assert.equal(err.currentVersion, 1);
+    // The loser reads, merges, writes naming the version it read.
+    const [winner, loser] = results[0].status === "fulfilled" ? [a, b] : [b, a];
+    const current = await loser.vaultGet("channels.v1");
+    assert.equal(current.version, 1);
+    const merged = new Uint8Array([...current.blob, 0xcc]);
+    assert.equal(await loser.vaultPut("channels.v1", merged, current.version), 2);
+    assert.deepEqual(await winner.vaultGet("channels.v1"), { version: 2, blob: merged });
+    // A stale write changes nothing.
+    await assert.rejects(winner.vaultPut("channels.v1", fromHex("00"), 1), (e) => e instanceof VersionConflict && e.currentVersion === 2);
+    // list and remove.
+    assert.equal(await a.vaultPut("settings", fromHex("0102030405"), 0), 1);
+    const list = await b.vaultList();
+    list.sort((x, y) => x.name.localeCompare(y.name));
+    assert.deepEqual(list, [
+      { name: "channels.v1", version: 2, size: 3 },
+      { name: "settings", version: 1, size: 5 },
+    ]);
+    await assert.rejects(b.vaultRemove("channels.v1", 1), (e) => e instanceof VersionConflict && e.currentVersion === 2);
+    await b.vaultRemove("channels.v1", 2);
+    assert.deepEqual(await a.vaultGet("channels.v1"), { version: 0, blob: null });
+    assert.deepEqual(await a.vaultList(), [{ name: "settings", version: 1, size: 5 }]);
+    // Another node sees none of it.
+    const other = newClient();
+    other.start();
+    assert.deepEqual(await other.vaultList(), []);
+  });
+});
+
+describe("accounts", () => {
+  // Non-ASCII on purpose: both implementations must hash the same UTF-8.
+  const password = "correct horse ñ battery 🔑 staple";
+  const user = `js-${toHex(newNodeSecret()).slice(0, 12)}`;
+  let a;
+  let linkA;
+
+  test("a device with the key sets an account; a device without restores the key, logs in and gets the node's events", { timeout: 120_000 }, async () => {
+    a = newClient();
+    a.start();
+    await a.whenLoggedIn(10_000);
+    linkA = await a.openPeer(peer.address);
+    await handled(a, (e) => e.type === 16 && e.conn === linkA.conn);
+    await a.accountSet(user, password);
+    const secret = await restoreFromAccount(proxy.url, user, password, { WebSocket: WS, timeout: 60_000 });
+    assert.equal(toHex(secret), toHex(secretOf.get(a)));
+    const c = newClient({ nodeSecret: secret });
+    c.start();
+    const info = await c.whenLoggedIn(10_000);
+    assert.equal(info.nodeId, a.nodeId);
+    assert.ok(info.connections.some((x) => x.conn === linkA.conn));
+    peer.command({ send: "800b" + "beef" });
+    const ev = await handled(c, (e) => e.type === 0x800b && e.conn === linkA.conn);
+    assert.equal(toHex(ev.msg), "800bbeef");
+    await handled(a, (e) => e.type === 0x800b && e.conn === linkA.conn);
+  });
+
+  test("a wrong password and an unknown user both give 2; repeated failures give 7", { timeout: 120_000 }, async () => {
+    assert.ok(a, "needs the account of the previous test");
+    const wrong = await restoreFromAccount(proxy.url, user, password + "!", { WebSocket: WS, timeout: 60_000 }).then(
+      () => assert.fail("a wrong password restored a key"),
+      (e) => e,
+    );
+    const unknown = await restoreFromAccount(proxy.url, `${user}-nobody`, password, { WebSocket: WS, timeout: 60_000 }).then(
+      () => assert.fail("an unknown user restored a key"),
+      (e) => e,
+    );
+    for (const e of [wrong, unknown]) assert.ok(e instanceof LoginFailed && e.code === 2, String(e));
+    // The same answer for both: user names cannot be probed.
+    assert.equal(wrong.message, unknown.message);
+    assert.deepEqual(wrong.data, unknown.data);
+    // 1 failure so far for `user`; 4 more, then the name is blocked (7),
+    // even with the right password.
+    for (let i = 0; i < 4; i++) {
+      await assert.rejects(accountLoginRaw(user), (e) => e instanceof LoginFailed && e.code === 2);
+    }
+    await assert.rejects(accountLoginRaw(user), (e) => e instanceof LimitExceeded && e.code === 7);
+    await assert.rejects(
+      restoreFromAccount(proxy.url, user, password, { WebSocket: WS, timeout: 60_000 }),
+      (e) => e instanceof LimitExceeded && e.code === 7,
+    );
+    // Another name is not affected.
+    await assert.rejects(accountLoginRaw(`${user}-other`), (e) => e instanceof LoginFailed);
+  });
+
+  test("an account set by the Python client is restored by the JS client, and the other way round", { timeout: 180_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "lnproxy-js-account-"));
+    try {
+      // Python sets, JS restores.
+      const pySecret = newNodeSecret();
+      const keyPath = join(dir, "py.key");
+      writeFileSync(keyPath, toHex(pySecret) + "\n", { mode: 0o600 });
+      const pyUser = `py-${toHex(newNodeSecret()).slice(0, 12)}`;
+      const set = await pythonCli(
+        ["--proxy", proxy.url, "--key", keyPath, "account", "set", "--user", pyUser, "--password-fd", "0"],
+        password + "\n",
+      );
+      assert.equal(set.code, 0, set.err);
+      const restored = await restoreFromAccount(proxy.url, pyUser, password, { WebSocket: WS, timeout: 60_000 });
+      assert.equal(toHex(restored), toHex(pySecret));
+      // JS sets, Python restores (writes a new key file).
+      const jsClient = newClient();
+      jsClient.start();
+      await jsClient.whenLoggedIn(10_000);
+      const jsUser = `js-${toHex(newNodeSecret()).slice(0, 12)}`;
+      await jsClient.accountSet(jsUser, password);
+      const out = join(dir, "restored.key");
+      const r = await pythonCli(
+        ["--proxy", proxy.url, "--key", out, "account", "restore", "--user", jsUser, "--password-fd", "0"],
+        password + "\n",
+      );
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out.trim(), jsClient.nodeId);
+      assert.equal(readFileSync(out, "ascii").trim(), toHex(secretOf.get(jsClient)));
+      // And a wrong password is refused by the Python client too.
+      const bad = await pythonCli(
+        ["--proxy", proxy.url, "--key", join(dir, "bad.key"), "account", "restore", "--user", jsUser, "--password-fd", "0"],
+        "not the password at all\n",
+      );
+      assert.equal(bad.code, 1);
+      assert.match(bad.err, /wrong user name or password/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

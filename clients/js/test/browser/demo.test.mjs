@@ -97,18 +97,20 @@ test("the demo page logs in, connects, and shows what the peer sent", { timeout:
   assert.equal(await warnRow.getAttribute("data-msg"), sent.msg);
   assert.match(await warnRow.textContent(), new RegExp(text));
 
-  // A ping from the page reaches the peer (its pong is the proxy's to pass
-  // on: issue 10).
+  // A ping from the page reaches the peer, and the peer's pong comes back
+  // as an event (the proxy passes on the pong of the client's own ping).
   await page.click("#ping");
   const ping = await demo.peer.waitFor((e) => e.event === "received" && e.type === 18);
   assert.equal(ping.msg, "001200040000");
+  const pongRow = page.locator("#events tbody tr[data-type='19']");
+  await pongRow.waitFor({ timeout: 10_000 });
+  assert.equal(await pongRow.getAttribute("data-msg"), "0013" + "0004" + "00000000");
 
-  // Inbox: every event handled and acknowledged.
-  await page.waitForFunction(() => /2 handled · acknowledged up to seq 2/.test(document.getElementById("inbox").textContent), null, { timeout: 10_000 });
+  // Inbox: every event (init, warning, pong) handled and acknowledged.
+  await page.waitForFunction(() => /3 handled · acknowledged up to seq 3/.test(document.getElementById("inbox").textContent), null, { timeout: 10_000 });
   assert.equal(await page.textContent("#event-count"), String(await page.locator("#events tbody tr").count()));
 
   mkdirSync(dirname(SHOT), { recursive: true });
-  await page.waitForTimeout(300); // a pong, if the proxy passes it on
   await page.screenshot({ path: SHOT, fullPage: true });
   console.log(`screenshot: ${SHOT}`);
   assert.deepEqual(errors, []);
