@@ -37,11 +37,12 @@ from pyln.proto import wire as pyln_wire
 from twisted.internet import defer, reactor, task
 from twisted.internet.error import ProcessDone
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lnproxy import keys as lnkeys
-from lnproxy import noise, wire
+from lnproxy import noise, tap, wire
 from lnproxy.handover import TakeoverFailed, request_takeover
+from lnproxy.service import build_service
 from lnproxy.testing import (
     ResponderFactory,
     ResponderPeer,
@@ -614,3 +615,28 @@ class HotRestartTests(TestCase):
         self.assertEqual(client.logins, 1)
         self.assertEqual(old.text.count("takeover rolled back, serving on"), 3)
         self.assertFalse(old.ended.called)
+
+
+class PostgresRefusalTests(SynchronousTestCase):
+    """Hot restart is for the SQLite store; PostgreSQL refuses it clearly."""
+
+    def test_takeover_refused_with_postgresql(self) -> None:
+        """``--takeover`` (and ``--systemd-fd-store``) with ``--database
+        postgresql://...`` stop the start with a message, before anything
+        connects."""
+        for flag in ("--takeover", "--systemd-fd-store"):
+            options = tap.Options()
+            options.parseOptions(
+                [
+                    "--database",
+                    "postgresql://127.0.0.1:1/none",
+                    "--public-url",
+                    "wss://proxy.example/",
+                    "--data-dir",
+                    self.mktemp(),
+                    flag,
+                ]
+            )
+            with self.assertRaises(SystemExit) as cm:
+                build_service(R, options)
+            self.assertIn("SQLite store only", str(cm.exception))
