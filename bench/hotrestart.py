@@ -171,7 +171,7 @@ def run_size(n: int, window: float) -> Any:
         if factory.closed_count:
             raise RuntimeError(f"{factory.closed_count} peer connections closed")
         unread = re.search(r"not read for ([0-9.]+) s", old.text)
-        adopt = re.search(r"([0-9.]+) s since the request", new.text)
+        adopt = re.search(r"adopted .* ([0-9.]+) s since the request", new.text)
         stall_systemd = None
         if SYSTEMD and 3 * n + 500 < resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
             # A process under the (fake) service manager takes over (not
@@ -208,7 +208,7 @@ def run_size(n: int, window: float) -> Any:
             new = last
         if VERBOSE:
             for line in (old.text + new.text).splitlines():
-                if "takeover" in line or "hot restart" in line:
+                if "takeover" in line or "hot restart" in line or "adopting" in line:
                     print("   ", line[:160])
         yield new.stop("TERM")
         return {

@@ -282,6 +282,10 @@ class Incoming:
         ``reactor`` (before ``hub.startService``: its recovery must not see
         these connections' rows as left open)."""
         self.done = True
+        _log.debug(
+            "hot restart: adopting, {seconds:.3f} s since the request",
+            seconds=time.monotonic() - self.started,
+        )
         protocols: list[Any] = []
         for snap in self.snapshots:
             protocol = None
@@ -298,6 +302,10 @@ class Incoming:
                         error=e,
                     )
             protocols.append(protocol)
+        _log.debug(
+            "hot restart: connections rebuilt, {seconds:.3f} s since the request",
+            seconds=time.monotonic() - self.started,
+        )
         names = [li.name for li in self.received.listeners]
         adopted = self.received.adopt(
             reactor, protocols, [factories.get(name) for name in names]
