@@ -199,6 +199,10 @@ def run_size(n: int, window: float) -> Any:
             yield last.wait_started()
             yield sleep(1.0)
             stall_systemd = pinger.gap()
+            if factory.closed_count:
+                raise RuntimeError(
+                    f"{factory.closed_count} peer connections closed (fd store)"
+                )
             if VERBOSE:
                 print("    fd store pongs:", pinger.pongs)
                 for line in (mid.text + last.text).splitlines():
