@@ -60,6 +60,8 @@ MAX_HANDSHAKE_BYTES = 16 * 1024
 CLOSE_LOGIN_FAILED = 4002
 #: RFC 6455 "going away": the proxy is stopping.
 CLOSE_GOING_AWAY = 1001
+#: RFC 6455 "service restart": the client logs in again at once (hot restart).
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_LOGIN_TIMEOUT = 4001
 
 #: FIN + text opcode, then the payload length, for payloads under 126 bytes.
@@ -213,6 +215,7 @@ class ClientProtocol(WebSocketServerProtocol):
         a reply then waits for the client's delayed ACK (40 ms on Linux).
         """
         super().connectionMade()
+        self.factory.clients.add(self)
         transport: Any = self.transport
         try:
             transport.setTcpNoDelay(True)
@@ -350,6 +353,7 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Detach from the hub; cancel timers."""
+        self.factory.clients.discard(self)
         for timer in (self._login_timer, self._close_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -433,6 +437,19 @@ class ClientProtocol(WebSocketServerProtocol):
                 code=CLOSE_GOING_AWAY, reasonUtf8=reason.encode("utf-8"), isReply=False
             )
         return d
+
+    def close_for_restart(self) -> None:
+        """Hot restart: close with 1012 (service restart) after the replies
+        already queued; a client that has not finished its opening handshake
+        is dropped (it connects again and reaches the new process)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(
+                code=CLOSE_SERVICE_RESTART,
+                reasonUtf8=b"service restart",
+                isReply=False,
+            )
+        elif self.state != self.STATE_CLOSED and self.transport is not None:
+            self.transport.loseConnection()
 
     # -- replies ----------------------------------------------------------------
 
@@ -739,6 +756,8 @@ class ClientFactory(WebSocketServerFactory):
         self.failed_login_close_delay = failed_login_close_delay
         self.request_rate = request_rate
         self.request_burst = max(1.0, request_burst)
+        #: Every connected client (hot restart pauses and closes them).
+        self.clients: set[ClientProtocol] = set()
         #: Called as ``fn(code)`` for every error reply (metrics).
         self.on_error: list[Callable[[int], None]] = []
         self.setProtocolOptions(

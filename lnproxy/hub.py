@@ -103,7 +103,7 @@ from lnproxy.protocol import (
     UNKNOWN_CONNECTION,
     format_address,
 )
-from lnproxy.snapshot import ConnectionSnapshot
+from lnproxy.snapshot import ConnectionSnapshot, HandshakeSnapshot
 from lnproxy.store import ConnectionRow, EventRow, IStore, NodeLost, StoreError
 
 if TYPE_CHECKING:
@@ -694,6 +694,69 @@ class Connection:
             client_spoke=self.client_spoke,
         )
 
+    @classmethod
+    def from_handshake_snapshot(
+        cls,
+        owner: ConnectionOwner,
+        node: Node,
+        snap: HandshakeSnapshot,
+        clock: IReactorTime,
+        handshake_timeout: float,
+    ) -> Connection:
+        """Rebuild a connection whose act 2 was relayed; its :attr:`protocol`
+        waits for ``finish`` on the TCP transport it lives on now."""
+        conn = cls(
+            owner,
+            node,
+            snap.conn_id,
+            snap.peer,
+            snap.address,
+            snap.persist,
+            snap.since,
+            clock,
+            handshake_timeout,
+            state=_HANDSHAKE,
+        )
+        conn.act2.callback(b"")  # relayed by the previous process
+        conn.deadline = snap.deadline
+        conn.protocol = PeerProtocol.resume_handshake(
+            conn, clock, conn.life, snap.early
+        )
+        conn._set_timer(snap.deadline, conn._handshake_timed_out)
+        return conn
+
+    def handshake_snapshot(self) -> HandshakeSnapshot:
+        """This connection, waiting for ``finish``, as a value.
+
+        :raise HubError: code 6 when it is not in its handshake.
+        """
+        if self.life.state is not _HANDSHAKE or self.protocol is None:
+            raise HubError(
+                NOT_OPEN, f"connection is {self.life.state.value}, not in handshake"
+            )
+        return HandshakeSnapshot(
+            conn_id=self.conn_id,
+            node_id=self.node.node_id,
+            peer=self.peer,
+            address=self.address,
+            persist=self.persist,
+            since=self.since,
+            deadline=self.deadline,
+            early=self.protocol.early_bytes,
+        )
+
+    def pause_timer(self) -> None:
+        """Stop the handshake/init timer (a hot restart freezes us)."""
+        self._cancel_timer()
+
+    def restart_timer(self) -> None:
+        """Set again the timer :meth:`pause_timer` stopped, if any."""
+        state = self.life.state
+        if state is _HANDSHAKE:
+            self._set_timer(self.deadline, self._handshake_timed_out)
+        elif state is _OPEN and self.init_deadline is not None:
+            self._set_timer(self.init_deadline, self._init_timed_out)
+
     # -- timers (one-shot; they fire only when a peer misbehaves) -----------
 
     def _await_init(self, deadline: float) -> None:
@@ -809,6 +872,9 @@ class Hub(service.Service):
             self.count,
         )
         self._stopping = False
+        #: Set once a hot restart handed everything over (the store is
+        #: another process's from then on).
+        self._released = False
         #: Called as ``fn(row, online)`` after an event is committed (the
         #: journal's observers).
         self.on_event_stored: list[Callable[[EventRow, bool], None]] = (
@@ -859,6 +925,13 @@ class Hub(service.Service):
         self._stopping = True
         self.keepalive.stop()
         waits = []
+        if self._released:
+            # Handed over: the remaining connections (handshakes not yet
+            # relayed) go without events, the store is not ours any more.
+            for conn in list(self.connections.values()):
+                if conn.protocol is not None and conn.protocol.transport is not None:
+                    conn.protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            return defer.succeed(None)
         for conn in list(self.connections.values()):
             if conn.life.state is _CLOSED:
                 continue
@@ -909,7 +982,13 @@ class Hub(service.Service):
                 p.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _recover(self) -> None:
-        rows = self.store.unclosed_connections()
+        # Connections adopted from a previous process (hot restart) are
+        # open here: not left open by a crash.
+        rows = [
+            row
+            for row in self.store.unclosed_connections()
+            if row.conn_id not in self.connections
+        ]
         for row in rows:
             node = self._node(row.node_id)
             params = {
@@ -1391,9 +1470,12 @@ class Hub(service.Service):
         self.flush()
         return self.connection(node_id, conn_id).snapshot()
 
-    def adopt(self, snap: ConnectionSnapshot) -> PeerProtocol:
+    def adopt(self, snap: ConnectionSnapshot, restart: bool = False) -> PeerProtocol:
         """Rebuild a captured open connection in this hub.
 
+        :param restart: a hot restart on the same store: the connection
+            exists already (its row is stored; no ``connections_per_node``
+            check, which would count a node's connections for each of them).
         :return: its protocol; ``makeConnection`` it with the TCP transport
             the connection lives on now.
         :raise HubError: code 7 when the node has its maximum of connections.
@@ -1405,7 +1487,7 @@ class Hub(service.Service):
         if snap.conn_id in self.connections:
             raise ValueError(f"connection {snap.conn_id} is already here")
         node = self._node(snap.node_id)
-        if node.live_connections() >= self.limits.connections_per_node:
+        if not restart and node.live_connections() >= self.limits.connections_per_node:
             raise HubError(
                 LIMIT_EXCEEDED,
                 f"node has {self.limits.connections_per_node} connections "
@@ -1418,8 +1500,60 @@ class Hub(service.Service):
         assert protocol is not None
         self._register(conn)
         self._open[conn.conn_id] = conn
-        self.journal.stage_connection(conn.row())
+        if not restart:
+            self.journal.stage_connection(conn.row())
         return protocol
+
+    def adopt_handshake(self, snap: HandshakeSnapshot) -> PeerProtocol:
+        """Rebuild a captured connection waiting for ``finish``.
+
+        :return: its protocol (``makeConnection`` it; it writes nothing).
+        :raise ValueError: when its conn id is already known here.
+        """
+        if snap.conn_id in self.connections:
+            raise ValueError(f"connection {snap.conn_id} is already here")
+        node = self._node(snap.node_id)
+        conn = Connection.from_handshake_snapshot(
+            self, node, snap, self.clock, self.limits.handshake_timeout
+        )
+        protocol = conn.protocol
+        assert protocol is not None
+        self._register(conn)
+        self._handshakes += 1
+        return protocol
+
+    def pause_timers(self) -> None:
+        """Hot restart: stop the keepalive sweep and every connection's
+        timer, so nothing writes to or closes a frozen connection."""
+        self.keepalive.stop()
+        for conn in self.connections.values():
+            conn.pause_timer()
+
+    def resume_timers(self) -> None:
+        """Undo :meth:`pause_timers` (the handover was rolled back)."""
+        for conn in list(self.connections.values()):
+            conn.restart_timer()
+        if self.running and not self._stopping:
+            self.keepalive.start()
+
+    def handed_over(self, conn_ids: list[str]) -> None:
+        """These connections now live in another process: forget them
+        without any event, and record ``closed`` (``proxy restarted``) for
+        every other announced connection, which did not cross.  Commits."""
+        for conn_id in conn_ids:
+            conn = self.connections.pop(conn_id, None)
+            if conn is None:
+                continue
+            conn.node.connections.pop(conn_id, None)
+            self._open.pop(conn_id, None)
+            if conn.life.state is _HANDSHAKE:
+                self._handshakes -= 1
+        for conn in list(self.connections.values()):
+            if conn.announced and conn.closed_seq is None:
+                self._record_closed(conn, "proxy restarted")
+        self._stopping = True
+        self._released = True
+        self.flush()
 
     # -- ConnectionOwner: what connections report ------------------------------------
 

@@ -24,6 +24,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -161,6 +162,30 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.handover_connections = Gauge(
+            "lnproxy_handover_connections",
+            "Peer connections handed over in the last hot restart: taken over by"
+            " this process at its start, or handed over by it",
+            registry=r,
+        )
+        self.handover_seconds = Gauge(
+            "lnproxy_handover_seconds",
+            "The last hot restart's duration: from the takeover request to every"
+            " socket adopted (this process's start), or freeze to commit/rollback",
+            registry=r,
+        )
+        self.handover_unread_seconds = Gauge(
+            "lnproxy_handover_peers_unread_seconds",
+            "How long peers were not read in the last handover this process"
+            " served (freeze to commit or rollback)",
+            registry=r,
+        )
+        self.handovers = Counter(
+            "lnproxy_handovers",
+            "Hot restart requests this process served, by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.webhook_latency = Histogram(
             "lnproxy_webhook_latency_seconds",
             "From a webhook request to its response",
@@ -238,6 +263,23 @@ class Metrics:
         notifier.on_summon.append(self.summoned)
         if getattr(self, "_collector", None) is not None:
             self._collector.in_flight = lambda: notifier.in_flight
+
+    def observe_hot_restart(self, old_side: Any, incoming: Any) -> None:
+        """Export what this process took over (``incoming``, set once it
+        adopted) and the handovers it serves (``old_side``)."""
+        if incoming is not None:
+            self.handover_connections.set_function(lambda: incoming.adopted)
+            self.handover_seconds.set_function(lambda: incoming.seconds)
+        if old_side is not None:
+            old_side.on_outcome.append(self.handover_outcome)
+
+    def handover_outcome(self, outcome: Any) -> None:
+        """A handover this process served ended (committed or rolled back)."""
+        self.handovers.labels("committed" if outcome.committed else "rolled_back").inc()
+        self.handover_unread_seconds.set(outcome.seconds)
+        if outcome.committed:
+            self.handover_connections.set(outcome.connections)
+            self.handover_seconds.set(outcome.seconds)
 
     # -- hooks -----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from lnproxy import noise
+from lnproxy.handover.detach import HandedOver
 from lnproxy.lifecycle import ANNOUNCED, ConnState, Lifecycle
 
 __all__ = [
@@ -122,6 +123,8 @@ class PeerProtocol(Protocol):
         self._write_paused = False
         self._paused_bytes = 0
         self.read_paused = False
+        #: Set when the connection was handed over to another process.
+        self.handed_over = False
 
     @classmethod
     def resume(
@@ -146,6 +149,32 @@ class PeerProtocol(Protocol):
         p._decrypt = transport.decryptor.feed
         return p
 
+    @classmethod
+    def resume_handshake(
+        cls,
+        listener: IPeerListener,
+        clock: IReactorTime,
+        lifecycle: Lifecycle,
+        early: bytes = b"",
+    ) -> PeerProtocol:
+        """A connection whose act 2 was relayed, rebuilt for a new TCP
+        transport: it writes nothing and waits for :meth:`finish`.
+
+        :raise ValueError: when ``lifecycle`` is not ``handshake``.
+        """
+        if lifecycle.state is not _HANDSHAKE:
+            raise ValueError(
+                f"cannot resume a handshake that is {lifecycle.state.value}"
+            )
+        p = cls(listener, b"", clock, 0.0, lifecycle)
+        p._early = early
+        return p
+
+    @property
+    def early_bytes(self) -> bytes:
+        """Bytes the peer sent after act 2, before ``finish``."""
+        return self._early
+
     @property
     def state(self) -> ConnState:
         """The connection's lifecycle state."""
@@ -165,7 +194,8 @@ class PeerProtocol(Protocol):
             pass
         # Streaming producer: Twisted tells us when the peer stops reading.
         transport.registerProducer(self, True)
-        if self.life.state is _OPEN:
+        if self.life.state is _OPEN or self.life.state is _HANDSHAKE:
+            # Resumed after a hot restart: nothing to write again.
             self.listener.peer_connected(self)
             return
         self.life.advance(_ACT1_SENT)
@@ -210,8 +240,17 @@ class PeerProtocol(Protocol):
             self._fail("peer sent data before the handshake finished")
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        """Report the end once, with the most useful reason we have."""
+        """Report the end once, with the most useful reason we have.
+
+        A connection handed over to another process (``HandedOver``) did
+        not end: nothing is reported.
+        """
         self._cancel_timer()
+        if reason.check(HandedOver):
+            self.handed_over = True
+            self._decrypt = None
+            self._transport = None
+            return
         life = self.life
         was = life.state
         if was in ANNOUNCED:

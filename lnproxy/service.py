@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer
+from twisted.internet import defer, task, tcp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -41,9 +41,10 @@ from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
-from lnproxy import keys, protocol, wire
+from lnproxy import hotrestart, keys, protocol, wire
 from lnproxy.api import ClientFactory, ClientProtocol
 from lnproxy.devices import DeviceLimits, Devices, thread_runner
+from lnproxy.handover import systemd
 from lnproxy.hub import ConnectPeer, Hub, Limits
 from lnproxy.metrics import Metrics, metrics_site
 from lnproxy.peer import PeerFactory
@@ -52,6 +53,7 @@ from lnproxy.protocol import (
     FEATURE_ACCOUNT,
     FEATURE_LEASE,
     FEATURE_PEER_STORAGE,
+    FEATURE_TAKEOVER,
     FEATURE_VAULT,
 )
 from lnproxy.scaleout import Deployment, ReactorStore
@@ -150,6 +152,17 @@ class ProxyService(service.MultiService):
         self.notifier: Notifier | None = None
         self.metrics: Metrics | None = None
         self.metrics_listener: StreamServerEndpointService | None = None
+        #: The name each listener crosses a hot restart under, aligned with
+        #: ``listeners`` then ``metrics_listener``.
+        self.listener_names: list[str] = []
+        #: The reactor (hot restart adopts sockets into it).
+        self.reactor: Any = None
+        #: What this process took over at its start (hot restart), if any.
+        self.incoming: hotrestart.Incoming | None = None
+        #: Serves takeover requests; hands everything over.
+        self.old_side: hotrestart.OldSide | None = None
+        #: Upload everything to systemd's fd store on SIGTERM.
+        self.fd_store = False
 
     def health(self) -> tuple[bool, str]:
         """``/healthz``: the store takes writes and every listener is up.
@@ -175,24 +188,101 @@ class ProxyService(service.MultiService):
     def startService(self) -> None:
         """Reopen the database, then start the hub before any listener
         accepts a client."""
-        # After twistd's daemonizing fork, if any: see Store.suspend.
         if self.deployment is not None:
+            # After twistd's daemonizing fork, if any.
             try:
                 self.deployment.prepare()
             except StoreError as e:
                 raise SystemExit(f"lnproxy: {e}") from None
             self.deployment.startService()
         else:
-            self.store.resume()
+            self._adopt()
         self.hub.startService()
         super().startService()
+        if self.old_side is not None:
+            try:
+                self.old_side.start()
+            except Exception as e:
+                self._log.warn("no takeover channel (no hot restart): {error}", error=e)
+        notifier = systemd.Notifier()
+        if notifier.address is not None:
+            try:
+                if self.incoming is not None and self.incoming.via == "systemd":
+                    for name in (systemd.PEER, systemd.LISTENER, systemd.STATE):
+                        notifier.remove(name)
+            except OSError as e:
+                self._log.warn("cannot notify the service manager: {error}", error=e)
+            # READY=1 only once the reactor runs: twistd installs its SIGTERM
+            # handler there, and a SIGTERM before it would kill the process
+            # without storing anything.
+            self.reactor.callWhenRunning(self._ready, notifier)
         self._log.info(
             "lnproxy started; server_id {server_id}", server_id=self.server_id.hex()
         )
 
+    def _ready(self, notifier: systemd.Notifier) -> None:
+        try:
+            notifier.ready()
+        except OSError as e:
+            self._log.warn("cannot notify the service manager: {error}", error=e)
+
+    def privilegedStartService(self) -> None:
+        """Adopt what a hot restart handed over before the listeners bind
+        (they bind here)."""
+        self._adopt()
+        super().privilegedStartService()
+
+    def _adopt(self) -> None:
+        if self.deployment is not None:
+            return  # PostgreSQL: no hot restart
+        # After twistd's daemonizing fork, if any: see Store.suspend.
+        self.store.resume()
+        incoming = self.incoming
+        if incoming is not None and not incoming.done:
+            # Before the hub's recovery, which would close their rows.
+            incoming.adopt(self.reactor, self.hub, self._factories())
+
+    def _factories(self) -> dict[str, Any]:
+        """The factory of each listener, by the name it crosses under."""
+        out: dict[str, Any] = {}
+        services = [*self.listeners, self.metrics_listener]
+        for name, listener in zip(self.listener_names, services, strict=False):
+            if listener is not None:
+                out[name] = listener.factory
+        return out
+
+    def listening_ports(self) -> list[tuple[Any, str]]:
+        """Each bound TCP listening port with the name it crosses under."""
+        out = []
+        services = [*self.listeners, self.metrics_listener]
+        for name, listener in zip(self.listener_names, services, strict=False):
+            if listener is None or not listening(listener):
+                continue
+            port = getattr(listener, "_waitingForPort").result  # noqa: B009
+            if isinstance(port, tcp.Port):
+                out.append((port, name))
+        return out
+
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        """Stop listeners, then the hub (records closed events), then the store."""
+        """Stop listeners, then the hub (records closed events), then the store.
+
+        Under systemd with the fd store, everything is first uploaded there
+        (hot restart); after a hot restart nothing is closed but the clients'
+        WebSockets (1012).
+        """
+        old = self.old_side
+        if old is not None and not old.handed_over and self.fd_store:
+            notifier = systemd.Notifier()
+            if notifier.address is not None:
+                old.store_on_stop(notifier)
+        if old is not None:
+            old.stop()
+        if old is not None and old.handed_over:
+            # Let the 1012 close frames reach the clients.
+            deadline = self.reactor.seconds() + 2.0
+            while self.factory.clients and self.reactor.seconds() < deadline:
+                yield task.deferLater(self.reactor, 0.01, lambda: None)
         yield defer.maybeDeferred(super().stopService)
         try:
             yield self.hub.stopService()
@@ -210,6 +300,8 @@ def _features(policy: Policy) -> list[str]:
     ``peer_storage`` only while the proxy keeps type 7 itself: an operator
     ``--policy 7=...`` hands peer storage to the client instead.  ``lease``,
     ``vault`` and ``account`` always (:class:`lnproxy.devices.Devices`).
+    ``takeover`` is added by :func:`build_service` with the SQLite store
+    (:mod:`lnproxy.hotrestart`).
     """
     features = [FEATURE_LEASE, FEATURE_VAULT, FEATURE_ACCOUNT]
     if policy.classify(wire.PEER_STORAGE) is MessageClass.HANDLE:
@@ -238,9 +330,27 @@ def build_service(
     key_path = config.get("server-key")
     deployment: Deployment | None = None
     store: IStore
+    # The policy table takes tens of ms to build: before a takeover freezes
+    # the old process's peers, not while they wait.
+    policy = Policy(config["policy"])
+    incoming: hotrestart.Incoming | None = None
+    if database == "sqlite":
+        incoming = hotrestart.prepare(config, systemd.captured_listen_fds())
+    elif config.get("takeover") or config.get("systemd-fd-store"):
+        raise SystemExit(
+            "lnproxy: --takeover and --systemd-fd-store work with the SQLite"
+            " store only; with --database postgresql://... restart the"
+            " processes one at a time (docs/operations.md, \"Upgrading without"
+            " dropping peers\")"
+        )
     try:
         if database == "sqlite":
-            store = Store.open(config["data-dir"], key_path=key_path)
+            if incoming is not None:
+                store = hotrestart.wait_for_lock(
+                    lambda: Store.open(config["data-dir"], key_path=key_path)
+                )
+            else:
+                store = Store.open(config["data-dir"], key_path=key_path)
         else:
             data_dir = config["data-dir"]
             pg = PostgresStore.open(
@@ -251,6 +361,8 @@ def build_service(
                 data_dir=data_dir,
             )
     except StoreError as e:
+        if incoming is not None:
+            incoming.received.close()
         raise SystemExit(f"lnproxy: {e}") from None
     limits = limits_from_config(config)
     if database != "sqlite":
@@ -280,7 +392,7 @@ def build_service(
         store,
         reactor,
         tcp_connector(reactor),
-        policy=Policy(config["policy"]),
+        policy=policy,
         limits=limits,
         executor=deployment.executor if deployment is not None else None,
     )
@@ -293,6 +405,8 @@ def build_service(
         hub.on_claimed.append(reactor_store.load)
         hub.on_dropped.append(reactor_store.forget)
         features.append(protocol.FEATURE_REDIRECT)
+    else:
+        features.append(FEATURE_TAKEOVER)
     server_id = keys.public_key(store.server_secret)
     notifier = _build_notifier(reactor, config, hub, store, resolver)
     if deployment is not None:
@@ -318,10 +432,19 @@ def build_service(
         devices=devices,
     )
     root = ProxyService(store, hub, factory, deployment)
+    root.reactor = reactor
+    root.incoming = incoming
+    if deployment is None:
+        # Hot restart: the SQLite store only (one process per data dir).
+        root.old_side = hotrestart.OldSide(
+            root, reactor, timeout=float(config.get("takeover-timeout", 5.0))
+        )
+        root.fd_store = bool(config.get("systemd-fd-store")) or _fdstore_env()
     root.notifier = notifier
     notifier.setServiceParent(root)
     for description in config["listen"]:
-        endpoint = serverFromString(reactor, description)
+        endpoint = _endpoint(reactor, description, "listen", incoming)
+        root.listener_names.append(hotrestart.listener_name("listen", description))
         listener = StreamServerEndpointService(endpoint, factory)
         # Fail loudly at startup when the port cannot be bound.
         listener._raiseSynchronously = True
@@ -333,7 +456,9 @@ def build_service(
         metrics.observe_factory(factory)
         metrics.observe_notifier(notifier)
         root.metrics = metrics
-        endpoint = serverFromString(reactor, config["metrics"])
+        endpoint = _endpoint(reactor, config["metrics"], "metrics", incoming)
+        root.listener_names.append(hotrestart.listener_name("metrics", config["metrics"]))
+        metrics.observe_hot_restart(root.old_side, incoming)
         site = metrics_site(metrics, root.health)
         root.metrics_listener = StreamServerEndpointService(endpoint, site)
         root.metrics_listener._raiseSynchronously = True
@@ -345,6 +470,27 @@ def build_service(
     else:
         store.suspend()
     return root
+
+
+def _fdstore_env() -> bool:
+    """systemd 254 and later tell the service its FileDescriptorStoreMax."""
+    try:
+        return int(os.environ.get("FDSTORE", "0")) > 0
+    except ValueError:
+        return False
+
+
+def _endpoint(
+    reactor: Any, description: str, kind: str, incoming: hotrestart.Incoming | None
+) -> Any:
+    """The server endpoint of a listener; its handed-over port if any."""
+    endpoint = serverFromString(reactor, description)
+    name = hotrestart.listener_name(kind, description)
+    if incoming is None or name not in incoming.listener_names():
+        return endpoint
+    adopted = hotrestart.AdoptedEndpoint(endpoint, name)
+    adopted.incoming = incoming
+    return adopted
 
 
 def _build_notifier(

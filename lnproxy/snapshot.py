@@ -51,7 +51,14 @@ from lnproxy.answer import MAX_WAITING_PINGS, PingOwner
 from lnproxy.lifecycle import ConnState
 from lnproxy.noise import TransportSnapshot
 
-__all__ = ["ConnectionSnapshot", "SnapshotError", "MAGIC", "VERSION"]
+__all__ = [
+    "ConnectionSnapshot",
+    "HandshakeSnapshot",
+    "SnapshotError",
+    "MAGIC",
+    "HANDSHAKE_MAGIC",
+    "VERSION",
+]
 
 MAGIC: Final = b"LNPS"
 VERSION: Final = 2
@@ -259,3 +266,78 @@ class _Reader:
 
     def f64(self) -> float:
         return float(_F64.unpack(self.take(8))[0])
+
+
+HANDSHAKE_MAGIC: Final = b"LNPH"
+_HS = struct.Struct(">ddI")
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeSnapshot:
+    """A connection whose act 2 was relayed and whose ``finish`` is awaited.
+
+    It holds no key (the client holds the handshake's secrets until
+    ``finish``), so it is not secret.  Encoding, integers big-endian::
+
+        "LNPH"  u8 version=1  u8 flags (1 persist)
+                u8 n + n bytes conn id (ASCII), 33 node id, 33 peer node id,
+                u8 n + n bytes address (UTF-8)
+                f64 since, f64 deadline (of act 3), u32 n + n early bytes
+
+    ``early``: bytes the peer sent after act 2 (they are decrypted with the
+    keys ``finish`` brings).
+    """
+
+    conn_id: str
+    node_id: str
+    peer: str
+    address: str
+    persist: bool
+    since: float
+    deadline: float
+    early: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """The encoding of the class docstring."""
+        return b"".join(
+            (
+                HANDSHAKE_MAGIC,
+                bytes((1, _PERSIST if self.persist else 0)),
+                _short(self.conn_id.encode("ascii")),
+                bytes.fromhex(self.node_id),
+                bytes.fromhex(self.peer),
+                _short(self.address.encode("utf-8")),
+                _HS.pack(self.since, self.deadline, len(self.early)),
+                self.early,
+            )
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HandshakeSnapshot:
+        """Decode :meth:`to_bytes`.
+
+        :raise SnapshotError: naming what is wrong.
+        """
+        r = _Reader(bytes(data))
+        try:
+            if r.take(4) != HANDSHAKE_MAGIC:
+                raise SnapshotError("not a handshake snapshot (bad magic)")
+            version, flags = r.take(2)
+            if version != 1:
+                raise SnapshotError(f"handshake snapshot version {version} is not 1")
+            conn_id = r.short().decode("ascii")
+            node_id = r.take(33).hex()
+            peer = r.take(33).hex()
+            address = r.short().decode("utf-8")
+            since, deadline, n = _HS.unpack(r.take(_HS.size))
+            early = r.take(n)
+            if r.pos != len(r.data):
+                raise SnapshotError("trailing bytes after the snapshot")
+        except SnapshotError:
+            raise
+        except (ValueError, struct.error) as e:
+            raise SnapshotError(f"malformed snapshot: {e}") from None
+        return cls(
+            conn_id, node_id, peer, address, bool(flags & _PERSIST), since,
+            deadline, early,
+        )

@@ -64,6 +64,12 @@ class Options(usage.Options):
         ["max-handshakes-per-node", None, "16", "unfinished handshakes per node"],
         ["max-handshakes", None, "1024", "unfinished handshakes in all"],
         ["login-timeout", None, "30", "seconds a client has to log in"],
+        [
+            "takeover-timeout",
+            None,
+            "5",
+            "seconds a process asked for a hot restart waits for the new one",
+        ],
         ["max-vault-entries-per-node", None, "64", "vault names one node may keep"],
         [
             "database",
@@ -103,6 +109,18 @@ class Options(usage.Options):
     ]
     optFlags: list[list[Any]] = [
         ["webhook-allow-private", None, "allow http and private/loopback webhook URLs"],
+        [
+            "takeover",
+            None,
+            "take every peer connection and listener over from the process "
+            "running on the same data dir (hot restart), then serve",
+        ],
+        [
+            "systemd-fd-store",
+            None,
+            "on SIGTERM under systemd, keep every connection in the service "
+            "manager's file descriptor store (needs FileDescriptorStoreMax=)",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -134,6 +152,7 @@ class Options(usage.Options):
             "webhook-window",
             "webhook-timeout",
             "login-timeout",
+            "takeover-timeout",
         ):
             self[name] = _positive(name, self[name])
         for name in (
@@ -186,6 +205,10 @@ def makeService(config: Options) -> IService:
 
     from lnproxy.service import build_service
 
+    # Collect and freeze the imports now, so that the collection below
+    # (after a hot restart's takeover, while peers wait) scans little.
+    gc.collect()
+    gc.freeze()
     root = build_service(reactor, config)
     # Everything imported so far lives as long as the process: move it to
     # the permanent generation so that no full collection scans it again.

@@ -68,6 +68,8 @@ class DevicesClientTestCase(ClientTestCase):
             needles += [s, s.hex().encode(), s.hex().upper().encode()]
         for root, _dirs, files in os.walk(self.data_dir):
             for name in files:
+                if not os.path.isfile(os.path.join(root, name)):
+                    continue  # takeover.sock, a Unix socket (hot restart)
                 with open(os.path.join(root, name), "rb") as f:
                     data = f.read()
                 for needle in needles:

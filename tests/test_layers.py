@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("peer connection", frozenset({"peer"})),
     ("hub and its parts", frozenset({"hub", "journal", "keepalive"})),
     ("edges", frozenset({"api", "webhook", "ssrf", "metrics", "devices"})),
-    ("assembly", frozenset({"service", "tap"})),
+    ("assembly", frozenset({"service", "tap", "hotrestart"})),
 ]
 
 #: Beside the stack: each may import itself and the layers named.

@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import os
 
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lnproxy import noise
 from lnproxy.answer import MAX_WAITING_PINGS, PingOwner
-from lnproxy.hub import HubError
+from lnproxy.handover import HandedOver
+from lnproxy.hub import Hub, HubError, Limits
 from lnproxy.lifecycle import ConnState
-from lnproxy.snapshot import ConnectionSnapshot, SnapshotError
+from lnproxy.policy import Policy
+from lnproxy.snapshot import ConnectionSnapshot, HandshakeSnapshot, SnapshotError
 
-from .test_hub_unit import NODE, HubCase
+from .test_hub_unit import NODE, HubCase, Transport
 
 #: An unknown odd type: queued for the client (policy default).
 MSG_TYPE = 0x8001
@@ -264,3 +267,78 @@ class HubSnapshotTests(HubCase):
         snap = self.hub.snapshot(NODE, open_id)
         with self.assertRaises(ValueError):
             self.hub.adopt(snap)
+
+
+class HandshakeSnapshotTests(HubCase):
+    """A connection waiting for ``finish`` crosses a hot restart too."""
+
+    def test_encoding_round_trip_and_garbage(self) -> None:
+        """Bytes in, the same value out; every truncation is refused."""
+        snap = HandshakeSnapshot(
+            "ab" * 8, NODE, "02" + "11" * 32, "127.0.0.1:9735", True, 1.5, 31.5, b"early",
+        )
+        data = snap.to_bytes()
+        self.assertEqual(HandshakeSnapshot.from_bytes(data), snap)
+        for n in range(len(data)):
+            with self.assertRaises(SnapshotError):
+                HandshakeSnapshot.from_bytes(data[:n])
+        with self.assertRaises(SnapshotError):
+            HandshakeSnapshot.from_bytes(data + b"x")
+
+    def test_finish_in_the_new_hub(self) -> None:
+        """Captured after act 2 with early bytes of the peer, adopted by a
+        second hub on a new transport: nothing is written again, ``finish``
+        there writes act 3 and the early message becomes an event; the
+        handshake deadline still holds."""
+        self.make_hub(keepalive=1000)
+        conn_id, link, init = self.start_connect(persist=True)
+        snap = HandshakeSnapshot.from_bytes(
+            self.hub.connections[conn_id].handshake_snapshot().to_bytes()
+        )
+        self.assertEqual(snap.conn_id, conn_id)
+        self.hub.keepalive.stop()
+        self.hub.running = False
+        hub2 = Hub(
+            self.store, self.clock, self.connect_peer, Policy(), Limits(keepalive=1000)
+        )
+        proto = hub2.adopt_handshake(snap)
+        transport = Transport()
+        proto.makeConnection(transport)
+        self.assertEqual(transport.value(), b"")
+        act3, tk = init.act3()
+        hub2.finish(NODE, conn_id, act3, tk.sk, tk.rk, tk.ck)
+        self.assertEqual(transport.value(), act3)
+        self.assertEqual(proto.state, ConnState.OPEN)
+
+    def test_handshake_deadline_survives(self) -> None:
+        """An adopted handshake nobody finishes is closed at its deadline."""
+        self.make_hub(keepalive=1000)
+        conn_id, _, _ = self.start_connect()
+        snap = self.hub.connections[conn_id].handshake_snapshot()
+        self.hub.keepalive.stop()
+        self.hub.running = False
+        hub2 = Hub(
+            self.store, self.clock, self.connect_peer, Policy(), Limits(keepalive=1000)
+        )
+        proto = hub2.adopt_handshake(snap)
+        proto.makeConnection(Transport())
+        self.clock.advance(snap.deadline - self.clock.seconds() + 0.1)
+        self.assertIn(proto.state, (ConnState.CLOSING, ConnState.CLOSED))
+
+
+class HandedOverTests(HubCase):
+    """A connection released to another process records nothing."""
+
+    def test_no_closed_event(self) -> None:
+        """``connectionLost(HandedOver)`` is silent; the hub forgets the
+        connection with :meth:`Hub.handed_over` and later stops without a
+        ``proxy stopped`` close for it."""
+        self.make_hub()
+        conn_id, link = self.open()
+        before = len(self.events())
+        link.proto.connectionLost(Failure(HandedOver()))
+        self.assertTrue(link.proto.handed_over)
+        self.hub.handed_over([conn_id])
+        self.hub.stopService()
+        self.assertEqual(len(self.events()), before)
+        self.assertEqual(self.closed_reasons(), [])

@@ -72,7 +72,8 @@ class HelloAndSubprotocolTests(ProxyTestCase):
         self.assertEqual(limits["vault_entries_per_node"], 64)
         self.assertEqual(limits["vault_blob_max"], 65535)
         self.assertEqual(
-            hello["features"], ["account", "lease", "peer_storage", "vault"]
+            hello["features"],
+            ["account", "lease", "peer_storage", "takeover", "vault"],
         )
         # The hello is the first frame, and a notification (no id).
         self.assertEqual(client.frames[0]["method"], "hello")

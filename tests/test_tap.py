@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "lease-timeout": 15.0,
     "server-key": None,
     "policy": {},
+    "takeover": 0,
+    "takeover-timeout": 5.0,
+    "systemd-fd-store": 0,
 }
 
 
@@ -103,6 +106,10 @@ class OptionsTests(SynchronousTestCase):
             "259=summon",
             "--policy",
             "32=drop",
+            "--takeover",
+            "--takeover-timeout",
+            "2",
+            "--systemd-fd-store",
         )
         self.assertEqual(
             dict(options),
@@ -128,6 +135,9 @@ class OptionsTests(SynchronousTestCase):
                 "lease-timeout": 3.0,
                 "server-key": "/etc/lnproxy/server.key",
                 "policy": {32: MessageClass.DROP, 259: MessageClass.SUMMON},
+                "takeover": 1,
+                "takeover-timeout": 2.0,
+                "systemd-fd-store": 1,
             },
         )
 

@@ -1,4 +1,11 @@
-from twisted.application.service import ServiceMaker
+# Before anything imports twisted.internet.endpoints, which deletes
+# LISTEN_FDS and LISTEN_PID (hot restart under systemd: docs/operations.md,
+# "Upgrading without dropping peers").
+from lnproxy.handover.systemd import capture_listen_fds
+
+capture_listen_fds()
+
+from twisted.application.service import ServiceMaker  # noqa: E402
 
 lnproxy = ServiceMaker(
     "lnproxy",
