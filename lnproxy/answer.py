@@ -161,17 +161,26 @@ class PingLedger:
     __slots__ = ("_waiting",)
 
     def __init__(self, waiting: Iterable[tuple[PingOwner, int]] = ()) -> None:
-        self._waiting: deque[tuple[PingOwner, int]] = deque(
-            waiting, maxlen=MAX_WAITING_PINGS
-        )
+        # Made on the first recorded ping: every connection has a ledger and
+        # most hold no waiting ping most of the time, while an empty deque
+        # already costs its first block (~760 bytes; docs/performance.md,
+        # "Scale").
+        self._waiting: deque[tuple[PingOwner, int]] | None = None
+        for owner, size in waiting:
+            self._record(owner, size)
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return 0 if self._waiting is None else len(self._waiting)
 
     @property
     def waiting(self) -> tuple[tuple[PingOwner, int], ...]:
         """The waiting pings as ``(owner, num_pong_bytes)``, oldest first."""
-        return tuple(self._waiting)
+        return () if self._waiting is None else tuple(self._waiting)
+
+    def _record(self, owner: PingOwner, size: int) -> None:
+        if self._waiting is None:
+            self._waiting = deque(maxlen=MAX_WAITING_PINGS)
+        self._waiting.append((owner, size))
 
     def sent(self, owner: PingOwner, msg: bytes) -> bool:
         """A ping went out: record it if it expects a pong.
@@ -188,7 +197,7 @@ class PingLedger:
             return False  # the peer will not answer a malformed ping
         if ping.num_pong_bytes >= wire.NO_PONG_THRESHOLD:
             return False
-        self._waiting.append((owner, ping.num_pong_bytes))
+        self._record(owner, ping.num_pong_bytes)
         return True
 
     def match(self, pong_bytes: int) -> PingOwner | None:
@@ -196,6 +205,8 @@ class PingLedger:
         answer (None: unsolicited)?  The matched ping and the older ones
         are taken off the list."""
         waiting = self._waiting
+        if not waiting:
+            return None
         for i, (_, wanted) in enumerate(waiting):
             if wanted == pong_bytes:
                 for _ in range(i):

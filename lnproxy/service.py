@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -56,11 +56,14 @@ from lnproxy.protocol import (
     FEATURE_TAKEOVER,
     FEATURE_VAULT,
 )
-from lnproxy.scaleout import Deployment, ReactorStore
 from lnproxy.ssrf import Resolver, build_http_client, thread_resolver
 from lnproxy.store import IStore, Store, StoreError, datadir
-from lnproxy.store.postgres import PostgresStore
 from lnproxy.webhook import Notifier
+
+if TYPE_CHECKING:
+    # The PostgreSQL stack (psycopg and its C library, ~11 MiB) is imported
+    # only when --database names PostgreSQL: a SQLite proxy never loads it.
+    from lnproxy.scaleout import Deployment
 
 __all__ = [
     "ProxyService",
@@ -352,6 +355,8 @@ def build_service(
             else:
                 store = Store.open(config["data-dir"], key_path=key_path)
         else:
+            from lnproxy.store.postgres import PostgresStore
+
             data_dir = config["data-dir"]
             pg = PostgresStore.open(
                 database,
@@ -366,6 +371,8 @@ def build_service(
         raise SystemExit(f"lnproxy: {e}") from None
     limits = limits_from_config(config)
     if database != "sqlite":
+        from lnproxy.scaleout import Deployment, ReactorStore
+
         deployment = Deployment(
             reactor, pg, config["public-url"], config.get("lease-timeout", 15.0)
         )

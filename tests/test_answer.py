@@ -85,6 +85,28 @@ class PingLedgerTests(SynchronousTestCase):
         self.assertIs(ledger.match(9), C)
 
 
+class PingLedgerMemoryTests(SynchronousTestCase):
+    """Every connection has a ledger: an idle one must cost next to
+    nothing (docs/performance.md, "Scale")."""
+
+    def test_empty_ledger_holds_no_container(self) -> None:
+        """A new ledger, and one whose pings were all answered, hold no
+        deque (an empty deque costs ~760 bytes per connection)."""
+        ledger = PingLedger()
+        self.assertIsNone(ledger._waiting)
+        self.assertEqual((len(ledger), ledger.waiting), (0, ()))
+        self.assertIsNone(ledger.match(0))
+        self.assertTrue(ledger.sent(PingOwner.PROXY, wire.Ping(0).encode()))
+        self.assertEqual(ledger.match(0), PingOwner.PROXY)
+        self.assertEqual(len(ledger), 0)
+
+    def test_restored_ledger_keeps_order_and_bound(self) -> None:
+        """A ledger rebuilt from a snapshot keeps the order and the bound."""
+        pings = [(PingOwner.CLIENT, n) for n in range(MAX_WAITING_PINGS + 3)]
+        ledger = PingLedger(pings)
+        self.assertEqual(ledger.waiting, tuple(pings[3:]))
+
+
 class GossipAskTests(SynchronousTestCase):
     """What the client's messages say about gossip."""
 
