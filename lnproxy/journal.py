@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 
 from lnproxy.protocol import notification_text
 from lnproxy.store import ConnectionRow, EventRow, IStore, NodeLost
+from lnproxy.store.executor import ExecutorStopped
 
 if TYPE_CHECKING:
     from lnproxy.store.executor import DatabaseExecutor
@@ -384,6 +385,17 @@ class Journal:
                 return
             self.failures += 1
             self._uncertain = True
+            if isinstance(f.value, ExecutorStopped):
+                # The process is stopping and its database threads are gone:
+                # no retry can succeed (and a retry loop would outlive the
+                # service). The rows stay unwritten: whoever takes the nodes
+                # over writes "proxy failed" for their connections.
+                self._put_back(taken)
+                self._log.warn(
+                    "the database executor stopped: {n} events not written",
+                    n=len(taken.events),
+                )
+                return
             self._log.warn(
                 "could not commit {n} events ({error}); retrying in {delay} s",
                 n=len(taken.events),

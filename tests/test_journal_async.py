@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lnproxy.hub import Hub, HubError, Session
 from lnproxy.journal import Journal
 from lnproxy.store import ConnectionRow, DBError, EventRow, NodeLost, Store
-from lnproxy.store.executor import DatabaseExecutor
+from lnproxy.store.executor import DatabaseExecutor, ExecutorStopped
 from lnproxy.store.postgres import Claim
 
 A = "02" + "aa" * 32
@@ -175,6 +175,16 @@ class AsyncJournalTests(SynchronousTestCase):
         self.clock.advance(0)
         self.ex.run()
         self.assertEqual(self.offered[-1], (A, 4))
+
+    def test_stopped_executor_is_not_retried(self) -> None:
+        """A commit refused because the executor stopped (the process is
+        stopping) schedules no retry: nothing outlives the service."""
+        self.emit(Log(A), 2)
+        self.clock.advance(0)
+        self.ex.fail(ExecutorStopped("the database executor is stopped"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.offered, [])
+        self.assertTrue(self.journal.pending)
 
     def test_node_lost_drops_its_rows_and_commits_the_rest(self) -> None:
         """A commit refused with NodeLost reports the node, drops its rows

@@ -39,7 +39,14 @@ from . import test_service_inbox as inbox_tests
 from . import test_service_relay as relay_tests
 from . import test_service_smoke as smoke_tests
 from . import test_webhook_e2e as webhook_tests
-from .harness import ProxyTestCase, RpcFailed, eventually, free_port
+from .harness import (
+    ProxyTestCase,
+    RpcFailed,
+    build_service,
+    eventually,
+    free_port,
+    proxy_options,
+)
 from .pg import new_database, shared_postgres
 from .test_webhook_e2e import Receiver
 
@@ -548,6 +555,86 @@ class DatabaseOutageTests(ProxyTestCase):
             ("closed", conn, "proxy failed"),
         )
 
+
+    @defer.inlineCallbacks
+    def test_stop_with_the_database_down(self) -> Any:
+        """SIGTERM's stop while the database is down, with a peer's message
+        and the ``closed`` events queued: the stop ends within a bounded
+        time (nothing hangs on the database), and once it is back another
+        process gives the client every committed event once, the
+        connection's ``closed`` (``proxy failed``) after them."""
+        url = self.pg.create_database()
+        key = os.path.join(self.work, KEY_FILE)
+        svc = self.start_proxy(
+            "--database",
+            url,
+            "--public-url",
+            "ws://127.0.0.1:1",
+            "--lease-timeout",
+            "4",
+            "--server-key",
+            key,
+            data_dir=os.path.join(self.work, "data"),
+        )
+        yield eventually(lambda: svc.health()[0], timeout=10)
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 1)
+        (link,) = list(peer.connections)
+        self.pg.halt()
+        link.send(bytes.fromhex("0080") + b"during the outage")
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        started = time.monotonic()
+        yield defer.maybeDeferred(svc.stopService).addTimeout(60, reactor)
+        took = time.monotonic() - started
+        print(f"stop with the database down: {took:.1f} s")
+        self.assertLess(took, 30)
+        self.pg.restart()
+        other = build_service(
+            reactor,
+            proxy_options(
+                os.path.join(self.work, "data2"),
+                "--database",
+                url,
+                "--public-url",
+                "ws://127.0.0.1:2",
+                "--lease-timeout",
+                "4",
+                "--server-key",
+                key,
+            ),
+        )
+        other.startService()
+        self.addCleanup(other.stopService)
+        port = other.listeners[0]._waitingForPort.result.getHost().port
+        yield eventually(lambda: other.health()[0], timeout=15)
+        again = yield eventually_logged_in(self, secret, port)
+        yield eventually(lambda: len(again.events) >= 2, timeout=15)
+        seqs = [e["params"]["seq"] for e in again.events]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+        last = again.events[-1]
+        self.assertEqual(
+            (last["method"], last["params"]["conn"]), ("closed", conn)
+        )
+        self.assertIn(last["params"]["reason"], ("proxy failed", "proxy stopped"))
+
+
+@defer.inlineCallbacks
+def eventually_logged_in(case: ProxyTestCase, secret: bytes, port: int) -> Any:
+    """Log in at ``port``, again while the node's old owner still holds it
+    (code 9 until its lease runs out)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client = yield case.logged_in(secret, port=port)
+        except RpcFailed:
+            if time.monotonic() > deadline:
+                raise
+            yield task.deferLater(reactor, 0.5, lambda: None)
+            continue
+        return client
 
 class ServerKeyOptionTests(ProxyTestCase):
     """``--server-key`` (with SQLite too)."""
