@@ -442,6 +442,63 @@ class HandOverTests(ScaleOutCase):
         self.assertNotIn(again_conn, closed)
 
 
+    @defer.inlineCallbacks
+    def test_paused_past_its_lease_then_resumed_writes_nothing(self) -> Any:
+        """SIGSTOP of the owner for longer than its lease: the other process
+        takes the node over (``proxy failed``). On SIGCONT the paused one
+        reads a peer message that waited in its socket: it writes nothing
+        (the epoch fencing refuses it), takes no seq, and stops serving the
+        node (its peer link and the client's session close)."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret, port=p1.port)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 1)
+        (link,) = list(peer.connections)
+        link.send(bytes.fromhex("0080") + b"before the pause")
+        yield eventually(lambda: len(client.events) == 2)
+        os.kill(p1.transport.pid, signal.SIGSTOP)
+        self.addCleanup(self._cont, p1)
+        node_id = keys.public_key(secret).hex()
+        yield eventually(
+            lambda: self.sql(
+                "SELECT count(*) FROM events WHERE node_id = %s AND kind = 'closed'",
+                node_id,
+            )
+            == [(1,)],
+            timeout=LEASE * 3 + 5,
+        )
+        self.assertEqual(
+            self.sql("SELECT next_seq FROM nodes WHERE node_id = %s", node_id), [(4,)]
+        )
+        kinds = self.sql("SELECT seq, kind FROM events WHERE seq = 1")
+        link.send(bytes.fromhex("0080") + b"after the take-over")
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        os.kill(p1.transport.pid, signal.SIGCONT)
+        yield eventually(lambda: not peer.connections, timeout=LEASE * 2 + 3)
+        yield client.closed.addTimeout(LEASE * 2 + 3, reactor)
+        yield task.deferLater(reactor, LEASE, lambda: None)
+        self.assertEqual(
+            self.sql(
+                "SELECT seq, kind FROM events WHERE node_id = %s ORDER BY seq",
+                node_id,
+            ),
+            [(1, kinds[0][1]), (2, "message"), (3, "closed")],
+        )
+        self.assertEqual(
+            self.sql("SELECT next_seq FROM nodes WHERE node_id = %s", node_id), [(4,)]
+        )
+        again = yield self.logged_in(secret, port=p2.port)
+        yield eventually(lambda: len(again.events) == 3)
+        self.assertEqual([e["params"]["seq"] for e in again.events], [1, 2, 3])
+
+    def _cont(self, child: Child) -> None:
+        """Let a stopped child run again (so that cleanup can end it)."""
+        if not child.proto.ended.called:
+            os.kill(child.transport.pid, signal.SIGCONT)
+
 class BadStartTests(ScaleOutCase):
     """A process that cannot use its database refuses to start."""
 
