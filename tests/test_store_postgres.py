@@ -470,6 +470,45 @@ class OwnershipTests(PgCase):
         self.assertEqual(sorted(p1.renew()), ids)
         self.assertEqual(p1.owned(), {})
 
+    def test_take_over_is_a_few_statements_for_many_nodes(self) -> None:
+        """A take-over of 150 nodes runs a fixed handful of statements (not
+        a few per node), and each claim carries its own node's pending
+        count, webhooks, newest summon, peer storage and connections."""
+        p1, p2 = self.two()
+        ids = [node(i) for i in range(150)]
+        for n in ids:
+            p1.claim(n)
+        hooked, quiet = ids[3], ids[7]
+        p1.append_events([event(hooked, 1, summon=True), event(hooked, 2)])
+        p1.append_events([event(quiet, 1, summon=True)])
+        p1.add_webhook(WebhookRow(hooked, "w2", "http://b", 2.0))
+        p1.add_webhook(WebhookRow(hooked, "w1", "http://a", 1.0))
+        p1.put_peer_storage(hooked, node(0xFEE), b"blob", 3.0)
+        p1.put_connection(conn_row("c1", quiet))
+        self.expire(p1)
+        statements = []
+        execute = psycopg.Connection.execute
+
+        def counting(conn: Any, query: Any, *a: Any, **kw: Any) -> Any:
+            statements.append(query)
+            return execute(conn, query, *a, **kw)
+
+        self.patch(psycopg.Connection, "execute", counting)
+        claims = {c.node_id: c for c in p2.take_over(limit=1000)}
+        self.assertLessEqual(len(statements), 12)
+        self.assertEqual(sorted(claims), ids)
+        h, q = claims[hooked], claims[quiet]
+        self.assertEqual((h.pending, h.epoch, h.next_seq), (2, 2, 3))
+        self.assertEqual([w.webhook_id for w in h.webhooks], ["w1", "w2"])
+        self.assertEqual(h.newest_summon, event(hooked, 1, summon=True))
+        self.assertEqual(h.peer_storage, {node(0xFEE): b"blob"})
+        self.assertEqual(h.unclosed, [])
+        self.assertEqual((q.pending, q.webhooks, q.newest_summon), (1, [], None))
+        self.assertEqual([c.conn_id for c in q.unclosed], ["c1"])
+        self.assertEqual(claims[ids[0]].pending, 0)
+        self.assertEqual(p2.owned(), {n: 2 for n in ids})
+        p2.append_events([event(hooked, 3)])  # fencing knows the new epochs
+
     def test_unregister_hands_nodes_over_at_once(self) -> None:
         """A clean stop ends the lease at once: another process claims a
         node at its login right away, and its next take-over round gets the
