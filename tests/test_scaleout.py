@@ -443,6 +443,45 @@ class HandOverTests(ScaleOutCase):
 
 
     @defer.inlineCallbacks
+    def test_two_survivors_wake_each_node_once(self) -> Any:
+        """kill -9 of the owner of three nodes with two survivors checking
+        for expired leases at the same time: every node's webhook is called
+        exactly once across the deployment (also after two more lease
+        periods), and each node's closed event is written once."""
+        p1, p2, p3 = self.spawn(), self.spawn(), self.spawn()
+        yield self.started(p1, p2, p3)
+        rx, rx_port = self.receiver()
+        peer, peer_port = self.local_peer()
+        secrets = [os.urandom(32) for _ in range(3)]
+        for i, secret in enumerate(secrets):
+            client = yield self.logged_in(secret, port=p1.port)
+            yield client.call(
+                "webhook.set", url=f"http://127.0.0.1:{rx_port}/hook{i}"
+            )
+            yield client.open_peer(peer, peer_port, persist=True)
+            yield eventually(lambda c=client: len(c.events) == 1)
+            client.dropConnection(abort=True)
+            yield client.closed
+        os.kill(p1.transport.pid, signal.SIGKILL)
+        yield self.ended(p1)
+        for i in range(3):
+            yield eventually(
+                lambda i=i: len(rx.on(f"/hook{i}")) >= 1, timeout=LEASE + 8
+            )
+        yield task.deferLater(reactor, LEASE * 2, lambda: None)
+        self.assertEqual([len(rx.on(f"/hook{i}")) for i in range(3)], [1, 1, 1])
+        self.assertEqual(
+            self.sql(
+                "SELECT node_id, count(*) FROM events WHERE kind = 'closed'"
+                " GROUP BY node_id HAVING count(*) <> 1"
+            ),
+            [],
+        )
+        self.assertEqual(
+            self.sql("SELECT count(*) FROM events WHERE kind = 'closed'"), [(3,)]
+        )
+
+    @defer.inlineCallbacks
     def test_paused_past_its_lease_then_resumed_writes_nothing(self) -> Any:
         """SIGSTOP of the owner for longer than its lease: the other process
         takes the node over (``proxy failed``). On SIGCONT the paused one
