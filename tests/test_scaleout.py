@@ -717,6 +717,73 @@ class DatabaseOutageTests(ProxyTestCase):
         self.assertIn(last["params"]["reason"], ("proxy failed", "proxy stopped"))
 
 
+    def freeze(self) -> list[int]:
+        """SIGSTOP the private server and its backends (a database that
+        hangs instead of refusing: frozen, its disk stuck); SIGCONT at
+        cleanup (or by :meth:`thaw`)."""
+        assert self.pg._dir is not None
+        with open(os.path.join(self.pg._dir, "data", "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        pids = [postmaster]
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                pids.append(int(entry))
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(self.thaw, pids)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    @defer.inlineCallbacks
+    def test_stop_with_the_database_frozen(self) -> Any:
+        """SIGTERM's stop while the database hangs (its processes stopped)
+        with a commit in flight: the stop ends within a bounded time
+        instead of waiting for the database forever."""
+        url = self.pg.create_database()
+        svc = self.start_proxy(
+            "--database",
+            url,
+            "--public-url",
+            "ws://127.0.0.1:1",
+            "--lease-timeout",
+            "30",
+            "--server-key",
+            os.path.join(self.work, KEY_FILE),
+            data_dir=os.path.join(self.work, "data"),
+        )
+        yield eventually(lambda: svc.health()[0], timeout=10)
+        client = yield self.logged_in(os.urandom(32))
+        peer, peer_port = self.local_peer()
+        yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 1)
+        (link,) = list(peer.connections)
+        pids = self.freeze()
+        link.send(bytes.fromhex("0080") + b"while the database hangs")
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        started = time.monotonic()
+        yield defer.maybeDeferred(svc.stopService).addTimeout(60, reactor)
+        took = time.monotonic() - started
+        print(f"stop with the database frozen: {took:.1f} s")
+        self.assertLess(took, 30)
+        self.thaw(pids)
+        executor = svc.deployment.executor
+        # The stuck threads finish once the database runs again.
+        yield eventually(lambda: executor._alive == 0, timeout=30)
+
 @defer.inlineCallbacks
 def eventually_logged_in(case: ProxyTestCase, secret: bytes, port: int) -> Any:
     """Log in at ``port``, again while the node's old owner still holds it
