@@ -282,17 +282,18 @@ class Journal:
             # it is offered once, with its seq, after this commit.
             stored = {n: store.next_seq(n) for n in {r.node_id for r in events}}
             events = [r for r in events if r.seq >= stored[r.node_id]]
-            closes = []
-            for conn_id, seq in taken.closes:
-                row = store.get_connection(conn_id)
-                if row is not None and row.closed_seq != seq:
-                    closes.append((conn_id, seq))
         # Rows before closes: a row queued while open must not
         # overwrite the closed state recorded in this same batch.
         for conn_row in taken.rows.values():
             store.put_connection(conn_row)
         store.append_events(events)
         for conn_id, seq in closes:
+            if taken.uncertain:
+                # Recorded by the attempt that committed, or acknowledged
+                # and deleted since: nothing left to do.
+                row = store.get_connection(conn_id)
+                if row is None or row.closed_seq == seq:
+                    continue
             store.close_connection(conn_id, seq)
         for (node_id, peer), (blob, at) in taken.blobs.items():
             store.put_peer_storage(node_id, peer, blob, at)

@@ -176,6 +176,21 @@ class AsyncJournalTests(SynchronousTestCase):
         self.ex.run()
         self.assertEqual(self.offered[-1], (A, 4))
 
+    def test_failed_commit_of_a_new_connection_and_its_close(self) -> None:
+        """A commit that did not happen, holding a new connection's row and
+        its close: the retry stores both (the connection ends closed)."""
+        a = Log(A)
+        self.journal.stage_connection(conn("c2", A))
+        self.emit(a)
+        self.journal.record_close("c2", 1, A)
+        self.clock.advance(0)
+        self.ex.fail(DBError("database unreachable"))
+        self.clock.advance(self.journal.retry_delay)
+        self.ex.run()
+        row = self.store.get_connection("c2")
+        self.assertEqual(row and (row.state, row.closed_seq), ("closed", 1))
+        self.assertEqual(self.offered, [(A, 1)])
+
     def test_stopped_executor_is_not_retried(self) -> None:
         """A commit refused because the executor stopped (the process is
         stopping) schedules no retry: nothing outlives the service."""
