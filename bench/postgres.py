@@ -3,7 +3,8 @@
 Run from the repository root (PostgreSQL server binaries needed, or set
 ``LNPROXY_TEST_POSTGRES``)::
 
-    python bench/postgres.py [--only store,e2e,failover,redirect] [--quick]
+    python bench/postgres.py [--only store,e2e,failover,redirect,takeover]
+        [--quick]
 
 Sections (figures go into docs/performance.md, "Several processes on
 PostgreSQL"):
@@ -21,6 +22,8 @@ PostgreSQL"):
 - ``failover``: seconds from ``kill -9`` of a process that serves N nodes
   with one open peer link each until a survivor has written every closed
   event (``--lease-timeout 3``);
+- ``takeover``: the database side of a failover alone: seconds for one
+  survivor to take 1,000 and 10,000 nodes over (chunks of 200);
 - ``redirect``: the time of a login at the owner against a login at
   another process (code 9, reconnect to the owner, login again).
 
@@ -192,6 +195,54 @@ def section_store(args: argparse.Namespace, pg: TemporaryPostgres) -> None:
                 f"{two:,.0f}/s | {two / lite:.2f}x |",
                 flush=True,
             )
+
+
+def section_takeover(args: argparse.Namespace, pg: TemporaryPostgres) -> None:
+    """The database side of a failover: seconds for one survivor to take N
+    nodes over (``take_over`` in chunks of 200, as the lease keeper does),
+    each node with one unclosed connection, a webhook, a pending summon
+    and a peer storage blob."""
+    from lnproxy.leases import TAKE_OVER_CHUNK
+    from lnproxy.store import ConnectionRow, WebhookRow
+
+    key_dir = tempfile.mkdtemp()
+    key_path = os.path.join(key_dir, KEY_FILE)
+    print("\n## take-over: seconds for one survivor to claim N nodes\n")
+    print("| nodes | seconds | nodes/s |")
+    print("| --- | --- | --- |")
+    for count in (1000,) if args.quick else (1000, 10000):
+        url = pg.create_database()
+        dead = PostgresStore.open(url, key_path=key_path)
+        alive = PostgresStore.open(url, key_path=key_path)
+        try:
+            dead.register("ws://127.0.0.1:1", 15)
+            alive.register("ws://127.0.0.1:2", 15)
+            ids = [node(i) for i in range(count)]
+            with dead.transaction():
+                for i, n in enumerate(ids):
+                    dead.claim(n)
+                    dead.append_events(make_rows(n, 1, 1))
+                    dead.put_connection(
+                        ConnectionRow(
+                            f"c{i}", n, PEER, "127.0.0.1:9735", True, 1.0, "open", ""
+                        )
+                    )
+                    dead.add_webhook(WebhookRow(n, "w", "http://127.0.0.1:1/", 1.0))
+                    dead.put_peer_storage(n, PEER, b"\x00" * 64, 1.0)
+            dead.unregister()
+            t = time.perf_counter()
+            taken = 0
+            while True:
+                claims = alive.take_over(TAKE_OVER_CHUNK)
+                taken += len(claims)
+                if len(claims) < TAKE_OVER_CHUNK:
+                    break
+            took = time.perf_counter() - t
+            assert taken == count, (taken, count)
+            print(f"| {count:,} | {took:.2f} | {count / took:,.0f} |", flush=True)
+        finally:
+            dead.close()
+            alive.close()
 
 
 # -- the twistd sections ----------------------------------------------------
@@ -595,7 +646,7 @@ def section_failover(
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections and print markdown tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="store,e2e,failover,redirect")
+    parser.add_argument("--only", default="store,e2e,failover,redirect,takeover")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dir", default=None, help="where the data dirs go")
     parser.add_argument("--links", type=int, default=1000, help="failover links")
@@ -606,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "store" in sections:
             section_store(args, pg)
+        if "takeover" in sections:
+            section_takeover(args, pg)
         if sections & {"e2e", "failover", "redirect"}:
             run_twisted(args, pg)
     finally:

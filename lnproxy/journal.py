@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 
 from lnproxy.protocol import notification_text
 from lnproxy.store import ConnectionRow, EventRow, IStore, NodeLost
+from lnproxy.store.executor import ExecutorStopped
 
 if TYPE_CHECKING:
     from lnproxy.store.executor import DatabaseExecutor
@@ -118,6 +119,10 @@ class Journal:
         #: the reactor sees only knows those loaded when a node was claimed).
         self._kept: dict[tuple[str, str], bytes] = {}
         self._flush_call: IDelayedCall | None = None
+        #: The last commit failed: it may have happened all the same (the
+        #: link broke after the server committed), so the next one first
+        #: skips what is already stored instead of failing on it forever.
+        self._uncertain = False
 
     # -- adding ---------------------------------------------------------------
 
@@ -253,7 +258,9 @@ class Journal:
         self._fire_idle()
 
     def _take(self) -> _Batch:
-        taken = _Batch(self._batch, self._closes, self._rows, self._blobs)
+        taken = _Batch(
+            self._batch, self._closes, self._rows, self._blobs, self._uncertain
+        )
         self._batch, self._closes, self._rows, self._blobs = [], [], {}, {}
         return taken
 
@@ -266,12 +273,27 @@ class Journal:
     @staticmethod
     def _write(store: IStore, taken: _Batch) -> None:
         """Write one batch inside the caller's transaction."""
+        events, closes = taken.events, taken.closes
+        if taken.uncertain:
+            # The previous attempt failed, perhaps after its COMMIT reached
+            # the database. Seqs are this owner's alone (fencing), so one
+            # below the stored next_seq was committed by that attempt:
+            # write it again and the store refuses the repeat, skip it and
+            # it is offered once, with its seq, after this commit.
+            stored = {n: store.next_seq(n) for n in {r.node_id for r in events}}
+            events = [r for r in events if r.seq >= stored[r.node_id]]
         # Rows before closes: a row queued while open must not
         # overwrite the closed state recorded in this same batch.
         for conn_row in taken.rows.values():
             store.put_connection(conn_row)
-        store.append_events(taken.events)
-        for conn_id, seq in taken.closes:
+        store.append_events(events)
+        for conn_id, seq in closes:
+            if taken.uncertain:
+                # Recorded by the attempt that committed, or acknowledged
+                # and deleted since: nothing left to do.
+                row = store.get_connection(conn_id)
+                if row is None or row.closed_seq == seq:
+                    continue
             store.close_connection(conn_id, seq)
         for (node_id, peer), (blob, at) in taken.blobs.items():
             store.put_peer_storage(node_id, peer, blob, at)
@@ -279,6 +301,7 @@ class Journal:
     def _committed(self, taken: _Batch) -> None:
         """Offer a committed batch and tell observers."""
         self.failures = 0
+        self._uncertain = False
         for conn_id, _ in taken.closes:
             self._close_nodes.pop(conn_id, None)
         if self.executor is not None:
@@ -314,6 +337,7 @@ class Journal:
             # Keep everything and try again shortly: nothing is offered to a
             # client before it is on disk.
             self.failures += 1
+            self._uncertain = True
             self._log.failure(
                 "could not commit {n} events; retrying", n=len(taken.events)
             )
@@ -361,6 +385,18 @@ class Journal:
                 self._after_commit()
                 return
             self.failures += 1
+            self._uncertain = True
+            if isinstance(f.value, ExecutorStopped):
+                # The process is stopping and its database threads are gone:
+                # no retry can succeed (and a retry loop would outlive the
+                # service). The rows stay unwritten: whoever takes the nodes
+                # over writes "proxy failed" for their connections.
+                self._put_back(taken)
+                self._log.warn(
+                    "the database executor stopped: {n} events not written",
+                    n=len(taken.events),
+                )
+                return
             self._log.warn(
                 "could not commit {n} events ({error}); retrying in {delay} s",
                 n=len(taken.events),
@@ -391,6 +427,8 @@ class _Batch:
     closes: list[tuple[str, int]]
     rows: dict[str, ConnectionRow]
     blobs: dict[tuple[str, str], tuple[bytes, float]]
+    #: The previous attempt failed and may have committed.
+    uncertain: bool = False
 
 
 def event_text(row: EventRow) -> str:

@@ -197,6 +197,10 @@ class LeaseKeeper(service.Service):
         sent = self.clock.seconds()
 
         def renewed(lost: list[str]) -> None:
+            if not self.running:
+                # Answered after the stop (a slow database): no new
+                # watchdog may outlive the service.
+                return
             self._extend(sent)
             lost = [n for n in lost if n in self.nodes]
             if lost:

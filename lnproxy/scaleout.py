@@ -315,17 +315,67 @@ class Deployment(service.Service):
     @defer.inlineCallbacks
     def shutdown(self) -> Any:
         """After the hub stopped: end the lease, finish queued work, close
-        every connection."""
+        every connection.
+
+        Each database wait is bounded by :data:`STOP_WAIT`: a database that
+        hangs (frozen, its disk stuck) rather than refuses must not keep
+        the process from exiting. Work still queued then is dropped
+        uncommitted (nothing of it was offered; whoever takes the nodes over
+        writes ``proxy failed`` for their connections); the threads are
+        daemons, and the connections they hold are left to the exit.
+        """
+        finished = True
         try:
             self.probe.stop()
             yield self.keeper.stopService()
             if self.executor._running:
-                try:
-                    yield self.keeper.unregister()
-                except Exception as e:
-                    _log.warn("could not end the lease at stop: {e}", e=str(e))
-                yield self.executor.stop()
+                ended = yield _within(
+                    self.reactor, STOP_WAIT, self.keeper.unregister()
+                )
+                if not ended:
+                    _log.warn("could not end the lease at stop")
+                finished = yield _within(self.reactor, STOP_WAIT, self.executor.stop())
+                if not finished:
+                    _log.warn(
+                        "the database did not answer within {s} s at stop: "
+                        "{n} jobs dropped uncommitted",
+                        s=STOP_WAIT,
+                        n=self.executor.queued,
+                    )
         finally:
-            for reader in self._readers:
-                reader.close()
-            self.store.close()
+            if finished:
+                for reader in self._readers:
+                    reader.close()
+                self.store.close()
+
+
+#: Seconds a stop waits for each database step (the lease's end, the
+#: queued work) before it goes without it.
+STOP_WAIT = 5.0
+
+
+def _within(
+    clock: IReactorTime, seconds: float, d: defer.Deferred[Any]
+) -> defer.Deferred[bool]:
+    """Fire with True when ``d`` fires (either way), or with False after
+    ``seconds``; ``d`` itself is left alone (it may fire later)."""
+    done: defer.Deferred[bool] = defer.Deferred()
+
+    def finish(ok: bool) -> None:
+        if not done.called:
+            done.callback(ok)
+
+    def settled(result: object) -> None:
+        if isinstance(result, Failure):
+            _log.warn("at stop: {e}", e=result.getErrorMessage())
+        finish(True)
+
+    d.addBoth(settled)
+    timer = clock.callLater(seconds, finish, False)
+
+    def stop_timer(ok: bool) -> bool:
+        if timer.active():
+            timer.cancel()
+        return ok
+
+    return done.addCallback(stop_timer)

@@ -21,12 +21,19 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lnproxy.hub import Hub, HubError, Session
 from lnproxy.journal import Journal
-from lnproxy.store import DBError, EventRow, NodeLost, Store
-from lnproxy.store.executor import DatabaseExecutor
+from lnproxy.store import ConnectionRow, DBError, EventRow, NodeLost, Store
+from lnproxy.store.executor import DatabaseExecutor, ExecutorStopped
 from lnproxy.store.postgres import Claim
 
 A = "02" + "aa" * 32
 B = "02" + "bb" * 32
+
+
+def conn(conn_id: str, node_id: str) -> ConnectionRow:
+    """An open connection row of ``node_id``."""
+    return ConnectionRow(
+        conn_id, node_id, "02" + "ee" * 32, "127.0.0.1:9735", True, 5.0, "open", "00"
+    )
 
 
 class Log:
@@ -56,6 +63,14 @@ class ManualExecutor:
         with self.store.transaction():
             result = fn(self.store)
         d.callback(result)
+
+    def commit_then_fail(self, error: Exception) -> None:
+        """Run and commit the oldest job, then fail it: the link broke after
+        the database committed, before the answer came back."""
+        fn, d = self.jobs.pop(0)
+        with self.store.transaction():
+            fn(self.store)
+        d.errback(error)
 
     def fail(self, error: Exception) -> None:
         """Fail the oldest job without running it."""
@@ -131,6 +146,60 @@ class AsyncJournalTests(SynchronousTestCase):
         self.ex.run()
         self.assertEqual(self.offered, [(A, 1), (A, 2)])
         self.assertEqual(self.journal.failures, 0)
+
+    def test_commit_that_happened_but_failed_is_not_repeated(self) -> None:
+        """The commit reached the database but its answer was lost (DBError
+        after COMMIT): the retry skips the stored events and the recorded
+        close instead of failing on them forever, commits what came
+        meanwhile, and offers every event once, in seq order, without a gap
+        or a new seq."""
+        a, b = Log(A), Log(B)
+        self.store.put_connection(conn("c1", A))
+        self.emit(a, 2)
+        self.journal.record_close("c1", 2, A)
+        self.clock.advance(0)
+        self.ex.commit_then_fail(DBError("server closed the connection"))
+        self.assertEqual(self.offered, [])
+        self.emit(a)
+        self.emit(b)
+        self.clock.advance(self.journal.retry_delay)
+        self.ex.run()
+        self.assertEqual(self.offered, [(A, 1), (A, 2), (A, 3), (B, 1)])
+        self.assertEqual(
+            [r.seq for r in self.store.events_after(A, 0, 10)], [1, 2, 3]
+        )
+        closed = self.store.get_connection("c1")
+        self.assertEqual(closed and closed.closed_seq, 2)
+        self.assertEqual((self.journal.failures, self.journal.pending), (0, False))
+        self.emit(a)
+        self.clock.advance(0)
+        self.ex.run()
+        self.assertEqual(self.offered[-1], (A, 4))
+
+    def test_failed_commit_of_a_new_connection_and_its_close(self) -> None:
+        """A commit that did not happen, holding a new connection's row and
+        its close: the retry stores both (the connection ends closed)."""
+        a = Log(A)
+        self.journal.stage_connection(conn("c2", A))
+        self.emit(a)
+        self.journal.record_close("c2", 1, A)
+        self.clock.advance(0)
+        self.ex.fail(DBError("database unreachable"))
+        self.clock.advance(self.journal.retry_delay)
+        self.ex.run()
+        row = self.store.get_connection("c2")
+        self.assertEqual(row and (row.state, row.closed_seq), ("closed", 1))
+        self.assertEqual(self.offered, [(A, 1)])
+
+    def test_stopped_executor_is_not_retried(self) -> None:
+        """A commit refused because the executor stopped (the process is
+        stopping) schedules no retry: nothing outlives the service."""
+        self.emit(Log(A), 2)
+        self.clock.advance(0)
+        self.ex.fail(ExecutorStopped("the database executor is stopped"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.offered, [])
+        self.assertTrue(self.journal.pending)
 
     def test_node_lost_drops_its_rows_and_commits_the_rest(self) -> None:
         """A commit refused with NodeLost reports the node, drops its rows

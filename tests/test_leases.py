@@ -126,6 +126,36 @@ class LeaseKeeperTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(k.claim(node(1))).owned)
         self.assertEqual(k.nodes, {node(1)})
 
+    def test_renewal_answered_after_stop_schedules_nothing(self) -> None:
+        """A renewal still on its way when the keeper stops (a slow
+        database) starts no new deadline watchdog when it is answered:
+        nothing of the keeper outlives the service."""
+        k, ex, _ = self.keeper(1)
+        held: defer.Deferred[Any] = defer.Deferred()
+        ex.write = lambda fn: held  # type: ignore[method-assign]
+        self.clock.advance(1.0)  # a tick: its renewal waits on the database
+        k.stopService()
+        held.callback([])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_renewal_failing_while_commits_succeed(self) -> None:
+        """Only the renewal fails (every other write works): the nodes are
+        still given up at the local deadline and claims refused, since
+        others may take them over once the database's lease ends."""
+        k, ex, rec = self.keeper(1)
+        self.assertTrue(self.successResultOf(k.claim(node(1))).owned)
+
+        def refuse() -> list[str]:
+            raise DBError("renewal refused (test)")
+
+        self.patch(ex.writer, "renew", refuse)
+        self.clock.advance(3.0)
+        self.assertFalse(k.valid)
+        self.assertEqual(rec.lost, [node(1)])
+        self.failureResultOf(k.claim(node(2)), LeaseLapsed)
+        # Its epoch is forgotten too: a late write for it is refused.
+        self.assertEqual(ex.writer.owned(), {})
+
     def test_redirect_takeover_and_loss(self) -> None:
         """A live owner's node is not claimed (its URL is given); once its
         lease expired, the other keeper's tick takes it over with the

@@ -39,7 +39,14 @@ from . import test_service_inbox as inbox_tests
 from . import test_service_relay as relay_tests
 from . import test_service_smoke as smoke_tests
 from . import test_webhook_e2e as webhook_tests
-from .harness import ProxyTestCase, RpcFailed, eventually, free_port
+from .harness import (
+    ProxyTestCase,
+    RpcFailed,
+    build_service,
+    eventually,
+    free_port,
+    proxy_options,
+)
 from .pg import new_database, shared_postgres
 from .test_webhook_e2e import Receiver
 
@@ -435,6 +442,102 @@ class HandOverTests(ScaleOutCase):
         self.assertNotIn(again_conn, closed)
 
 
+    @defer.inlineCallbacks
+    def test_two_survivors_wake_each_node_once(self) -> Any:
+        """kill -9 of the owner of three nodes with two survivors checking
+        for expired leases at the same time: every node's webhook is called
+        exactly once across the deployment (also after two more lease
+        periods), and each node's closed event is written once."""
+        p1, p2, p3 = self.spawn(), self.spawn(), self.spawn()
+        yield self.started(p1, p2, p3)
+        rx, rx_port = self.receiver()
+        peer, peer_port = self.local_peer()
+        secrets = [os.urandom(32) for _ in range(3)]
+        for i, secret in enumerate(secrets):
+            client = yield self.logged_in(secret, port=p1.port)
+            yield client.call(
+                "webhook.set", url=f"http://127.0.0.1:{rx_port}/hook{i}"
+            )
+            yield client.open_peer(peer, peer_port, persist=True)
+            yield eventually(lambda c=client: len(c.events) == 1)
+            client.dropConnection(abort=True)
+            yield client.closed
+        os.kill(p1.transport.pid, signal.SIGKILL)
+        yield self.ended(p1)
+        for i in range(3):
+            yield eventually(
+                lambda i=i: len(rx.on(f"/hook{i}")) >= 1, timeout=LEASE + 8
+            )
+        yield task.deferLater(reactor, LEASE * 2, lambda: None)
+        self.assertEqual([len(rx.on(f"/hook{i}")) for i in range(3)], [1, 1, 1])
+        self.assertEqual(
+            self.sql(
+                "SELECT node_id, count(*) FROM events WHERE kind = 'closed'"
+                " GROUP BY node_id HAVING count(*) <> 1"
+            ),
+            [],
+        )
+        self.assertEqual(
+            self.sql("SELECT count(*) FROM events WHERE kind = 'closed'"), [(3,)]
+        )
+
+    @defer.inlineCallbacks
+    def test_paused_past_its_lease_then_resumed_writes_nothing(self) -> Any:
+        """SIGSTOP of the owner for longer than its lease: the other process
+        takes the node over (``proxy failed``). On SIGCONT the paused one
+        reads a peer message that waited in its socket: it writes nothing
+        (the epoch fencing refuses it), takes no seq, and stops serving the
+        node (its peer link and the client's session close)."""
+        p1, p2 = self.spawn(), self.spawn()
+        yield self.started(p1, p2)
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret, port=p1.port)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 1)
+        (link,) = list(peer.connections)
+        link.send(bytes.fromhex("0080") + b"before the pause")
+        yield eventually(lambda: len(client.events) == 2)
+        os.kill(p1.transport.pid, signal.SIGSTOP)
+        self.addCleanup(self._cont, p1)
+        node_id = keys.public_key(secret).hex()
+        yield eventually(
+            lambda: self.sql(
+                "SELECT count(*) FROM events WHERE node_id = %s AND kind = 'closed'",
+                node_id,
+            )
+            == [(1,)],
+            timeout=LEASE * 3 + 5,
+        )
+        self.assertEqual(
+            self.sql("SELECT next_seq FROM nodes WHERE node_id = %s", node_id), [(4,)]
+        )
+        kinds = self.sql("SELECT seq, kind FROM events WHERE seq = 1")
+        link.send(bytes.fromhex("0080") + b"after the take-over")
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        os.kill(p1.transport.pid, signal.SIGCONT)
+        yield eventually(lambda: not peer.connections, timeout=LEASE * 2 + 3)
+        yield client.closed.addTimeout(LEASE * 2 + 3, reactor)
+        yield task.deferLater(reactor, LEASE, lambda: None)
+        self.assertEqual(
+            self.sql(
+                "SELECT seq, kind FROM events WHERE node_id = %s ORDER BY seq",
+                node_id,
+            ),
+            [(1, kinds[0][1]), (2, "message"), (3, "closed")],
+        )
+        self.assertEqual(
+            self.sql("SELECT next_seq FROM nodes WHERE node_id = %s", node_id), [(4,)]
+        )
+        again = yield self.logged_in(secret, port=p2.port)
+        yield eventually(lambda: len(again.events) == 3)
+        self.assertEqual([e["params"]["seq"] for e in again.events], [1, 2, 3])
+
+    def _cont(self, child: Child) -> None:
+        """Let a stopped child run again (so that cleanup can end it)."""
+        if not child.proto.ended.called:
+            os.kill(child.transport.pid, signal.SIGCONT)
+
 class BadStartTests(ScaleOutCase):
     """A process that cannot use its database refuses to start."""
 
@@ -548,6 +651,153 @@ class DatabaseOutageTests(ProxyTestCase):
             ("closed", conn, "proxy failed"),
         )
 
+
+    @defer.inlineCallbacks
+    def test_stop_with_the_database_down(self) -> Any:
+        """SIGTERM's stop while the database is down, with a peer's message
+        and the ``closed`` events queued: the stop ends within a bounded
+        time (nothing hangs on the database), and once it is back another
+        process gives the client every committed event once, the
+        connection's ``closed`` (``proxy failed``) after them."""
+        url = self.pg.create_database()
+        key = os.path.join(self.work, KEY_FILE)
+        svc = self.start_proxy(
+            "--database",
+            url,
+            "--public-url",
+            "ws://127.0.0.1:1",
+            "--lease-timeout",
+            "4",
+            "--server-key",
+            key,
+            data_dir=os.path.join(self.work, "data"),
+        )
+        yield eventually(lambda: svc.health()[0], timeout=10)
+        secret = os.urandom(32)
+        client = yield self.logged_in(secret)
+        peer, peer_port = self.local_peer()
+        conn, _ = yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 1)
+        (link,) = list(peer.connections)
+        self.pg.halt()
+        link.send(bytes.fromhex("0080") + b"during the outage")
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        started = time.monotonic()
+        yield defer.maybeDeferred(svc.stopService).addTimeout(60, reactor)
+        took = time.monotonic() - started
+        print(f"stop with the database down: {took:.1f} s")
+        self.assertLess(took, 30)
+        self.pg.restart()
+        other = build_service(
+            reactor,
+            proxy_options(
+                os.path.join(self.work, "data2"),
+                "--database",
+                url,
+                "--public-url",
+                "ws://127.0.0.1:2",
+                "--lease-timeout",
+                "4",
+                "--server-key",
+                key,
+            ),
+        )
+        other.startService()
+        self.addCleanup(other.stopService)
+        port = other.listeners[0]._waitingForPort.result.getHost().port
+        yield eventually(lambda: other.health()[0], timeout=15)
+        again = yield eventually_logged_in(self, secret, port)
+        yield eventually(lambda: len(again.events) >= 2, timeout=15)
+        seqs = [e["params"]["seq"] for e in again.events]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+        last = again.events[-1]
+        self.assertEqual(
+            (last["method"], last["params"]["conn"]), ("closed", conn)
+        )
+        self.assertIn(last["params"]["reason"], ("proxy failed", "proxy stopped"))
+
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the private server and its backends (a database that
+        hangs instead of refusing: frozen, its disk stuck); SIGCONT at
+        cleanup (or by :meth:`thaw`)."""
+        assert self.pg._dir is not None
+        with open(os.path.join(self.pg._dir, "data", "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        pids = [postmaster]
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                pids.append(int(entry))
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(self.thaw, pids)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    @defer.inlineCallbacks
+    def test_stop_with_the_database_frozen(self) -> Any:
+        """SIGTERM's stop while the database hangs (its processes stopped)
+        with a commit in flight: the stop ends within a bounded time
+        instead of waiting for the database forever."""
+        url = self.pg.create_database()
+        svc = self.start_proxy(
+            "--database",
+            url,
+            "--public-url",
+            "ws://127.0.0.1:1",
+            "--lease-timeout",
+            "30",
+            "--server-key",
+            os.path.join(self.work, KEY_FILE),
+            data_dir=os.path.join(self.work, "data"),
+        )
+        yield eventually(lambda: svc.health()[0], timeout=10)
+        client = yield self.logged_in(os.urandom(32))
+        peer, peer_port = self.local_peer()
+        yield client.open_peer(peer, peer_port)
+        yield eventually(lambda: len(client.events) == 1)
+        (link,) = list(peer.connections)
+        pids = self.freeze()
+        link.send(bytes.fromhex("0080") + b"while the database hangs")
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        started = time.monotonic()
+        yield defer.maybeDeferred(svc.stopService).addTimeout(60, reactor)
+        took = time.monotonic() - started
+        print(f"stop with the database frozen: {took:.1f} s")
+        self.assertLess(took, 30)
+        self.thaw(pids)
+        executor = svc.deployment.executor
+        # The stuck threads finish once the database runs again.
+        yield eventually(lambda: executor._alive == 0, timeout=30)
+
+@defer.inlineCallbacks
+def eventually_logged_in(case: ProxyTestCase, secret: bytes, port: int) -> Any:
+    """Log in at ``port``, again while the node's old owner still holds it
+    (code 9 until its lease runs out)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client = yield case.logged_in(secret, port=port)
+        except RpcFailed:
+            if time.monotonic() > deadline:
+                raise
+            yield task.deferLater(reactor, 0.5, lambda: None)
+            continue
+        return client
 
 class ServerKeyOptionTests(ProxyTestCase):
     """``--server-key`` (with SQLite too)."""

@@ -19,6 +19,7 @@ import psycopg
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from lnproxy.journal import Journal
 from lnproxy.store import (
     KEY_FILE,
     ConnectionRow,
@@ -254,6 +255,78 @@ class SchemaTests(PgCase):
         self.assertTrue(s.writable())
 
 
+class CommitCutter:
+    """A TCP relay to PostgreSQL that, when armed, lets the next ``COMMIT``
+    through, waits until the server has committed, and then cuts the link
+    before the answer reaches the client: the commit happened, the client
+    sees a broken connection (the ambiguous failure a writer must retry
+    safely)."""
+
+    def __init__(self, url: str) -> None:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        parts = conninfo_to_dict(url)
+        self.target = (str(parts["host"]), int(str(parts["port"])))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        port = self.listener.getsockname()[1]
+        self.url = make_conninfo(url, host="127.0.0.1", port=str(port))
+        self.armed = threading.Event()
+        #: Set once a COMMIT was let through and the link cut.
+        self.cut = threading.Event()
+        self.holding = threading.Event()
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self._socks += [client, server]
+            threading.Thread(
+                target=self._pump, args=(client, server, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, False), daemon=True
+            ).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                commit = upward and self.armed.is_set() and b"COMMIT\x00" in data
+                if commit:
+                    self.armed.clear()
+                    self.holding.set()  # the answer never goes back
+                if upward or not self.holding.is_set():
+                    dst.sendall(data)
+                if commit:
+                    time.sleep(0.5)  # the server commits meanwhile
+                    for sock in (src, dst):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    self.cut.set()
+                    self.holding.clear()
+                    return
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Stop listening and cut every link."""
+        self.listener.close()
+        for sock in self._socks:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
 class OwnershipTests(PgCase):
     """Leases, claims, redirects, fencing and failover between processes."""
 
@@ -397,6 +470,45 @@ class OwnershipTests(PgCase):
         self.assertEqual(sorted(p1.renew()), ids)
         self.assertEqual(p1.owned(), {})
 
+    def test_take_over_is_a_few_statements_for_many_nodes(self) -> None:
+        """A take-over of 150 nodes runs a fixed handful of statements (not
+        a few per node), and each claim carries its own node's pending
+        count, webhooks, newest summon, peer storage and connections."""
+        p1, p2 = self.two()
+        ids = [node(i) for i in range(150)]
+        for n in ids:
+            p1.claim(n)
+        hooked, quiet = ids[3], ids[7]
+        p1.append_events([event(hooked, 1, summon=True), event(hooked, 2)])
+        p1.append_events([event(quiet, 1, summon=True)])
+        p1.add_webhook(WebhookRow(hooked, "w2", "http://b", 2.0))
+        p1.add_webhook(WebhookRow(hooked, "w1", "http://a", 1.0))
+        p1.put_peer_storage(hooked, node(0xFEE), b"blob", 3.0)
+        p1.put_connection(conn_row("c1", quiet))
+        self.expire(p1)
+        statements = []
+        execute = psycopg.Connection.execute
+
+        def counting(conn: Any, query: Any, *a: Any, **kw: Any) -> Any:
+            statements.append(query)
+            return execute(conn, query, *a, **kw)
+
+        self.patch(psycopg.Connection, "execute", counting)
+        claims = {c.node_id: c for c in p2.take_over(limit=1000)}
+        self.assertLessEqual(len(statements), 12)
+        self.assertEqual(sorted(claims), ids)
+        h, q = claims[hooked], claims[quiet]
+        self.assertEqual((h.pending, h.epoch, h.next_seq), (2, 2, 3))
+        self.assertEqual([w.webhook_id for w in h.webhooks], ["w1", "w2"])
+        self.assertEqual(h.newest_summon, event(hooked, 1, summon=True))
+        self.assertEqual(h.peer_storage, {node(0xFEE): b"blob"})
+        self.assertEqual(h.unclosed, [])
+        self.assertEqual((q.pending, q.webhooks, q.newest_summon), (1, [], None))
+        self.assertEqual([c.conn_id for c in q.unclosed], ["c1"])
+        self.assertEqual(claims[ids[0]].pending, 0)
+        self.assertEqual(p2.owned(), {n: 2 for n in ids})
+        p2.append_events([event(hooked, 3)])  # fencing knows the new epochs
+
     def test_unregister_hands_nodes_over_at_once(self) -> None:
         """A clean stop ends the lease at once: another process claims a
         node at its login right away, and its next take-over round gets the
@@ -489,6 +601,66 @@ class OwnershipTests(PgCase):
         s = self.open()
         self.assertRaises(StoreError, s.claim, A)
         self.assertRaises(ValueError, s.register, "ws://x", 0)
+
+
+class _Log:
+    """A node's numbering, as the hub's Node keeps it."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.next_seq = 1
+
+
+class LostCommitTests(TestCase):
+    """A commit that happened although the writer saw the link break."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_commit_lost_after_the_server_committed_is_not_repeated(
+        self,
+    ) -> Any:
+        """The link to PostgreSQL breaks after the server committed a group
+        and before the writer heard it: the journal's retry (same seqs, same
+        rows) neither repeats nor skips an event, takes no new seq, and
+        every event is offered once; the next event continues the seqs."""
+        url = new_database()
+        cutter = CommitCutter(url)
+        self.addCleanup(cutter.close)
+        key_dir = os.path.abspath(self.mktemp())
+        os.makedirs(key_dir)
+        key_path = os.path.join(key_dir, KEY_FILE)
+        writer = PostgresStore.open(cutter.url, key_path=key_path)
+        self.addCleanup(writer.close)
+        writer.register("ws://127.0.0.1:1001", 15)
+        writer.claim(A)
+        ex: DatabaseExecutor[PostgresStore] = DatabaseExecutor(reactor, writer)
+        ex.start()
+        self.addCleanup(ex.stop)
+        offered: list[int] = []
+
+        def offer(row: EventRow) -> bool:
+            offered.append(row.seq)
+            return False
+
+        journal = Journal(writer, reactor, offer, retry_delay=0.2, executor=ex)
+        log = _Log(A)
+        journal.emit(log, "closed", {"conn": "c"}, False)
+        yield journal.idle()
+        cutter.armed.set()
+        for _ in range(2):
+            journal.emit(log, "closed", {"conn": "c"}, False)
+        yield journal.idle()
+        self.assertTrue(cutter.cut.is_set())
+        journal.emit(log, "closed", {"conn": "c"}, False)
+        yield journal.idle()
+        self.assertEqual(offered, [1, 2, 3, 4])
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute("SELECT seq FROM events ORDER BY seq").fetchall()
+            (next_seq,) = conn.execute("SELECT next_seq FROM nodes").fetchone() or (
+                0,
+            )
+        self.assertEqual((rows, next_seq), ([(1,), (2,), (3,), (4,)], 5))
 
 
 class ExecutorTests(TestCase):

@@ -1394,41 +1394,89 @@ class PostgresStore:
                 " ORDER BY n.node_id LIMIT %s FOR UPDATE OF n SKIP LOCKED",
                 (me, limit),
             ).fetchall()
-            claims = []
-            if rows:
-                cur = conn.cursor()
-                cur.executemany(
-                    "UPDATE nodes SET owner = %s, epoch = %s WHERE node_id = %s",
-                    [(me, int(epoch) + 1, node_id) for node_id, _, epoch, _ in rows],
-                )
-                ids = [r[0] for r in rows]
-                unclosed: dict[str, list[ConnectionRow]] = {n: [] for n in ids}
-                for r in conn.execute(
-                    f"SELECT {_CONNECTION_COLUMNS} FROM connections"
-                    " WHERE node_id = ANY(%s) AND state <> 'closed'"
-                    " ORDER BY since, conn_id",
-                    (ids,),
-                ).fetchall():
-                    c = _connection_row(r)
-                    unclosed[c.node_id].append(c)
-                for node_id, owner, epoch, next_seq in rows:
-                    self._epochs[node_id] = int(epoch) + 1
-                    claims.append(
-                        self._claimed(
-                            conn,
-                            node_id,
-                            int(epoch) + 1,
-                            int(next_seq),
-                            owner,
-                            unclosed[node_id],
-                        )
-                    )
+            claims = self._claimed_many(conn, me, rows) if rows else []
             conn.execute(
                 "DELETE FROM processes p WHERE p.expires < now() AND NOT EXISTS"
                 " (SELECT 1 FROM nodes n WHERE n.owner = p.process_id)"
                 " AND p.process_id <> %s",
                 (me,),
             )
+        return claims
+
+    def _claimed_many(
+        self,
+        conn: psycopg.Connection[Any],
+        me: str,
+        rows: list[tuple[Any, ...]],
+    ) -> list[Claim]:
+        """Take the locked ``(node_id, owner, epoch, next_seq)`` rows over
+        and build their claims: a fixed number of statements however many
+        nodes (a take-over of 10,000 nodes is a few round trips, not a few
+        per node)."""
+        ids = [r[0] for r in rows]
+        conn.execute(
+            "UPDATE nodes SET owner = %s, epoch = epoch + 1"
+            " WHERE node_id = ANY(%s)",
+            (me, ids),
+        )
+        unclosed: dict[str, list[ConnectionRow]] = {n: [] for n in ids}
+        for r in conn.execute(
+            f"SELECT {_CONNECTION_COLUMNS} FROM connections"
+            " WHERE node_id = ANY(%s) AND state <> 'closed'"
+            " ORDER BY since, conn_id",
+            (ids,),
+        ).fetchall():
+            c = _connection_row(r)
+            unclosed[c.node_id].append(c)
+        pending = dict(
+            conn.execute(
+                "SELECT node_id, count(*) FROM events WHERE node_id = ANY(%s)"
+                " GROUP BY node_id",
+                (ids,),
+            ).fetchall()
+        )
+        hooks: dict[str, list[WebhookRow]] = {n: [] for n in ids}
+        for n, w, u, c in conn.execute(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE node_id = ANY(%s)"
+            " ORDER BY node_id, created, webhook_id",
+            (ids,),
+        ).fetchall():
+            hooks[n].append(WebhookRow(n, w, u, float(c)))
+        hooked = [n for n in ids if hooks[n] and pending.get(n)]
+        summons: dict[str, EventRow] = {}
+        if hooked:
+            for r in conn.execute(
+                f"SELECT DISTINCT ON (node_id) {_EVENT_COLUMNS} FROM events"
+                " WHERE node_id = ANY(%s) AND summon ORDER BY node_id, seq DESC",
+                (hooked,),
+            ).fetchall():
+                e = _event_row(r)
+                summons[e.node_id] = e
+        blobs: dict[str, dict[str, bytes]] = {n: {} for n in ids}
+        for n, peer, blob in conn.execute(
+            "SELECT node_id, peer, blob FROM peer_storage WHERE node_id = ANY(%s)",
+            (ids,),
+        ).fetchall():
+            blobs[n][peer] = bytes(blob)
+        claims = []
+        for node_id, owner, epoch, next_seq in rows:
+            self._epochs[node_id] = int(epoch) + 1
+            claims.append(
+                Claim(
+                    node_id,
+                    owned=True,
+                    epoch=int(epoch) + 1,
+                    next_seq=int(next_seq),
+                    pending=int(pending.get(node_id, 0)),
+                    failed_owner=owner,
+                    unclosed=unclosed[node_id],
+                    webhooks=hooks[node_id],
+                    newest_summon=summons.get(node_id),
+                    peer_storage=blobs[node_id],
+                )
+            )
+        if self._checked:
+            self._checked[-1].update(ids)
         return claims
 
     def expired_owners(self) -> list[str]:
