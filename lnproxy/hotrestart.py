@@ -137,7 +137,13 @@ class OldSide:
         # notify=False: released transports are only closed, their protocols
         # hear nothing (faster with many; release() forgets them in the hub).
         self.listener = TakeoverListener(
-            self.reactor, path, self.collect, self.outcome, self.timeout, notify=False
+            self.reactor,
+            path,
+            self.collect,
+            self.outcome,
+            self.timeout,
+            notify=False,
+            lock_fd=lambda: getattr(self.root.store, "lock_fd", None),
         )
         self.listener.start()
 
@@ -210,7 +216,9 @@ class OldSide:
         root = self.root
         hub = root.hub
         hub.handed_over(self._collected)
-        root.store.close()  # the new process waits for this lock
+        # The new process holds the lock too (its descriptor crossed): close
+        # this copy without unlocking; it waits for this to open the store.
+        root.store.close(unlock=False)
         for client in list(root.factory.clients):
             try:
                 client.close_for_restart()
@@ -272,6 +280,8 @@ class Incoming:
     adopted: int = 0
     seconds: float = 0.0
     done: bool = False
+    #: The data dir lock's descriptor, handed over (None: take the lock).
+    lock_fd: int | None = None
 
     def listener_names(self) -> set[str]:
         """Names of the listeners that arrived with a socket."""
@@ -428,7 +438,9 @@ def prepare(
         count=len(snaps),
         seconds=time.monotonic() - started,
     )
-    return Incoming(takeover.received, list(snaps), started, "takeover")
+    return Incoming(
+        takeover.received, list(snaps), started, "takeover", lock_fd=takeover.lock_fd
+    )
 
 
 def wait_for_lock(open_store: Callable[[], Any], timeout: float = 30.0) -> Any:

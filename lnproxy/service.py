@@ -345,7 +345,12 @@ def build_service(
         )
     try:
         if database == "sqlite":
-            if incoming is not None:
+            if incoming is not None and incoming.lock_fd is not None:
+                # The lock crossed with the sockets: it was never free.
+                store = Store.open(
+                    config["data-dir"], key_path=key_path, lock_fd=incoming.lock_fd
+                )
+            elif incoming is not None:
                 store = hotrestart.wait_for_lock(
                     lambda: Store.open(config["data-dir"], key_path=key_path)
                 )

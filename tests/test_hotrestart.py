@@ -39,10 +39,11 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from lnproxy import hotrestart, noise, tap, wire
 from lnproxy import keys as lnkeys
-from lnproxy import noise, tap, wire
 from lnproxy.handover import TakeoverFailed, request_takeover
 from lnproxy.service import build_service
+from lnproxy.store import DataDirLocked, Store, datadir
 from lnproxy.testing import (
     ResponderFactory,
     ResponderPeer,
@@ -528,6 +529,28 @@ class HotRestartTests(TestCase):
             0o600,
         )
         yield child.stop("TERM")
+
+    @defer.inlineCallbacks
+    def test_lock_never_free(self) -> Any:
+        """The data dir lock crosses with the sockets: between the old
+        process's exit and the new one opening its store, a third process
+        cannot take the data dir."""
+        old = self.spawn()
+        yield old.wait_started()
+        config = {"data-dir": self.data_dir, "takeover": True}
+        incoming = yield deferToThread(hotrestart.prepare, config)
+        self.assertIsNotNone(incoming)
+        self.assertIsNotNone(incoming.lock_fd)
+        yield old.ended
+        assert old.reason is not None
+        self.assertIsInstance(old.reason.value, ProcessDone)
+        with self.assertRaises(DataDirLocked):
+            datadir.acquire_lock(self.data_dir)
+        store = Store.open(self.data_dir, lock_fd=incoming.lock_fd)
+        store.close()
+        incoming.received.close()
+        # Closed for good: the data dir is free again.
+        datadir.release_lock(datadir.acquire_lock(self.data_dir))
 
     @defer.inlineCallbacks
     def test_systemd_store(self) -> Any:

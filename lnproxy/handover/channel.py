@@ -9,6 +9,8 @@ one type byte and a payload::
     old -> new   F  up to 253 descriptors (SCM_RIGHTS; the kernel's
                     SCM_MAX_FD), payload: their count (u16)
     old -> new   M  a chunk of the manifest (at most 64 KiB)
+    old -> new   L  the data dir lock (version 2: one descriptor of the
+                    lock file's open file description, see below)
     old -> new   E  end: u32 descriptors, u32 manifest length
     new -> old   R  ready: everything received and prepared
     old -> new   C  commit: the sockets are yours; the old side lets go
@@ -23,6 +25,16 @@ bind its own), sends ``C`` and releases its sockets (no ``shutdown``).  The
 new side adopts only after ``C``; if the channel ends after its ``R``
 without ``C`` or ``X`` it adopts only if the old process is gone (it died
 between deciding and telling), else it gives up.
+
+The data dir lock (version 2).  An ``flock`` belongs to the open file
+description, and a descriptor sent with ``SCM_RIGHTS`` shares it: the old
+process sends its lock descriptor (``L``), so from then on the lock is held
+by both and never free.  After ``C`` the old process closes its store
+without unlocking (closing its copy only) and then closes the channel; the
+new side waits for that end of file (the old process no longer writes the
+database) and opens the store on the descriptor it received.  Releasing
+and retaking the lock instead left a moment in which a third process could
+take the data dir.
 
 The new side is blocking code, run before its reactor starts; the old side
 runs the exchange in a reactor thread and touches Twisted objects only on
@@ -60,14 +72,16 @@ __all__ = [
 
 _log = Logger()
 
-VERSION = 1
+VERSION = 2
+#: Hello versions the old side serves (1: no lock descriptor crosses).
+VERSIONS = (1, 2)
 #: The kernel's limit of descriptors per SCM_RIGHTS message (SCM_MAX_FD).
 MAX_FDS_PER_MESSAGE = 253
 CHUNK = 64 * 1024
 _RECV_SIZE = CHUNK + 64
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * 4)
 
-HELLO, FDS, MANIFEST, END, READY, COMMIT, ABORT = (
+HELLO, FDS, MANIFEST, END, READY, COMMIT, ABORT, LOCK = (
     b"H",
     b"F",
     b"M",
@@ -75,6 +89,7 @@ HELLO, FDS, MANIFEST, END, READY, COMMIT, ABORT = (
     b"R",
     b"C",
     b"X",
+    b"L",
 )
 
 
@@ -146,8 +161,11 @@ def _recv(skt: socket.socket) -> tuple[bytes, bytes, list[int]]:
     return data[:1], data[1:], fds
 
 
-def _send_frozen(skt: socket.socket, frozen: Frozen) -> None:
-    """Send the descriptors (253 a message), the manifest, the end mark."""
+def _send_frozen(
+    skt: socket.socket, frozen: Frozen, lock_fd: int | None = None
+) -> None:
+    """Send the descriptors (253 a message), the manifest, the lock (if
+    any), the end mark."""
     fds = frozen.fds
     for i in range(0, len(fds), MAX_FDS_PER_MESSAGE):
         batch = fds[i : i + MAX_FDS_PER_MESSAGE]
@@ -155,6 +173,8 @@ def _send_frozen(skt: socket.socket, frozen: Frozen) -> None:
     manifest = frozen.manifest
     for i in range(0, len(manifest), CHUNK):
         _send(skt, MANIFEST, manifest[i : i + CHUNK])
+    if lock_fd is not None:
+        socket.send_fds(skt, [LOCK], [lock_fd])
     _send(skt, END, struct.pack(">II", len(fds), len(manifest)))
 
 
@@ -187,6 +207,12 @@ class TakeoverListener:
     exits 0); on a rollback it resumes whatever it paused itself (timers),
     sockets are already thawed.  ``notify`` is passed to
     :meth:`Frozen.commit`.
+
+    ``lock_fd`` (called on the reactor thread at the freeze) gives the data
+    dir lock's descriptor to send to a version 2 new process; on a commit,
+    ``on_outcome`` must close it without unlocking, and the channel ends
+    (the new side's signal that the database is free) once ``on_outcome``
+    returned.
     """
 
     def __init__(
@@ -197,6 +223,7 @@ class TakeoverListener:
         on_outcome: Callable[[Outcome], None],
         timeout: float = 5.0,
         notify: bool = True,
+        lock_fd: Callable[[], int | None] | None = None,
     ) -> None:
         self._reactor = reactor
         self.path = path
@@ -204,6 +231,7 @@ class TakeoverListener:
         self._on_outcome = on_outcome
         self.timeout = timeout
         self._notify = notify
+        self._lock_fd = lock_fd
         self._socket: socket.socket | None = None
         self._busy = False
         self._reopen = False
@@ -274,16 +302,48 @@ class TakeoverListener:
         self._busy = True
         self._reactor.callInThread(self._serve, conn)
 
-    def _freeze(self) -> Frozen:
+    def _freeze(self) -> tuple[Frozen, int | None]:
         clock: IReactorTime = self._reactor  # type: ignore[assignment]
-        return Frozen(self._collect(), clock.seconds())
+        frozen = Frozen(self._collect(), clock.seconds())
+        return frozen, self._lock_fd() if self._lock_fd is not None else None
 
-    def _finish(self, frozen: Frozen | None, committed: bool, reason: str) -> None:
+    def _finish(
+        self,
+        frozen: Frozen | None,
+        committed: bool,
+        reason: str,
+        conn: socket.socket | None = None,
+    ) -> None:
         clock: IReactorTime = self._reactor  # type: ignore[assignment]
         self._busy = False
         # Measured before the commit's releases: from here the new process
         # reads (or, rolled back, this one does again).
         elapsed = clock.seconds() - frozen.frozen_at if frozen is not None else 0.0
+        if frozen is not None and committed:
+            outcome = Outcome(
+                True,
+                len(frozen.transports),
+                len(frozen.ports),
+                elapsed,
+                reason,
+                frozen.pending_total,
+            )
+            try:
+                # The caller lets go of the database (and the lock) first:
+                # the new process waits for the channel's end to open it.
+                self._on_outcome(outcome)
+            finally:
+                if conn is not None:
+                    conn.close()
+                frozen.commit(notify=self._notify)
+            _log.info(
+                "handed over {connections} connections and {listeners} listeners"
+                " in {seconds:.3f} s",
+                connections=outcome.connections,
+                listeners=outcome.listeners,
+                seconds=outcome.seconds,
+            )
+            return
         if frozen is None:
             outcome = Outcome(False, 0, 0, 0.0, reason)
         else:
@@ -332,11 +392,12 @@ class TakeoverListener:
             kind, payload, fds = _recv(conn)
             for fd in fds:
                 os.close(fd)
-            if kind != HELLO or payload[:1] != bytes([VERSION]):
+            if kind != HELLO or len(payload) < 1 or payload[0] not in VERSIONS:
                 raise TakeoverFailed("the new process spoke another protocol")
-            frozen = blockingCallFromThread(reactor, self._freeze)
+            version = payload[0]
+            frozen, lock_fd = blockingCallFromThread(reactor, self._freeze)
             assert frozen is not None
-            _send_frozen(conn, frozen)
+            _send_frozen(conn, frozen, lock_fd if version >= 2 else None)
             kind, payload, fds = _recv(conn)
             for fd in fds:
                 os.close(fd)
@@ -357,8 +418,9 @@ class TakeoverListener:
             conn.close()
             reactor.callFromThread(self._finish, frozen, False, reason)
             return
-        conn.close()
-        reactor.callFromThread(self._finish, frozen, True, "")
+        # The channel ends once the caller let go of the database (see
+        # _finish): the new process's signal to open it.
+        reactor.callFromThread(self._finish, frozen, True, "", conn)
 
 
 def _describe(e: BaseException) -> str:
@@ -396,13 +458,33 @@ class Takeover:
     process go on; it closes this process's copies.
     """
 
-    def __init__(self, skt: socket.socket, received: Received, old_pid: int) -> None:
+    def __init__(
+        self,
+        skt: socket.socket,
+        received: Received,
+        old_pid: int,
+        lock_fd: int | None = None,
+    ) -> None:
         self._socket = skt
         self.received = received
         self.old_pid = old_pid
+        #: The data dir lock's descriptor (an old process of version 2):
+        #: after :meth:`confirm`, open the store on it
+        #: (:meth:`lnproxy.store.sqlite.SqliteStore.open`, ``lock_fd``).
+        self.lock_fd = lock_fd
+
+    def _close_lock(self) -> None:
+        fd, self.lock_fd = self.lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # never LOCK_UN: the old process holds it too
 
     def confirm(self, timeout: float = 10.0) -> None:
-        """Send ready, wait for the commit.  TakeoverFailed if rolled back."""
+        """Send ready, wait for the commit.  TakeoverFailed if rolled back.
+
+        With a lock descriptor, it also waits (``timeout``) for the channel
+        to end after the commit: the old process has closed its database.
+        """
         skt = self._socket
         try:
             skt.settimeout(timeout)
@@ -421,17 +503,34 @@ class Takeover:
                 skt.close()
                 return
             self.received.close()
+            self._close_lock()
             skt.close()
             raise TakeoverFailed(f"no commit from the old process: {e}") from e
-        skt.close()
         if kind == ABORT:
+            skt.close()
             self.received.close()
+            self._close_lock()
             raise TakeoverFailed(
                 "the old process rolled back: " + payload.decode("utf-8", "replace")
             )
         if kind != COMMIT:
+            skt.close()
             self.received.close()
+            self._close_lock()
             raise TakeoverFailed(f"unexpected message {kind!r} from old process")
+        if self.lock_fd is not None:
+            # Committed: the end of the channel says the old process closed
+            # its database (it may still be recording closes until then).
+            try:
+                while skt.recv(64):
+                    pass
+            except OSError as e:
+                _log.warn(
+                    "the old process did not close the channel after its commit:"
+                    " {error}",
+                    error=e,
+                )
+        skt.close()
 
     def abort(self, reason: str) -> None:
         """Tell the old process to go on; close this process's copies."""
@@ -439,6 +538,7 @@ class Takeover:
             _send(self._socket, ABORT, reason.encode("utf-8")[:4000])
         self._socket.close()
         self.received.close()
+        self._close_lock()
 
 
 def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
@@ -459,12 +559,18 @@ def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
             raise NothingToTakeOver(f"no process serves {path}") from e
         raise TakeoverFailed(f"cannot reach {path}: {e}") from e
     fds: list[int] = []
+    lock: list[int] = []
     try:
         old_pid = _check_same_user(skt)
         _send(skt, HELLO, bytes([VERSION]))
         chunks: list[bytes] = []
         while True:
             kind, payload, got = _recv(skt)
+            if kind == LOCK:
+                lock.extend(got)
+                if len(lock) != 1:
+                    raise TakeoverFailed("the old process sent no single lock")
+                continue
             fds.extend(got)
             if kind == FDS:
                 continue
@@ -491,7 +597,7 @@ def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
             fds = []  # match closed them
             raise TakeoverFailed(f"bad manifest: {e}") from e
     except BaseException as e:
-        for fd in fds:
+        for fd in fds + lock:
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(OSError):
@@ -502,4 +608,4 @@ def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
         if isinstance(e, OSError):
             raise TakeoverFailed(f"takeover channel: {e}") from e
         raise
-    return Takeover(skt, received, old_pid)
+    return Takeover(skt, received, old_pid, lock[0] if lock else None)
