@@ -381,6 +381,16 @@ class TakeoverListener:
             )
         self._on_outcome(outcome)
 
+    def _no_return(self, frozen: Frozen) -> None:
+        """On the reactor thread, just before the commit: refuse it if a
+        frozen connection changed since its snapshot, else stop serving."""
+        written = frozen.written()
+        if written:
+            raise TakeoverFailed(
+                f"{written} connection(s) were written to during the handover"
+            )
+        self.stop()
+
     # -- thread side ------------------------------------------------------
 
     def _serve(self, conn: socket.socket) -> None:
@@ -409,7 +419,7 @@ class TakeoverListener:
             if kind != READY:
                 raise TakeoverFailed(f"unexpected message {kind!r} from new process")
             # Point of no return: free the path for the successor's channel.
-            blockingCallFromThread(reactor, self.stop)
+            blockingCallFromThread(reactor, self._no_return, frozen)
             _send(conn, COMMIT)
         except Exception as e:
             reason = _describe(e)

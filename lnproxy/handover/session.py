@@ -138,6 +138,11 @@ class Frozen:
             raise
         self.pending_total = sum(len(c.pending) for c in connections)
 
+    def written(self) -> int:
+        """How many frozen connections were written to (or closed) since the
+        freeze: committing now would lose those bytes."""
+        return sum(1 for t in self.transports if detach.written_while_frozen(t))
+
     def rollback(self) -> None:
         """Take everything back: read, accept and write again."""
         for selectable in [*self.transports, *self.ports]:
