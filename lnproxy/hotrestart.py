@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionLost, ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -152,6 +152,26 @@ class OldSide:
         if self.listener is not None:
             self.listener.stop()
 
+    def stop_serving(self) -> defer.Deferred[None]:
+        """This process stops (SIGTERM): a handover in progress rolls back
+        (unless past its point of no return: then it is committed), and the
+        channel closes.  Fires once the outcome is known, so that the stop
+        goes on either as a normal stop or as after a handover."""
+        listener = self.listener
+        if listener is None or not listener.busy:
+            self.stop()
+            return defer.succeed(None)
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def ended(_outcome: Outcome) -> None:
+            self.on_outcome.remove(ended)
+            self.stop()
+            done.callback(None)
+
+        self.on_outcome.append(ended)
+        listener.cancel("the old process is stopping (SIGTERM)")
+        return done
+
     def collect(self) -> Handover:
         """Pause everything and describe it (one reactor turn; the freeze
         follows at once)."""
@@ -201,13 +221,16 @@ class OldSide:
 
     def outcome(self, outcome: Outcome) -> None:
         """The end of a handover: exit, or go on as if nothing happened."""
-        for fn in self.on_outcome:
+        for fn in list(self.on_outcome):
             fn(outcome)
         if not outcome.committed:
             self._resume()
             return
         self.release(outcome.connections, outcome.seconds)
-        self.reactor.stop()
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping (SIGTERM during the handover)
 
     def release(self, connections: int, seconds: float) -> None:
         """Committed: forget what crossed, commit, let go of the store, close
@@ -252,7 +275,7 @@ class OldSide:
             return False
         frozen.commit(notify=False)
         self.release(len(frozen.transports), self.reactor.seconds() - started)
-        for fn in self.on_outcome:
+        for fn in list(self.on_outcome):
             fn(
                 Outcome(
                     True,

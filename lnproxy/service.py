@@ -272,12 +272,13 @@ class ProxyService(service.MultiService):
         WebSockets (1012).
         """
         old = self.old_side
+        if old is not None:
+            # A takeover in progress rolls back first (or has committed).
+            yield old.stop_serving()
         if old is not None and not old.handed_over and self.fd_store:
             notifier = systemd.Notifier()
             if notifier.address is not None:
                 old.store_on_stop(notifier)
-        if old is not None:
-            old.stop()
         if old is not None and old.handed_over:
             # Let the 1012 close frames reach the clients.
             deadline = self.reactor.seconds() + 2.0

@@ -553,6 +553,39 @@ class HotRestartTests(TestCase):
         datadir.release_lock(datadir.acquire_lock(self.data_dir))
 
     @defer.inlineCallbacks
+    def test_sigterm_during_takeover(self) -> Any:
+        """SIGTERM reaching the old process while a takeover waits for the
+        new side's ready: the handover rolls back (the new side is told, and
+        does not adopt) and the old process stops normally, at once."""
+        old = self.spawn("--takeover-timeout", "5")
+        yield old.wait_started()
+        path = os.path.join(self.data_dir, "takeover.sock")
+        pid = old.transport.pid
+
+        def new_side() -> str:
+            t = request_takeover(path)
+            os.kill(pid, signal.SIGTERM)
+            time.sleep(0.5)
+            try:
+                t.confirm(timeout=5)
+            except TakeoverFailed as e:
+                return str(e)
+            t.received.close()
+            return "adopted"
+
+        started = time.monotonic()
+        result = yield deferToThread(new_side)
+        self.assertNotEqual(result, "adopted")
+        yield eventually(lambda: old.ended.called, timeout=10)
+        self.assertLess(time.monotonic() - started, 5)
+        assert old.reason is not None
+        # twistd ends with the signal that stopped it, once stopped cleanly.
+        self.assertEqual(getattr(old.reason.value, "signal", None), signal.SIGTERM)
+        self.assertIn("the old process is stopping", old.text)
+        self.assertIn("lnproxy stopped", old.text)
+        self.assertFalse(os.path.exists(path))
+
+    @defer.inlineCallbacks
     def test_systemd_store(self) -> Any:
         """SIGTERM under a (fake) service manager with the fd store: the
         next process starts from the store; the same checks."""

@@ -235,6 +235,9 @@ class TakeoverListener:
         self._socket: socket.socket | None = None
         self._busy = False
         self._reopen = False
+        #: Why the handover in progress must not commit (see cancel()).
+        self._cancelled = ""
+        self._conn: socket.socket | None = None
         self._inode = 0
 
     # -- reactor side -----------------------------------------------------
@@ -300,7 +303,29 @@ class TakeoverListener:
             conn.close()
             return
         self._busy = True
+        self._cancelled = ""
+        self._conn = conn
         self._reactor.callInThread(self._serve, conn)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a handover is in progress (until its outcome)."""
+        return self._busy
+
+    def cancel(self, reason: str) -> None:
+        """Reactor thread: make the handover in progress roll back (this
+        process is stopping), unless it passed the point of no return.
+
+        The outcome follows as usual; wait for it before going on.
+        """
+        if not self._busy:
+            return
+        self._cancelled = reason
+        conn = self._conn
+        if conn is not None:
+            # Wakes the thread from waiting for the new side: it rolls back.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
 
     def _freeze(self) -> tuple[Frozen, int | None]:
         clock: IReactorTime = self._reactor  # type: ignore[assignment]
@@ -316,6 +341,7 @@ class TakeoverListener:
     ) -> None:
         clock: IReactorTime = self._reactor  # type: ignore[assignment]
         self._busy = False
+        self._conn = None
         # Measured before the commit's releases: from here the new process
         # reads (or, rolled back, this one does again).
         elapsed = clock.seconds() - frozen.frozen_at if frozen is not None else 0.0
@@ -359,6 +385,8 @@ class TakeoverListener:
                 reason,
                 frozen.pending_total,
             )
+        if self._cancelled:
+            self._reopen = False  # stopping: nothing to serve
         if not committed and self._socket is None and self._reopen:
             # We stopped listening at the point of no return and then the
             # commit could not be sent: serve the channel again.
@@ -384,12 +412,15 @@ class TakeoverListener:
     def _no_return(self, frozen: Frozen) -> None:
         """On the reactor thread, just before the commit: refuse it if a
         frozen connection changed since its snapshot, else stop serving."""
+        if self._cancelled:
+            raise TakeoverFailed(self._cancelled)
         written = frozen.written()
         if written:
             raise TakeoverFailed(
                 f"{written} connection(s) were written to during the handover"
             )
         self.stop()
+        self._reopen = True  # should the commit not reach the new side
 
     # -- thread side ------------------------------------------------------
 
@@ -405,6 +436,8 @@ class TakeoverListener:
             if kind != HELLO or len(payload) < 1 or payload[0] not in VERSIONS:
                 raise TakeoverFailed("the new process spoke another protocol")
             version = payload[0]
+            if self._cancelled:
+                raise TakeoverFailed(self._cancelled)
             frozen, lock_fd = blockingCallFromThread(reactor, self._freeze)
             assert frozen is not None
             _send_frozen(conn, frozen, lock_fd if version >= 2 else None)
@@ -422,7 +455,7 @@ class TakeoverListener:
             blockingCallFromThread(reactor, self._no_return, frozen)
             _send(conn, COMMIT)
         except Exception as e:
-            reason = _describe(e)
+            reason = self._cancelled or _describe(e)
             with contextlib.suppress(OSError):
                 _send(conn, ABORT, reason.encode("utf-8"))
             conn.close()
@@ -499,6 +532,22 @@ class Takeover:
         try:
             skt.settimeout(timeout)
             _send(skt, READY)
+        except OSError as e:
+            # The old process never got our ready: it cannot have committed.
+            reason = f"the old process did not take our ready: {e}"
+            with contextlib.suppress(OSError, TakeoverFailed):
+                kind, payload, fds = _recv(skt)  # its abort, if it said why
+                for fd in fds:
+                    os.close(fd)
+                if kind == ABORT:
+                    reason = "the old process rolled back: " + payload.decode(
+                        "utf-8", "replace"
+                    )
+            skt.close()
+            self.received.close()
+            self._close_lock()
+            raise TakeoverFailed(reason) from e
+        try:
             kind, payload, fds = _recv(skt)
             for fd in fds:
                 os.close(fd)
