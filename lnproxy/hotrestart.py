@@ -144,6 +144,7 @@ class OldSide:
             self.timeout,
             notify=False,
             lock_fd=lambda: getattr(self.root.store, "lock_fd", None),
+            sockets=self.sockets,
         )
         self.listener.start()
 
@@ -171,6 +172,22 @@ class OldSide:
         self.on_outcome.append(ended)
         listener.cancel("the old process is stopping (SIGTERM)")
         return done
+
+    def sockets(self) -> list[int]:
+        """Before the freeze: the descriptors :meth:`collect` would hand over
+        now (sent early, so that few cross while peers wait)."""
+        fds = []
+        for conn in self.root.hub.connections.values():
+            protocol = conn.protocol
+            transport = getattr(protocol, "transport", None)
+            skt = getattr(transport, "socket", None)
+            if conn.state in (ConnState.OPEN, ConnState.HANDSHAKE) and skt is not None:
+                fds.append(skt.fileno())
+        for port, _name in self.root.listening_ports():
+            skt = getattr(port, "socket", None)
+            if skt is not None:
+                fds.append(skt.fileno())
+        return fds
 
     def collect(self) -> Handover:
         """Pause everything and describe it (one reactor turn; the freeze

@@ -307,8 +307,9 @@ class SessionTests(_PeerSocket):
         proto.transport.loseConnection()
 
 
-class WrittenWhileFrozenTests(_PeerSocket):
-    """A connection written to after its snapshot is not handed over."""
+class ChannelConnectionTests(_PeerSocket):
+    """The channel with real TCP connections: sockets sent before the
+    freeze, connections written to while frozen."""
 
     @defer.inlineCallbacks
     def test_write_after_freeze_rolls_back(self) -> Any:
@@ -350,6 +351,50 @@ class WrittenWhileFrozenTests(_PeerSocket):
         peer.sendall(b"still mine")
         yield eventually(lambda: proto.data == b"still mine")
         proto.transport.loseConnection()
+
+    @defer.inlineCallbacks
+    def test_sockets_sent_before_the_freeze(self) -> Any:
+        """Sockets sent early (before the freeze) are matched by inode: one
+        that no longer crosses is only closed by the new side, one opened
+        since crosses during the freeze; a rollback leaves all three
+        connections working."""
+        p1, s1 = yield self.connect()
+        p2, s2 = yield self.connect()
+        p3, s3 = yield self.connect()
+        directory = tempfile.mkdtemp(prefix="lnproxy-handover-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "takeover.sock")
+        outcomes: list[Any] = []
+        listener = TakeoverListener(
+            R,
+            path,
+            lambda: Handover([(p1.transport, b"one"), (p3.transport, b"three")]),
+            outcomes.append,
+            timeout=5,
+            sockets=lambda: [p1.transport.fileno(), p2.transport.fileno()],
+        )
+        listener.start()
+        self.addCleanup(listener.stop)
+
+        def new_side() -> tuple[list[bytes], int]:
+            t = request_takeover(path)
+            got = [c.blob for c in t.received.connections if c.fd is not None]
+            unmatched = t.received.unmatched
+            t.abort("test")
+            return got, unmatched
+
+        got, unmatched = yield deferToThread(new_side)
+        self.assertEqual(got, [b"one", b"three"])
+        self.assertEqual(unmatched, 1)
+        yield eventually(lambda: len(outcomes) == 1)
+        self.assertFalse(outcomes[0].committed)
+        for proto, peer in ((p1, s1), (p2, s2), (p3, s3)):
+            peer.sendall(b"x")
+            proto.transport.write(b"y")
+            self.assertEqual((yield _read_in_thread(peer, 1)), b"y")
+        yield eventually(lambda: [p1.data, p2.data, p3.data] == [b"x"] * 3)
+        for proto in (p1, p2, p3):
+            proto.transport.loseConnection()
 
     @defer.inlineCallbacks
     def test_abort_while_frozen_waits_for_thaw(self) -> Any:

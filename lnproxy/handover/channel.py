@@ -6,8 +6,12 @@ with ``SO_PEERCRED`` that the other runs as the same user.  Each message is
 one type byte and a payload::
 
     new -> old   H  hello (payload: protocol version, 1 byte)
+    old -> new   P  version 2, before the freeze: up to 253 descriptors
+                    of sockets that will probably cross (duplicates; the
+                    old process still serves them), payload: their count
     old -> new   F  up to 253 descriptors (SCM_RIGHTS; the kernel's
-                    SCM_MAX_FD), payload: their count (u16)
+                    SCM_MAX_FD), payload: their count (u16); with version 2
+                    only those not sent in a ``P``
     old -> new   M  a chunk of the manifest (at most 64 KiB)
     old -> new   L  the data dir lock (version 2: one descriptor of the
                     lock file's open file description, see below)
@@ -25,6 +29,12 @@ bind its own), sends ``C`` and releases its sockets (no ``shutdown``).  The
 new side adopts only after ``C``; if the channel ends after its ``R``
 without ``C`` or ``X`` it adopts only if the old process is gone (it died
 between deciding and telling), else it gives up.
+
+Before the freeze (version 2), the old process sends a duplicate of every
+socket it would hand over now (``P``), and the new side indexes them by
+inode while the old one still serves: only the sockets opened since cross
+during the freeze.  A socket sent early that does not cross after all is
+only closed (its duplicate) by the new side.
 
 The data dir lock (version 2).  An ``flock`` belongs to the open file
 description, and a descriptor sent with ``SCM_RIGHTS`` shares it: the old
@@ -58,8 +68,8 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
-from .manifest import ManifestError
-from .session import Frozen, Handover, Received, match
+from .manifest import ManifestError, inode_of
+from .session import Frozen, Handover, Index, Received, match
 
 __all__ = [
     "NothingToTakeOver",
@@ -81,7 +91,7 @@ CHUNK = 64 * 1024
 _RECV_SIZE = CHUNK + 64
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * 4)
 
-HELLO, FDS, MANIFEST, END, READY, COMMIT, ABORT, LOCK = (
+HELLO, FDS, MANIFEST, END, READY, COMMIT, ABORT, LOCK, EARLY = (
     b"H",
     b"F",
     b"M",
@@ -90,6 +100,7 @@ HELLO, FDS, MANIFEST, END, READY, COMMIT, ABORT, LOCK = (
     b"C",
     b"X",
     b"L",
+    b"P",
 )
 
 
@@ -161,12 +172,35 @@ def _recv(skt: socket.socket) -> tuple[bytes, bytes, list[int]]:
     return data[:1], data[1:], fds
 
 
+def _send_early(skt: socket.socket, fds: list[int]) -> set[int]:
+    """Before the freeze: send ``fds`` (253 a message) and close them;
+    return their inodes."""
+    inodes = set()
+    try:
+        for fd in fds:
+            inodes.add(inode_of(fd))
+        for i in range(0, len(fds), MAX_FDS_PER_MESSAGE):
+            batch = fds[i : i + MAX_FDS_PER_MESSAGE]
+            socket.send_fds(skt, [EARLY + struct.pack(">H", len(batch))], batch)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return inodes
+
+
 def _send_frozen(
-    skt: socket.socket, frozen: Frozen, lock_fd: int | None = None
+    skt: socket.socket,
+    frozen: Frozen,
+    lock_fd: int | None = None,
+    sent: set[int] | frozenset[int] = frozenset(),
 ) -> None:
-    """Send the descriptors (253 a message), the manifest, the lock (if
-    any), the end mark."""
-    fds = frozen.fds
+    """Send the descriptors not ``sent`` early (by inode; 253 a message),
+    the manifest, the lock (if any), the end mark."""
+    fds = [
+        fd for fd, inode in zip(frozen.fds, frozen.inodes, strict=True)
+        if inode not in sent
+    ]
     for i in range(0, len(fds), MAX_FDS_PER_MESSAGE):
         batch = fds[i : i + MAX_FDS_PER_MESSAGE]
         socket.send_fds(skt, [FDS + struct.pack(">H", len(batch))], batch)
@@ -208,7 +242,10 @@ class TakeoverListener:
     sockets are already thawed.  ``notify`` is passed to
     :meth:`Frozen.commit`.
 
-    ``lock_fd`` (called on the reactor thread at the freeze) gives the data
+    ``sockets`` (called on the reactor thread before the freeze) gives the
+    descriptors of the sockets ``collect`` would hand over now: they are
+    duplicated and sent early (version 2).  ``lock_fd`` (called on the
+    reactor thread at the freeze) gives the data
     dir lock's descriptor to send to a version 2 new process; on a commit,
     ``on_outcome`` must close it without unlocking, and the channel ends
     (the new side's signal that the database is free) once ``on_outcome``
@@ -224,6 +261,7 @@ class TakeoverListener:
         timeout: float = 5.0,
         notify: bool = True,
         lock_fd: Callable[[], int | None] | None = None,
+        sockets: Callable[[], list[int]] | None = None,
     ) -> None:
         self._reactor = reactor
         self.path = path
@@ -232,6 +270,7 @@ class TakeoverListener:
         self.timeout = timeout
         self._notify = notify
         self._lock_fd = lock_fd
+        self._sockets = sockets
         self._socket: socket.socket | None = None
         self._busy = False
         self._reopen = False
@@ -326,6 +365,19 @@ class TakeoverListener:
             # Wakes the thread from waiting for the new side: it rolls back.
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)
+
+    def _duplicates(self) -> list[int]:
+        out: list[int] = []
+        if self._sockets is None:
+            return out
+        try:
+            for fd in self._sockets():
+                out.append(os.dup(fd))
+        except OSError:
+            for fd in out:
+                os.close(fd)
+            raise
+        return out
 
     def _freeze(self) -> tuple[Frozen, int | None]:
         clock: IReactorTime = self._reactor  # type: ignore[assignment]
@@ -436,11 +488,16 @@ class TakeoverListener:
             if kind != HELLO or len(payload) < 1 or payload[0] not in VERSIONS:
                 raise TakeoverFailed("the new process spoke another protocol")
             version = payload[0]
+            sent: set[int] = set()
+            if version >= 2 and self._sockets is not None:
+                sent = _send_early(
+                    conn, blockingCallFromThread(reactor, self._duplicates)
+                )
             if self._cancelled:
                 raise TakeoverFailed(self._cancelled)
             frozen, lock_fd = blockingCallFromThread(reactor, self._freeze)
             assert frozen is not None
-            _send_frozen(conn, frozen, lock_fd if version >= 2 else None)
+            _send_frozen(conn, frozen, lock_fd if version >= 2 else None, sent)
             kind, payload, fds = _recv(conn)
             for fd in fds:
                 os.close(fd)
@@ -619,6 +676,7 @@ def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
         raise TakeoverFailed(f"cannot reach {path}: {e}") from e
     fds: list[int] = []
     lock: list[int] = []
+    index = Index()
     try:
         old_pid = _check_same_user(skt)
         _send(skt, HELLO, bytes([VERSION]))
@@ -629,6 +687,9 @@ def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
                 lock.extend(got)
                 if len(lock) != 1:
                     raise TakeoverFailed("the old process sent no single lock")
+                continue
+            if kind == EARLY:
+                index.add(got)  # while the old process still serves
                 continue
             fds.extend(got)
             if kind == FDS:
@@ -651,11 +712,12 @@ def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
                 )
             break
         try:
-            received = match(manifest, fds)
+            received = match(manifest, fds, index)
         except ManifestError as e:
-            fds = []  # match closed them
+            fds = []  # match closed them (and the index)
             raise TakeoverFailed(f"bad manifest: {e}") from e
     except BaseException as e:
+        index.close()
         for fd in fds + lock:
             with contextlib.suppress(OSError):
                 os.close(fd)
