@@ -65,6 +65,7 @@ from lnproxy.handover import (
     Takeover,
     TakeoverFailed,
     TakeoverListener,
+    TakeoverRefused,
     request_takeover,
     systemd,
 )
@@ -452,14 +453,19 @@ def prepare(
     if not config.get("takeover"):
         return None
     path = os.path.join(data_dir, CHANNEL)
-    refusal = schema_matches(data_dir) if os.path.exists(path) else None
     try:
-        if refusal is not None:
-            raise SystemExit(f"lnproxy: --takeover refused: {refusal}")
-        takeover: Takeover = request_takeover(path, config.get("takeover-timeout", 10.0))
+        # The schema is checked only once a live process answers: a socket
+        # file left by a crash must not refuse a fresh start (an upgrade).
+        takeover: Takeover = request_takeover(
+            path,
+            config.get("takeover-timeout", 10.0),
+            check=lambda: schema_matches(data_dir),
+        )
     except NothingToTakeOver:
         _log.info("--takeover: no process serves {path}; starting normally", path=path)
         return None
+    except TakeoverRefused as e:
+        raise SystemExit(f"lnproxy: --takeover refused: {e}") from None
     except TakeoverFailed as e:
         raise SystemExit(f"lnproxy: takeover failed: {e}") from None
     try:

@@ -41,7 +41,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lnproxy import hotrestart, noise, tap, wire
 from lnproxy import keys as lnkeys
-from lnproxy.handover import TakeoverFailed, request_takeover
+from lnproxy.handover import (
+    Handover,
+    TakeoverFailed,
+    TakeoverListener,
+    request_takeover,
+)
 from lnproxy.service import build_service
 from lnproxy.store import DataDirLocked, Store, datadir
 from lnproxy.testing import (
@@ -696,3 +701,55 @@ class PostgresRefusalTests(SynchronousTestCase):
             with self.assertRaises(SystemExit) as cm:
                 build_service(R, options)
             self.assertIn("SQLite store only", str(cm.exception))
+
+
+class StaleChannelTests(SynchronousTestCase):
+    """A ``takeover.sock`` left behind by a crash is only a file."""
+
+    def stale(self, version: int) -> str:
+        """A data dir with a database of schema ``version`` and a socket
+        file nobody serves (its process died without unlinking it)."""
+        import socket
+        import sqlite3
+
+        from lnproxy.store.sqlite import DB_FILE
+
+        base = tempfile.mkdtemp(prefix="lnproxy-stale-")  # short: AF_UNIX
+        self.addCleanup(shutil.rmtree, base, True)
+        data_dir = os.path.join(base, "data")
+        Store.open(data_dir).close()
+        db = sqlite3.connect(os.path.join(data_dir, DB_FILE))
+        with db:
+            db.execute("INSERT INTO version (version) VALUES (?)", (version,))
+        db.close()
+        skt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        skt.bind(os.path.join(data_dir, hotrestart.CHANNEL))
+        skt.close()
+        return data_dir
+
+    def test_stale_socket_starts_normally(self) -> None:
+        """``--takeover`` with a stale socket file and a database of another
+        schema (an upgrade after a crash) starts normally: no process to take
+        over, nothing to refuse."""
+        data_dir = self.stale(999)
+        config = {"data-dir": data_dir, "takeover": True, "takeover-timeout": 2}
+        self.assertIsNone(hotrestart.prepare(config))
+
+    def test_live_process_of_another_schema_refused(self) -> None:
+        """A live process on a database of another schema: refused before
+        anything is asked of it (it is not even frozen)."""
+        data_dir = self.stale(999)
+        path = os.path.join(data_dir, hotrestart.CHANNEL)
+        os.unlink(path)
+        asked: list[bool] = []
+        listener = TakeoverListener(
+            R, path, lambda: asked.append(True) or Handover([]), lambda o: None
+        )
+        listener.start()
+        self.addCleanup(listener.stop)
+        config = {"data-dir": data_dir, "takeover": True, "takeover-timeout": 2}
+        with self.assertRaises(SystemExit) as cm:
+            hotrestart.prepare(config)
+        self.assertIn("--takeover refused", str(cm.exception))
+        self.assertIn("schema version 999", str(cm.exception))
+        self.assertEqual(asked, [])

@@ -77,6 +77,7 @@ __all__ = [
     "TakeoverFailed",
     "TakeoverListener",
     "Takeover",
+    "TakeoverRefused",
     "request_takeover",
 ]
 
@@ -110,6 +111,12 @@ class TakeoverFailed(Exception):
 
 class NothingToTakeOver(TakeoverFailed):
     """No process listens on the takeover socket: start normally."""
+
+
+class TakeoverRefused(TakeoverFailed):
+    """A process serves the channel, but this one will not take over from
+    it (the ``check`` of :func:`request_takeover` said why); nothing was
+    asked of it."""
 
 
 def peer_credentials(skt: socket.socket) -> tuple[int, int, int]:
@@ -657,12 +664,19 @@ class Takeover:
         self._close_lock()
 
 
-def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
+def request_takeover(
+    path: str,
+    timeout: float = 10.0,
+    check: Callable[[], str | None] | None = None,
+) -> Takeover:
     """Ask the process serving ``path`` to hand everything over (blocking).
 
     Raises :class:`NothingToTakeOver` if nobody listens there (start
-    normally) and :class:`TakeoverFailed` for anything else (the old
-    process rolls back by itself).
+    normally: a socket file left by a crashed process is only a file) and
+    :class:`TakeoverFailed` for anything else (the old process rolls back
+    by itself).  ``check`` is called once a live process answered and
+    before anything is asked of it: a reason raises
+    :class:`TakeoverRefused`.
     """
     skt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     skt.settimeout(timeout)
@@ -679,6 +693,9 @@ def request_takeover(path: str, timeout: float = 10.0) -> Takeover:
     index = Index()
     try:
         old_pid = _check_same_user(skt)
+        refusal = check() if check is not None else None
+        if refusal is not None:
+            raise TakeoverRefused(refusal)
         _send(skt, HELLO, bytes([VERSION]))
         chunks: list[bytes] = []
         while True:
