@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -174,21 +175,23 @@ class OldSide:
         listener.cancel("the old process is stopping (SIGTERM)")
         return done
 
-    def sockets(self) -> list[int]:
-        """Before the freeze: the descriptors :meth:`collect` would hand over
+    def sockets(self) -> list[socket.socket]:
+        """Before the freeze: the sockets :meth:`collect` would hand over
         now (sent early, so that few cross while peers wait)."""
-        fds = []
+        out = []
         for conn in self.root.hub.connections.values():
             protocol = conn.protocol
             transport = getattr(protocol, "transport", None)
             skt = getattr(transport, "socket", None)
-            if conn.state in (ConnState.OPEN, ConnState.HANDSHAKE) and skt is not None:
-                fds.append(skt.fileno())
+            if conn.state in (ConnState.OPEN, ConnState.HANDSHAKE) and isinstance(
+                skt, socket.socket
+            ):
+                out.append(skt)
         for port, _name in self.root.listening_ports():
             skt = getattr(port, "socket", None)
-            if skt is not None:
-                fds.append(skt.fileno())
-        return fds
+            if isinstance(skt, socket.socket):
+                out.append(skt)
+        return out
 
     def collect(self) -> Handover:
         """Pause everything and describe it (one reactor turn; the freeze

@@ -371,7 +371,7 @@ class ChannelConnectionTests(_PeerSocket):
             lambda: Handover([(p1.transport, b"one"), (p3.transport, b"three")]),
             outcomes.append,
             timeout=5,
-            sockets=lambda: [p1.transport.fileno(), p2.transport.fileno()],
+            sockets=lambda: [p1.transport.socket, p2.transport.socket],
         )
         listener.start()
         self.addCleanup(listener.stop)

@@ -250,8 +250,8 @@ class TakeoverListener:
     :meth:`Frozen.commit`.
 
     ``sockets`` (called on the reactor thread before the freeze) gives the
-    descriptors of the sockets ``collect`` would hand over now: they are
-    duplicated and sent early (version 2).  ``lock_fd`` (called on the
+    sockets ``collect`` would hand over now: they are duplicated (a batch
+    at a time) and sent early (version 2).  ``lock_fd`` (called on the
     reactor thread at the freeze) gives the data
     dir lock's descriptor to send to a version 2 new process; on a commit,
     ``on_outcome`` must close it without unlocking, and the channel ends
@@ -268,7 +268,7 @@ class TakeoverListener:
         timeout: float = 5.0,
         notify: bool = True,
         lock_fd: Callable[[], int | None] | None = None,
-        sockets: Callable[[], list[int]] | None = None,
+        sockets: Callable[[], list[socket.socket]] | None = None,
     ) -> None:
         self._reactor = reactor
         self.path = path
@@ -373,17 +373,20 @@ class TakeoverListener:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)
 
-    def _duplicates(self) -> list[int]:
+    @staticmethod
+    def _duplicates(sockets: list[socket.socket]) -> list[int]:
+        """Reactor thread (no socket closes meanwhile): duplicates of the
+        sockets still open; fewer if descriptors run out (the others cross
+        during the freeze, as with version 1)."""
         out: list[int] = []
-        if self._sockets is None:
-            return out
-        try:
-            for fd in self._sockets():
+        for skt in sockets:
+            fd = skt.fileno()
+            if fd < 0:
+                continue  # closed since
+            try:
                 out.append(os.dup(fd))
-        except OSError:
-            for fd in out:
-                os.close(fd)
-            raise
+            except OSError:
+                break
         return out
 
     def _freeze(self) -> tuple[Frozen, int | None]:
@@ -497,9 +500,14 @@ class TakeoverListener:
             version = payload[0]
             sent: set[int] = set()
             if version >= 2 and self._sockets is not None:
-                sent = _send_early(
-                    conn, blockingCallFromThread(reactor, self._duplicates)
-                )
+                # A batch at a time: N connections never need 2N descriptors.
+                early = blockingCallFromThread(reactor, self._sockets)
+                for i in range(0, len(early), MAX_FDS_PER_MESSAGE):
+                    batch = early[i : i + MAX_FDS_PER_MESSAGE]
+                    dups = blockingCallFromThread(reactor, self._duplicates, batch)
+                    if not dups:
+                        break
+                    sent |= _send_early(conn, dups)
             if self._cancelled:
                 raise TakeoverFailed(self._cancelled)
             frozen, lock_fd = blockingCallFromThread(reactor, self._freeze)
