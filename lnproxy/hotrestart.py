@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import time
@@ -83,7 +84,9 @@ __all__ = [
     "Incoming",
     "OldSide",
     "listener_name",
+    "hold_signals",
     "prepare",
+    "release_signals",
     "wait_for_lock",
 ]
 
@@ -478,9 +481,11 @@ def prepare(
         raise SystemExit(
             f"lnproxy: takeover aborted: cannot read a connection: {e}"
         ) from None
+    hold_signals()
     try:
         takeover.confirm()
     except TakeoverFailed as e:
+        release_signals()
         raise SystemExit(f"lnproxy: takeover failed: {e}") from None
     _log.info(
         "--takeover: {count} connections received and confirmed in {seconds:.3f} s",
@@ -490,6 +495,23 @@ def prepare(
     return Incoming(
         takeover.received, list(snaps), started, "takeover", lock_fd=takeover.lock_fd
     )
+
+
+#: Signals held back from the new side's ready until its reactor runs.
+HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def hold_signals() -> None:
+    """New side, before its ready: from then on the old process may commit,
+    and a SIGTERM killing this one before its reactor runs (twistd's handler
+    is not in yet) would drop every peer.  Held, it stops this process
+    normally once :func:`release_signals` lets it through."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+
+
+def release_signals() -> None:
+    """Let held signals through (call once the reactor runs)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 def wait_for_lock(open_store: Callable[[], Any], timeout: float = 30.0) -> Any:

@@ -199,6 +199,9 @@ class ProxyService(service.MultiService):
             self._adopt()
         self.hub.startService()
         super().startService()
+        if self.incoming is not None and self.incoming.via == "takeover":
+            # Held since the ready (a SIGTERM meanwhile stops us now).
+            self.reactor.callWhenRunning(hotrestart.release_signals)
         if self.old_side is not None:
             try:
                 self.old_side.start()

@@ -558,6 +558,27 @@ class HotRestartTests(TestCase):
         datadir.release_lock(datadir.acquire_lock(self.data_dir))
 
     @defer.inlineCallbacks
+    def test_new_side_holds_sigterm(self) -> Any:
+        """From its ready on, the new process holds SIGTERM back (a kill
+        between the old one's commit and twistd's handler would drop every
+        peer); the service lets it through once the reactor runs."""
+        old = self.spawn()
+        yield old.wait_started()
+        self.addCleanup(hotrestart.release_signals)
+        config = {"data-dir": self.data_dir, "takeover": True}
+        incoming = hotrestart.prepare(config)  # main thread: its signal mask
+        assert incoming is not None
+        self.addCleanup(incoming.received.close)
+        if incoming.lock_fd is not None:
+            self.addCleanup(os.close, incoming.lock_fd)
+        self.assertIn(signal.SIGTERM, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        hotrestart.release_signals()
+        self.assertNotIn(
+            signal.SIGTERM, signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        )
+        yield old.ended
+
+    @defer.inlineCallbacks
     def test_sigterm_during_takeover(self) -> Any:
         """SIGTERM reaching the old process while a takeover waits for the
         new side's ready: the handover rolls back (the new side is told, and
