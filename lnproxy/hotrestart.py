@@ -180,7 +180,10 @@ class OldSide:
 
     def sockets(self) -> list[socket.socket]:
         """Before the freeze: the sockets :meth:`collect` would hand over
-        now (sent early, so that few cross while peers wait)."""
+        now (sent early, so that few cross while peers wait).  Commits the
+        event batch too: the freeze then has only what came since to commit.
+        """
+        self.root.hub.flush()
         out = []
         for conn in self.root.hub.connections.values():
             protocol = conn.protocol

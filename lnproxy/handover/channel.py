@@ -9,6 +9,9 @@ one type byte and a payload::
     old -> new   P  version 2, before the freeze: up to 253 descriptors
                     of sockets that will probably cross (duplicates; the
                     old process still serves them), payload: their count
+    old -> new   Q  version 2: the end of the ``P`` messages
+    new -> old   A  version 2: every ``P`` indexed (the old side freezes
+                    only then, so none of that work waits on the freeze)
     old -> new   F  up to 253 descriptors (SCM_RIGHTS; the kernel's
                     SCM_MAX_FD), payload: their count (u16); with version 2
                     only those not sent in a ``P``
@@ -103,6 +106,7 @@ HELLO, FDS, MANIFEST, END, READY, COMMIT, ABORT, LOCK, EARLY = (
     b"L",
     b"P",
 )
+EARLY_END, EARLY_INDEXED = b"Q", b"A"
 
 
 class TakeoverFailed(Exception):
@@ -508,6 +512,19 @@ class TakeoverListener:
                     if not dups:
                         break
                     sent |= _send_early(conn, dups)
+                _send(conn, EARLY_END)
+                kind, payload, fds = _recv(conn)
+                for fd in fds:
+                    os.close(fd)
+                if kind == ABORT:
+                    raise TakeoverFailed(
+                        "the new process gave up: "
+                        + payload.decode("utf-8", "replace")[:500]
+                    )
+                if kind != EARLY_INDEXED:
+                    raise TakeoverFailed(
+                        f"unexpected message {kind!r} from new process"
+                    )
             if self._cancelled:
                 raise TakeoverFailed(self._cancelled)
             frozen, lock_fd = blockingCallFromThread(reactor, self._freeze)
@@ -715,6 +732,9 @@ def request_takeover(
                 continue
             if kind == EARLY:
                 index.add(got)  # while the old process still serves
+                continue
+            if kind == EARLY_END:
+                _send(skt, EARLY_INDEXED)  # now it may freeze
                 continue
             fds.extend(got)
             if kind == FDS:
