@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -50,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionLost, ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -65,6 +67,7 @@ from lnproxy.handover import (
     Takeover,
     TakeoverFailed,
     TakeoverListener,
+    TakeoverRefused,
     request_takeover,
     systemd,
 )
@@ -81,7 +84,9 @@ __all__ = [
     "Incoming",
     "OldSide",
     "listener_name",
+    "hold_signals",
     "prepare",
+    "release_signals",
     "wait_for_lock",
 ]
 
@@ -137,7 +142,14 @@ class OldSide:
         # notify=False: released transports are only closed, their protocols
         # hear nothing (faster with many; release() forgets them in the hub).
         self.listener = TakeoverListener(
-            self.reactor, path, self.collect, self.outcome, self.timeout, notify=False
+            self.reactor,
+            path,
+            self.collect,
+            self.outcome,
+            self.timeout,
+            notify=False,
+            lock_fd=lambda: getattr(self.root.store, "lock_fd", None),
+            sockets=self.sockets,
         )
         self.listener.start()
 
@@ -145,6 +157,47 @@ class OldSide:
         """Stop serving the channel (and remove the socket file if ours)."""
         if self.listener is not None:
             self.listener.stop()
+
+    def stop_serving(self) -> defer.Deferred[None]:
+        """This process stops (SIGTERM): a handover in progress rolls back
+        (unless past its point of no return: then it is committed), and the
+        channel closes.  Fires once the outcome is known, so that the stop
+        goes on either as a normal stop or as after a handover."""
+        listener = self.listener
+        if listener is None or not listener.busy:
+            self.stop()
+            return defer.succeed(None)
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def ended(_outcome: Outcome) -> None:
+            self.on_outcome.remove(ended)
+            self.stop()
+            done.callback(None)
+
+        self.on_outcome.append(ended)
+        listener.cancel("the old process is stopping (SIGTERM)")
+        return done
+
+    def sockets(self) -> list[socket.socket]:
+        """Before the freeze: the sockets :meth:`collect` would hand over
+        now (sent early, so that few cross while peers wait).  Commits the
+        event batch too: the freeze then has only what came since to commit.
+        """
+        self.root.hub.flush()
+        out = []
+        for conn in self.root.hub.connections.values():
+            protocol = conn.protocol
+            transport = getattr(protocol, "transport", None)
+            skt = getattr(transport, "socket", None)
+            if conn.state in (ConnState.OPEN, ConnState.HANDSHAKE) and isinstance(
+                skt, socket.socket
+            ):
+                out.append(skt)
+        for port, _name in self.root.listening_ports():
+            skt = getattr(port, "socket", None)
+            if isinstance(skt, socket.socket):
+                out.append(skt)
+        return out
 
     def collect(self) -> Handover:
         """Pause everything and describe it (one reactor turn; the freeze
@@ -195,13 +248,16 @@ class OldSide:
 
     def outcome(self, outcome: Outcome) -> None:
         """The end of a handover: exit, or go on as if nothing happened."""
-        for fn in self.on_outcome:
+        for fn in list(self.on_outcome):
             fn(outcome)
         if not outcome.committed:
             self._resume()
             return
         self.release(outcome.connections, outcome.seconds)
-        self.reactor.stop()
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping (SIGTERM during the handover)
 
     def release(self, connections: int, seconds: float) -> None:
         """Committed: forget what crossed, commit, let go of the store, close
@@ -210,7 +266,9 @@ class OldSide:
         root = self.root
         hub = root.hub
         hub.handed_over(self._collected)
-        root.store.close()  # the new process waits for this lock
+        # The new process holds the lock too (its descriptor crossed): close
+        # this copy without unlocking; it waits for this to open the store.
+        root.store.close(unlock=False)
         for client in list(root.factory.clients):
             try:
                 client.close_for_restart()
@@ -244,7 +302,7 @@ class OldSide:
             return False
         frozen.commit(notify=False)
         self.release(len(frozen.transports), self.reactor.seconds() - started)
-        for fn in self.on_outcome:
+        for fn in list(self.on_outcome):
             fn(
                 Outcome(
                     True,
@@ -272,6 +330,8 @@ class Incoming:
     adopted: int = 0
     seconds: float = 0.0
     done: bool = False
+    #: The data dir lock's descriptor, handed over (None: take the lock).
+    lock_fd: int | None = None
 
     def listener_names(self) -> set[str]:
         """Names of the listeners that arrived with a socket."""
@@ -402,14 +462,19 @@ def prepare(
     if not config.get("takeover"):
         return None
     path = os.path.join(data_dir, CHANNEL)
-    refusal = schema_matches(data_dir) if os.path.exists(path) else None
     try:
-        if refusal is not None:
-            raise SystemExit(f"lnproxy: --takeover refused: {refusal}")
-        takeover: Takeover = request_takeover(path, config.get("takeover-timeout", 10.0))
+        # The schema is checked only once a live process answers: a socket
+        # file left by a crash must not refuse a fresh start (an upgrade).
+        takeover: Takeover = request_takeover(
+            path,
+            config.get("takeover-timeout", 10.0),
+            check=lambda: schema_matches(data_dir),
+        )
     except NothingToTakeOver:
         _log.info("--takeover: no process serves {path}; starting normally", path=path)
         return None
+    except TakeoverRefused as e:
+        raise SystemExit(f"lnproxy: --takeover refused: {e}") from None
     except TakeoverFailed as e:
         raise SystemExit(f"lnproxy: takeover failed: {e}") from None
     try:
@@ -419,16 +484,37 @@ def prepare(
         raise SystemExit(
             f"lnproxy: takeover aborted: cannot read a connection: {e}"
         ) from None
+    hold_signals()
     try:
         takeover.confirm()
     except TakeoverFailed as e:
+        release_signals()
         raise SystemExit(f"lnproxy: takeover failed: {e}") from None
     _log.info(
         "--takeover: {count} connections received and confirmed in {seconds:.3f} s",
         count=len(snaps),
         seconds=time.monotonic() - started,
     )
-    return Incoming(takeover.received, list(snaps), started, "takeover")
+    return Incoming(
+        takeover.received, list(snaps), started, "takeover", lock_fd=takeover.lock_fd
+    )
+
+
+#: Signals held back from the new side's ready until its reactor runs.
+HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def hold_signals() -> None:
+    """New side, before its ready: from then on the old process may commit,
+    and a SIGTERM killing this one before its reactor runs (twistd's handler
+    is not in yet) would drop every peer.  Held, it stops this process
+    normally once :func:`release_signals` lets it through."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+
+
+def release_signals() -> None:
+    """Let held signals through (call once the reactor runs)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 def wait_for_lock(open_store: Callable[[], Any], timeout: float = 30.0) -> Any:

@@ -202,6 +202,9 @@ class ProxyService(service.MultiService):
             self._adopt()
         self.hub.startService()
         super().startService()
+        if self.incoming is not None and self.incoming.via == "takeover":
+            # Held since the ready (a SIGTERM meanwhile stops us now).
+            self.reactor.callWhenRunning(hotrestart.release_signals)
         if self.old_side is not None:
             try:
                 self.old_side.start()
@@ -275,12 +278,13 @@ class ProxyService(service.MultiService):
         WebSockets (1012).
         """
         old = self.old_side
+        if old is not None:
+            # A takeover in progress rolls back first (or has committed).
+            yield old.stop_serving()
         if old is not None and not old.handed_over and self.fd_store:
             notifier = systemd.Notifier()
             if notifier.address is not None:
                 old.store_on_stop(notifier)
-        if old is not None:
-            old.stop()
         if old is not None and old.handed_over:
             # Let the 1012 close frames reach the clients.
             deadline = self.reactor.seconds() + 2.0
@@ -348,7 +352,12 @@ def build_service(
         )
     try:
         if database == "sqlite":
-            if incoming is not None:
+            if incoming is not None and incoming.lock_fd is not None:
+                # The lock crossed with the sockets: it was never free.
+                store = Store.open(
+                    config["data-dir"], key_path=key_path, lock_fd=incoming.lock_fd
+                )
+            elif incoming is not None:
                 store = hotrestart.wait_for_lock(
                     lambda: Store.open(config["data-dir"], key_path=key_path)
                 )

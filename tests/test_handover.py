@@ -307,6 +307,109 @@ class SessionTests(_PeerSocket):
         proto.transport.loseConnection()
 
 
+class ChannelConnectionTests(_PeerSocket):
+    """The channel with real TCP connections: sockets sent before the
+    freeze, connections written to while frozen."""
+
+    @defer.inlineCallbacks
+    def test_write_after_freeze_rolls_back(self) -> Any:
+        """Bytes written to a frozen connection between the freeze and the
+        new side's ready (a reply finishing late) are not in what crossed:
+        the old side refuses to commit, rolls back, and sends them itself."""
+        proto, peer = yield self.connect()
+        directory = tempfile.mkdtemp(prefix="lnproxy-handover-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "takeover.sock")
+        outcomes: list[Any] = []
+        listener = TakeoverListener(
+            R,
+            path,
+            lambda: Handover([(proto.transport, b"snapshot")]),
+            outcomes.append,
+            timeout=5,
+        )
+        listener.start()
+        self.addCleanup(listener.stop)
+
+        def new_side() -> str:
+            from twisted.internet.threads import blockingCallFromThread
+
+            t = request_takeover(path)
+            blockingCallFromThread(R, proto.transport.write, b"late")
+            try:
+                t.confirm(timeout=5)
+            except TakeoverFailed as e:
+                return str(e)
+            t.received.close()
+            return "committed"
+
+        result = yield deferToThread(new_side)
+        self.assertIn("written to during the handover", result)
+        yield eventually(lambda: len(outcomes) == 1)
+        self.assertFalse(outcomes[0].committed)
+        self.assertEqual((yield _read_in_thread(peer, 4)), b"late")
+        peer.sendall(b"still mine")
+        yield eventually(lambda: proto.data == b"still mine")
+        proto.transport.loseConnection()
+
+    @defer.inlineCallbacks
+    def test_sockets_sent_before_the_freeze(self) -> Any:
+        """Sockets sent early (before the freeze) are matched by inode: one
+        that no longer crosses is only closed by the new side, one opened
+        since crosses during the freeze; a rollback leaves all three
+        connections working."""
+        p1, s1 = yield self.connect()
+        p2, s2 = yield self.connect()
+        p3, s3 = yield self.connect()
+        directory = tempfile.mkdtemp(prefix="lnproxy-handover-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "takeover.sock")
+        outcomes: list[Any] = []
+        listener = TakeoverListener(
+            R,
+            path,
+            lambda: Handover([(p1.transport, b"one"), (p3.transport, b"three")]),
+            outcomes.append,
+            timeout=5,
+            sockets=lambda: [p1.transport.socket, p2.transport.socket],
+        )
+        listener.start()
+        self.addCleanup(listener.stop)
+
+        def new_side() -> tuple[list[bytes], int]:
+            t = request_takeover(path)
+            got = [c.blob for c in t.received.connections if c.fd is not None]
+            unmatched = t.received.unmatched
+            t.abort("test")
+            return got, unmatched
+
+        got, unmatched = yield deferToThread(new_side)
+        self.assertEqual(got, [b"one", b"three"])
+        self.assertEqual(unmatched, 1)
+        yield eventually(lambda: len(outcomes) == 1)
+        self.assertFalse(outcomes[0].committed)
+        for proto, peer in ((p1, s1), (p2, s2), (p3, s3)):
+            peer.sendall(b"x")
+            proto.transport.write(b"y")
+            self.assertEqual((yield _read_in_thread(peer, 1)), b"y")
+        yield eventually(lambda: [p1.data, p2.data, p3.data] == [b"x"] * 3)
+        for proto in (p1, p2, p3):
+            proto.transport.loseConnection()
+
+    @defer.inlineCallbacks
+    def test_abort_while_frozen_waits_for_thaw(self) -> Any:
+        """``abortConnection`` on a frozen connection does not touch the
+        shared socket (its SO_LINGER would reset it for the new owner too);
+        it happens at the rollback."""
+        proto, peer = yield self.connect()
+        frozen = session.Frozen(session.Handover([(proto.transport, b"")]), 0.0)
+        proto.transport.abortConnection()
+        self.assertEqual(frozen.written(), 1)
+        self.assertTrue(proto.transport.connected)
+        frozen.rollback()
+        yield eventually(lambda: not proto.transport.connected)
+
+
 class _Once(protocol.Factory):
     """A factory handing out one given protocol."""
 

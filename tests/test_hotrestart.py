@@ -39,10 +39,16 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from lnproxy import hotrestart, noise, tap, wire
 from lnproxy import keys as lnkeys
-from lnproxy import noise, tap, wire
-from lnproxy.handover import TakeoverFailed, request_takeover
+from lnproxy.handover import (
+    Handover,
+    TakeoverFailed,
+    TakeoverListener,
+    request_takeover,
+)
 from lnproxy.service import build_service
+from lnproxy.store import DataDirLocked, Store, datadir
 from lnproxy.testing import (
     ResponderFactory,
     ResponderPeer,
@@ -530,6 +536,82 @@ class HotRestartTests(TestCase):
         yield child.stop("TERM")
 
     @defer.inlineCallbacks
+    def test_lock_never_free(self) -> Any:
+        """The data dir lock crosses with the sockets: between the old
+        process's exit and the new one opening its store, a third process
+        cannot take the data dir."""
+        old = self.spawn()
+        yield old.wait_started()
+        config = {"data-dir": self.data_dir, "takeover": True}
+        incoming = yield deferToThread(hotrestart.prepare, config)
+        self.assertIsNotNone(incoming)
+        self.assertIsNotNone(incoming.lock_fd)
+        yield old.ended
+        assert old.reason is not None
+        self.assertIsInstance(old.reason.value, ProcessDone)
+        with self.assertRaises(DataDirLocked):
+            datadir.acquire_lock(self.data_dir)
+        store = Store.open(self.data_dir, lock_fd=incoming.lock_fd)
+        store.close()
+        incoming.received.close()
+        # Closed for good: the data dir is free again.
+        datadir.release_lock(datadir.acquire_lock(self.data_dir))
+
+    @defer.inlineCallbacks
+    def test_new_side_holds_sigterm(self) -> Any:
+        """From its ready on, the new process holds SIGTERM back (a kill
+        between the old one's commit and twistd's handler would drop every
+        peer); the service lets it through once the reactor runs."""
+        old = self.spawn()
+        yield old.wait_started()
+        self.addCleanup(hotrestart.release_signals)
+        config = {"data-dir": self.data_dir, "takeover": True}
+        incoming = hotrestart.prepare(config)  # main thread: its signal mask
+        assert incoming is not None
+        self.addCleanup(incoming.received.close)
+        if incoming.lock_fd is not None:
+            self.addCleanup(os.close, incoming.lock_fd)
+        self.assertIn(signal.SIGTERM, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        hotrestart.release_signals()
+        self.assertNotIn(
+            signal.SIGTERM, signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        )
+        yield old.ended
+
+    @defer.inlineCallbacks
+    def test_sigterm_during_takeover(self) -> Any:
+        """SIGTERM reaching the old process while a takeover waits for the
+        new side's ready: the handover rolls back (the new side is told, and
+        does not adopt) and the old process stops normally, at once."""
+        old = self.spawn("--takeover-timeout", "5")
+        yield old.wait_started()
+        path = os.path.join(self.data_dir, "takeover.sock")
+        pid = old.transport.pid
+
+        def new_side() -> str:
+            t = request_takeover(path)
+            os.kill(pid, signal.SIGTERM)
+            time.sleep(0.5)
+            try:
+                t.confirm(timeout=5)
+            except TakeoverFailed as e:
+                return str(e)
+            t.received.close()
+            return "adopted"
+
+        started = time.monotonic()
+        result = yield deferToThread(new_side)
+        self.assertNotEqual(result, "adopted")
+        yield eventually(lambda: old.ended.called, timeout=10)
+        self.assertLess(time.monotonic() - started, 5)
+        assert old.reason is not None
+        # twistd ends with the signal that stopped it, once stopped cleanly.
+        self.assertEqual(getattr(old.reason.value, "signal", None), signal.SIGTERM)
+        self.assertIn("the old process is stopping", old.text)
+        self.assertIn("lnproxy stopped", old.text)
+        self.assertFalse(os.path.exists(path))
+
+    @defer.inlineCallbacks
     def test_systemd_store(self) -> Any:
         """SIGTERM under a (fake) service manager with the fd store: the
         next process starts from the store; the same checks."""
@@ -640,3 +722,55 @@ class PostgresRefusalTests(SynchronousTestCase):
             with self.assertRaises(SystemExit) as cm:
                 build_service(R, options)
             self.assertIn("SQLite store only", str(cm.exception))
+
+
+class StaleChannelTests(SynchronousTestCase):
+    """A ``takeover.sock`` left behind by a crash is only a file."""
+
+    def stale(self, version: int) -> str:
+        """A data dir with a database of schema ``version`` and a socket
+        file nobody serves (its process died without unlinking it)."""
+        import socket
+        import sqlite3
+
+        from lnproxy.store.sqlite import DB_FILE
+
+        base = tempfile.mkdtemp(prefix="lnproxy-stale-")  # short: AF_UNIX
+        self.addCleanup(shutil.rmtree, base, True)
+        data_dir = os.path.join(base, "data")
+        Store.open(data_dir).close()
+        db = sqlite3.connect(os.path.join(data_dir, DB_FILE))
+        with db:
+            db.execute("INSERT INTO version (version) VALUES (?)", (version,))
+        db.close()
+        skt = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        skt.bind(os.path.join(data_dir, hotrestart.CHANNEL))
+        skt.close()
+        return data_dir
+
+    def test_stale_socket_starts_normally(self) -> None:
+        """``--takeover`` with a stale socket file and a database of another
+        schema (an upgrade after a crash) starts normally: no process to take
+        over, nothing to refuse."""
+        data_dir = self.stale(999)
+        config = {"data-dir": data_dir, "takeover": True, "takeover-timeout": 2}
+        self.assertIsNone(hotrestart.prepare(config))
+
+    def test_live_process_of_another_schema_refused(self) -> None:
+        """A live process on a database of another schema: refused before
+        anything is asked of it (it is not even frozen)."""
+        data_dir = self.stale(999)
+        path = os.path.join(data_dir, hotrestart.CHANNEL)
+        os.unlink(path)
+        asked: list[bool] = []
+        listener = TakeoverListener(
+            R, path, lambda: asked.append(True) or Handover([]), lambda o: None
+        )
+        listener.start()
+        self.addCleanup(listener.stop)
+        config = {"data-dir": data_dir, "takeover": True, "takeover-timeout": 2}
+        with self.assertRaises(SystemExit) as cm:
+            hotrestart.prepare(config)
+        self.assertIn("--takeover refused", str(cm.exception))
+        self.assertIn("schema version 999", str(cm.exception))
+        self.assertEqual(asked, [])

@@ -64,6 +64,7 @@ from .channel import (
     Takeover,
     TakeoverFailed,
     TakeoverListener,
+    TakeoverRefused,
     request_takeover,
 )
 from .detach import HandedOver
@@ -80,5 +81,6 @@ __all__ = [
     "Takeover",
     "TakeoverFailed",
     "TakeoverListener",
+    "TakeoverRefused",
     "request_takeover",
 ]

@@ -49,6 +49,7 @@ public ``IReactorSocket.adoptStreamConnection`` / ``adoptStreamPort``.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Container
@@ -74,10 +75,14 @@ __all__ = [
     "release",
     "socket_of",
     "thaw",
+    "written_while_frozen",
 ]
 
 _FROZEN = "_lnproxy_frozen"
 _WAS_READING = "_lnproxy_was_reading"
+#: Written to (or closed) since the freeze: what the snapshot said is stale.
+_DIRTY = "_lnproxy_dirty"
+_ABORT_ASKED = "_lnproxy_abort_asked"
 
 
 class HandedOver(Exception):
@@ -94,7 +99,14 @@ def socket_of(selectable: Any) -> socket.socket:
 
 
 def _noop() -> None:
-    """Stands in for ``startReading``/``startWriting`` while frozen."""
+    """Stands in for ``startReading`` while frozen."""
+
+
+def _abort_later(fd: Any) -> None:
+    """Stands in for ``abortConnection`` while frozen: its ``SO_LINGER``
+    would act on the socket every holder shares; done at :func:`thaw`."""
+    setattr(fd, _DIRTY, True)
+    setattr(fd, _ABORT_ASKED, True)
 
 
 def freeze(
@@ -118,8 +130,27 @@ def freeze(
     fd.stopReading()
     fd.stopWriting()
     fd.startReading = _noop
-    fd.startWriting = _noop
+    # Every write() and loseConnection() calls startWriting: remember that
+    # the connection changed after its snapshot (see written_while_frozen).
+    setattr(fd, _DIRTY, False)
+    fd.startWriting = functools.partial(setattr, fd, _DIRTY, True)
+    if not isinstance(fd, tcp.Port):
+        fd.abortConnection = functools.partial(_abort_later, fd)
     setattr(fd, _FROZEN, True)
+
+
+def written_while_frozen(selectable: object) -> bool:
+    """Whether something was written to (or closing asked of) a frozen
+    transport since :func:`freeze`: those bytes are not in its
+    :func:`pending_bytes` taken at the freeze, so handing it over now would
+    lose them (roll back instead)."""
+    return bool(getattr(selectable, _DIRTY, False))
+
+
+def _unshadow(fd: Any) -> None:
+    for name in ("startReading", "startWriting", "abortConnection"):
+        if name in vars(fd):
+            delattr(fd, name)
 
 
 def is_frozen(selectable: object) -> bool:
@@ -145,9 +176,14 @@ def thaw(selectable: ITransport | IListeningPort) -> None:
     fd: Any = selectable
     if not getattr(fd, _FROZEN, False):
         return
-    del fd.startReading
-    del fd.startWriting
+    _unshadow(fd)
     setattr(fd, _FROZEN, False)
+    setattr(fd, _DIRTY, False)
+    if getattr(fd, _ABORT_ASKED, False):
+        setattr(fd, _ABORT_ASKED, False)
+        if getattr(fd, "connected", False):
+            fd.abortConnection()
+            return
     if not getattr(fd, "connected", False):
         return
     if isinstance(fd, tcp.Port):

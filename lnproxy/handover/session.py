@@ -51,6 +51,7 @@ __all__ = [
     "Received",
     "ReceivedConnection",
     "ReceivedListener",
+    "Index",
     "match",
 ]
 
@@ -110,12 +111,13 @@ class Frozen:
             connections = []
             fds = []
             for transport, blob in live:
-                fd = detach.socket_of(transport).fileno()
+                skt = detach.socket_of(transport)
+                fd = skt.fileno()
                 fds.append(fd)
                 connections.append(
                     ConnectionRecord(
                         inode_of(fd),
-                        detach.socket_of(transport).family,
+                        skt.family,
                         detach.pending_bytes(transport),
                         blob,
                         bool(transport.disconnecting),
@@ -130,6 +132,10 @@ class Frozen:
                 )
             #: Descriptors in manifest order: connections, then listeners.
             self.fds: list[int] = fds
+            #: Their socket inodes, in the same order.
+            self.inodes: list[int] = [c.inode for c in connections] + [
+                li.inode for li in listeners
+            ]
             self.manifest = encode(
                 Manifest(tuple(connections), tuple(listeners), handover.state)
             )
@@ -137,6 +143,11 @@ class Frozen:
             self.rollback()
             raise
         self.pending_total = sum(len(c.pending) for c in connections)
+
+    def written(self) -> int:
+        """How many frozen connections were written to (or closed) since the
+        freeze: committing now would lose those bytes."""
+        return sum(1 for t in self.transports if detach.written_while_frozen(t))
 
     def rollback(self) -> None:
         """Take everything back: read, accept and write again."""
@@ -302,32 +313,63 @@ def _is_stream_socket(fd: int) -> bool:
         skt.detach()  # not close: fd stays open and ours
 
 
-def match(manifest_bytes: bytes, fds: Sequence[int]) -> Received:
+class Index:
+    """Received descriptors by socket inode, built as they arrive (those
+    sent before the freeze are indexed while the old process still serves).
+    """
+
+    def __init__(self) -> None:
+        self.by_inode: dict[int, int] = {}
+        self.unmatched = 0
+
+    def add(self, fds: Sequence[int]) -> None:
+        """Index ``fds`` (now owned by the index): a descriptor that is not
+        a TCP socket, or whose socket is indexed already, is closed."""
+        by_inode = self.by_inode
+        for fd in fds:
+            try:
+                inode = inode_of(fd)
+            except OSError:
+                self.unmatched += 1
+                continue
+            if inode in by_inode or not _is_stream_socket(fd):
+                os.close(fd)
+                self.unmatched += 1
+                continue
+            by_inode[inode] = fd
+
+    def close(self) -> None:
+        """Close every indexed descriptor (plain close)."""
+        for fd in self.by_inode.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.by_inode = {}
+
+
+def match(manifest_bytes: bytes, fds: Sequence[int], index: Index | None = None) -> Received:
     """Pair descriptors with the manifest's records by socket inode.
 
-    Raises :class:`ManifestError` for a malformed manifest (after closing
-    ``fds``).  Descriptors that match no record, or are not TCP sockets,
-    are closed and counted in ``unmatched``.
+    ``index``: descriptors received earlier (before the freeze), already
+    indexed; ``fds`` are added to it.  Raises :class:`ManifestError` for a
+    malformed manifest (after closing ``fds`` and the index).  Descriptors
+    that match no record, or are not TCP sockets, are closed and counted in
+    ``unmatched``.
     """
+    if index is None:
+        index = Index()
     try:
         manifest = decode(manifest_bytes)
     except ManifestError:
         for fd in fds:
             os.close(fd)
+        index.close()
         raise
-    by_inode: dict[int, int] = {}
-    unmatched = 0
-    for fd in fds:
-        try:
-            inode = inode_of(fd)
-        except OSError:
-            unmatched += 1
-            continue
-        if inode in by_inode or not _is_stream_socket(fd):
-            os.close(fd)
-            unmatched += 1
-            continue
-        by_inode[inode] = fd
+    index.add(fds)
+    by_inode = index.by_inode
+    unmatched = index.unmatched
+    index.by_inode = {}
     connections = [
         ReceivedConnection(
             by_inode.pop(c.inode, None), c.family, c.pending, c.blob, c.closing

@@ -154,6 +154,34 @@ def acquire_lock(data_dir: str) -> int:
     return fd
 
 
+def adopt_lock(data_dir: str, fd: int) -> int:
+    """Take the data dir lock held through ``fd``, a descriptor of the lock
+    file's open file description received from the process that holds it
+    (a hot restart: the lock is never free in between).
+
+    :return: ``fd``, now this process's lock (it writes its pid).
+    :raises DataDirLocked: if ``fd`` is not this data dir's lock file or
+        does not hold the lock.
+    """
+    path = os.path.join(data_dir, LOCK_FILE)
+    try:
+        mine = os.stat(path, follow_symlinks=False)
+        given = os.fstat(fd)
+        same = (mine.st_dev, mine.st_ino) == (given.st_dev, given.st_ino)
+        if same:
+            # Same open file description: succeeds only if it holds the lock
+            # (or nobody does); another description holding it fails.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        same = False
+    if not same:
+        raise DataDirLocked(
+            f"the lock handed over is not the lock of {data_dir}; refusing to start"
+        )
+    write_pid(fd)
+    return fd
+
+
 def write_pid(fd: int) -> None:
     """Replace the content of the lock file with this process's pid.
 
@@ -176,16 +204,19 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def release_lock(fd: int) -> None:
+def release_lock(fd: int, unlock: bool = True) -> None:
     """Release the data dir lock taken by :func:`acquire_lock`.
 
     The file itself stays: deleting it would let two processes lock two
     different files of the same name.
 
     :param fd: the descriptor returned by :func:`acquire_lock`.
+    :param unlock: False after a hot restart handed the descriptor over:
+        only this process's copy is closed, the successor keeps the lock.
     """
     try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if unlock:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 

@@ -116,6 +116,7 @@ class SqliteStore:
         *,
         synchronous: str = "FULL",
         key_path: str | None = None,
+        lock_fd: int | None = None,
     ) -> SqliteStore:
         """Open (creating if needed) the data dir and everything in it.
 
@@ -128,6 +129,8 @@ class SqliteStore:
         :param key_path: the server key file; None for ``server.key`` in the
             data dir. Created (mode 0600) if missing; its directory must
             exist.
+        :param lock_fd: the lock handed over by a hot restart's old process
+            (:func:`~lnproxy.store.datadir.adopt_lock`) instead of taking it.
         :raises DataDirLocked: if another process uses the data dir.
         :raises DBError: if the database cannot be used.
         :raises StoreError: for other problems (key, permissions).
@@ -136,7 +139,14 @@ class SqliteStore:
         if key_path is None:
             key_path = datadir.default_key_path(data_dir)
         datadir.make_data_dir(data_dir)
-        lock_fd = datadir.acquire_lock(data_dir)
+        if lock_fd is None:
+            lock_fd = datadir.acquire_lock(data_dir)
+        else:
+            try:
+                datadir.adopt_lock(data_dir, lock_fd)
+            except BaseException:
+                os.close(lock_fd)
+                raise
         try:
             secret = datadir.load_or_create_server_secret(key_path)
             conn = get_db(os.path.join(data_dir, DB_FILE), synchronous=synchronous)
@@ -176,10 +186,18 @@ class SqliteStore:
         )
         datadir.write_pid(self._lock_fd)
 
-    def close(self) -> None:
+    @property
+    def lock_fd(self) -> int | None:
+        """The data dir lock's descriptor (None once closed)."""
+        return self._lock_fd
+
+    def close(self, unlock: bool = True) -> None:
         """Close the database and release the lock. Idempotent.
 
         An open transaction is rolled back by SQLite.
+
+        :param unlock: False after a hot restart handed the lock over:
+            close this process's descriptor, keep the lock held.
         """
         conn, self._conn = self._conn, None
         lock_fd, self._lock_fd = self._lock_fd, None
@@ -189,7 +207,7 @@ class SqliteStore:
                 conn.close()
         finally:
             if lock_fd is not None:
-                datadir.release_lock(lock_fd)
+                datadir.release_lock(lock_fd, unlock=unlock)
 
     def __enter__(self) -> SqliteStore:
         """Return the store itself."""
