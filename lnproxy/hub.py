@@ -950,8 +950,15 @@ class Hub(service.Service):
             # "proxy failed" for the rows instead) before closing sessions.
             committed = self.journal.idle()
             committed.addTimeout(10.0, self.clock)
-            return committed.addBoth(lambda _: self._close_sessions(waits))
-        return self._close_sessions(waits)
+            done = committed.addBoth(lambda _: self._close_sessions(waits))
+        else:
+            done = self._close_sessions(waits)
+        return done.addBoth(self._journal_closed)
+
+    def _journal_closed(self, result: Any) -> Any:
+        """The last step of a stop: the journal schedules nothing more."""
+        self.journal.close()
+        return result
 
     def _close_sessions(self, waits: list[defer.Deferred[Any]]) -> defer.Deferred[None]:
         """The end of :meth:`stopService`: close every session, wait."""

@@ -119,6 +119,8 @@ class Journal:
         #: the reactor sees only knows those loaded when a node was claimed).
         self._kept: dict[tuple[str, str], bytes] = {}
         self._flush_call: IDelayedCall | None = None
+        #: Set by :meth:`close`: no commit is scheduled any more.
+        self._closed = False
         #: The last commit failed: it may have happened all the same (the
         #: link broke after the server committed), so the next one first
         #: skips what is already stored instead of failing on it forever.
@@ -168,7 +170,7 @@ class Journal:
         )
         self._batch.append(EventRow(log.node_id, seq, "message", summon, now, params))
         if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
+            self._schedule(0)
 
     def record_close(self, conn_id: str, seq: int, node_id: str | None = None) -> None:
         """Mark a connection row closed by the event ``seq``, in the batch
@@ -195,7 +197,7 @@ class Journal:
         fsync of its own when events ride in the same batch."""
         self._blobs[(node_id, peer)] = (blob, at)
         if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
+            self._schedule(0)
 
     def peer_storage(self, node_id: str, peer: str) -> bytes | None:
         """The newest blob of a node's peer: staged in this batch, or
@@ -211,9 +213,27 @@ class Journal:
     def _add(self, row: EventRow) -> None:
         self._batch.append(row)
         if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
+            self._schedule(0)
 
     # -- committing -------------------------------------------------------------
+
+    def _schedule(self, delay: float) -> None:
+        """Commit after ``delay`` seconds (0: at the end of this turn),
+        unless the journal was closed."""
+        if not self._closed:
+            self._flush_call = self.clock.callLater(delay, self.flush)
+
+    def close(self) -> None:
+        """The service stopped: cancel the scheduled commit and schedule no
+        other (a commit that fails after the stop, with the database away,
+        must not leave a retry loop behind).  What is still uncommitted
+        stays unwritten, as after a crash: the next start (or the process
+        that takes the nodes over) writes their connections' ``closed``
+        events."""
+        self._closed = True
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     @property
     def pending(self) -> bool:
@@ -231,7 +251,7 @@ class Journal:
         d: defer.Deferred[None] = defer.Deferred()
         self._idle_waiters.append(d)
         if self._inflight is None and self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
+            self._schedule(0)
         return d
 
     def _fire_idle(self) -> None:
@@ -343,7 +363,7 @@ class Journal:
             )
             self._put_back(taken)
             if self._flush_call is None:
-                self._flush_call = self.clock.callLater(self.retry_delay, self.flush)
+                self._schedule(self.retry_delay)
             return
         self._committed(taken)
         self._fire_idle()
@@ -405,7 +425,7 @@ class Journal:
             )
             self._put_back(taken)
             if self._flush_call is None:
-                self._flush_call = self.clock.callLater(self.retry_delay, self.flush)
+                self._schedule(self.retry_delay)
 
         d.addCallbacks(done, failed)
 

@@ -808,6 +808,19 @@ class JournalTests(SynchronousTestCase):
         self.offered.append((row.seq, len(self.store.events_after(NODE, 0, 100))))
         return row.seq % 2 == 0
 
+    def test_closed_journal_schedules_nothing(self) -> None:
+        """After close() (the service stopped) the scheduled commit is
+        cancelled and no other is scheduled: a stop leaves no timer behind,
+        even when something is emitted or a commit fails afterwards."""
+        log = _Log(NODE)
+        self.journal.emit(log, "closed", {"why": "x"}, True)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.journal.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.journal.emit(log, "closed", {"why": "late"}, True)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.store.events_after(NODE, 0, 9), [])
+
     def test_numbered_batched_committed_then_offered(self) -> None:
         """Events of one turn get consecutive seqs, are committed at the end
         of the turn in one batch, and each is offered only once the whole
