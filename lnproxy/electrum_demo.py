@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 __all__ = [
+    "electrum_env",
     "ELECTRUM_PYTHON",
     "ElectrumNode",
     "NodeFailed",
@@ -97,6 +98,28 @@ def resume_args(url: str) -> tuple[str, ...]:
     return ("--proxy", url, "--command", '{"cmd": "resume"}')
 
 
+def electrum_env(work_dir: str) -> dict[str, str]:
+    """The environment of a child run by Electrum's Python in ``work_dir``.
+
+    Only this lnproxy package is on its path (a link in ``work_dir``): the
+    directory that holds lnproxy may be a virtualenv's site-packages, whose
+    other packages must not shadow those of Electrum's Python; and nothing
+    of this process's environment (a PYTHONPATH, PYTHONHOME, the node key of
+    a caller) leaks in.
+    """
+    path_dir = os.path.join(work_dir, ".lnproxy-path")
+    link = os.path.join(path_dir, "lnproxy")
+    if not os.path.islink(link):
+        os.makedirs(path_dir, exist_ok=True)
+        os.symlink(PACKAGE_DIR, link)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": path_dir,
+        "HOME": work_dir,
+        "TMPDIR": work_dir,
+    }
+
+
 class NodeFailed(Exception):
     """An Electrum node did not do what was expected in time."""
 
@@ -133,20 +156,7 @@ class ElectrumNode(ProcessProtocol):
     ) -> ElectrumNode:
         """Start ``python -m lnproxy.electrum_node ROLE ARGS``."""
         node = cls(reactor, name)
-        # Only this lnproxy package on the child's path: the directory that
-        # holds it may be a virtualenv's site-packages, whose other packages
-        # must not shadow those of Electrum's Python.
-        path_dir = os.path.join(user_dir, ".lnproxy-path")
-        link = os.path.join(path_dir, "lnproxy")
-        if not os.path.islink(link):
-            os.makedirs(path_dir, exist_ok=True)
-            os.symlink(PACKAGE_DIR, link)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": path_dir,
-            "HOME": user_dir,
-            "TMPDIR": user_dir,
-        }
+        env = electrum_env(user_dir)
         argv = [
             python,
             "-m",

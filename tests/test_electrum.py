@@ -32,9 +32,9 @@ from lnproxy import protocol
 from lnproxy.demo import WebhookReceiver
 from lnproxy.electrum_demo import (
     ELECTRUM_PYTHON,
-    PACKAGE_DIR,
     ElectrumNode,
     electrum_available,
+    electrum_env,
     resume_args,
 )
 from lnproxy.testing import TwistdProcess, free_port, spawn_twistd
@@ -476,15 +476,8 @@ class RedirectTests(TestCase):
         logs it in (or, still naming the dead owner, ends in
         RedirectError)."""
         work = os.path.abspath(self.mktemp())
-        path_dir = os.path.join(work, "path")
-        os.makedirs(path_dir)
-        os.symlink(PACKAGE_DIR, os.path.join(path_dir, "lnproxy"))
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": path_dir,
-            "HOME": work,
-            "TMPDIR": work,
-        }
+        os.makedirs(work)
+        env = electrum_env(work)
         script = os.path.join(REPO_ROOT, "tests", "electrum_redirect_fake.py")
         out, err, code = yield getProcessOutputAndValue(
             ELECTRUM_PYTHON, [script], env=env, path=work

@@ -20,14 +20,26 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from lnproxy import keys
-from lnproxy.electrum_demo import (
-    ELECTRUM_PYTHON,
-    PACKAGE_DIR,
-    ElectrumNode,
-    electrum_available,
-)
+from lnproxy.electrum_demo import ELECTRUM_PYTHON, ElectrumNode, electrum_env
 
-ELECTRUM_MISSING = electrum_available()
+from .test_electrum import SKIP
+
+
+def run_electrum_script(case: TestCase, script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` under Electrum's Python (its own clean environment);
+    it must exit 0; return the JSON object of its last output line."""
+    work = os.path.abspath(case.mktemp())
+    os.makedirs(work)
+    out = subprocess.run(
+        [ELECTRUM_PYTHON, "-c", script, *args],
+        env=electrum_env(work),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    case.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
+    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+    return result
 
 SCRIPT = r"""
 import asyncio, json, sys, time
@@ -83,26 +95,12 @@ asyncio.run(main())
 class UnreadableFrameTests(TestCase):
     """A frame the adapter cannot read ends the session."""
 
-    skip = (
-        f"Electrum is not available ({ELECTRUM_MISSING})" if ELECTRUM_MISSING else None
-    )
+    skip = SKIP
 
     def run_with(self, frame: str) -> dict[str, object]:
         """Run the script with the proxy answering ``connections`` with
         ``frame``; return what it printed."""
-        path_dir = os.path.abspath(self.mktemp())
-        os.makedirs(path_dir)
-        os.symlink(PACKAGE_DIR, os.path.join(path_dir, "lnproxy"))
-        out = subprocess.run(
-            [ELECTRUM_PYTHON, "-c", SCRIPT, frame],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                 "PYTHONPATH": path_dir, "HOME": path_dir},
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
-        result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
+        result: dict[str, object] = run_electrum_script(self, SCRIPT, frame)
         return result
 
     def assert_session_ended(self, frame: str) -> None:
@@ -205,30 +203,13 @@ asyncio.run(main())
 class FailedHandshakeTests(TestCase):
     """A handshake that fails after ``connect`` leaves nothing behind."""
 
-    skip = (
-        f"Electrum is not available ({ELECTRUM_MISSING})" if ELECTRUM_MISSING else None
-    )
+    skip = SKIP
 
     def test_events_of_a_failed_handshake_do_not_block_acks(self) -> None:
         """A bad act 2: the transport is forgotten, so the connection's
         closed event (and every later one) is acknowledged instead of
         waiting forever in a queue no one reads."""
-        path_dir = os.path.abspath(self.mktemp())
-        os.makedirs(path_dir)
-        os.symlink(PACKAGE_DIR, os.path.join(path_dir, "lnproxy"))
-        out = subprocess.run(
-            [ELECTRUM_PYTHON, "-c", HANDSHAKE_SCRIPT],
-            env={
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "PYTHONPATH": path_dir,
-                "HOME": path_dir,
-            },
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
-        result = json.loads(out.stdout.splitlines()[-1])
+        result = run_electrum_script(self, HANDSHAKE_SCRIPT)
         self.assertEqual(result["outcome"], "HandshakeFailed", result)
         self.assertEqual(result["transports"], [], result)
         self.assertEqual(result["acks"][-1:], [2], result)
@@ -287,29 +268,12 @@ asyncio.run(main())
 class FailedStartTests(TestCase):
     """:meth:`ProxySession.start` that fails leaves nothing open."""
 
-    skip = (
-        f"Electrum is not available ({ELECTRUM_MISSING})" if ELECTRUM_MISSING else None
-    )
+    skip = SKIP
 
     def test_refused_login_closes_everything(self) -> None:
         """A login answered with code 2: start() raises, and the WebSocket,
         its tasks and the HTTP session are closed."""
-        path_dir = os.path.abspath(self.mktemp())
-        os.makedirs(path_dir)
-        os.symlink(PACKAGE_DIR, os.path.join(path_dir, "lnproxy"))
-        out = subprocess.run(
-            [ELECTRUM_PYTHON, "-c", LOGIN_SCRIPT],
-            env={
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "PYTHONPATH": path_dir,
-                "HOME": path_dir,
-            },
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
-        result = json.loads(out.stdout.splitlines()[-1])
+        result = run_electrum_script(self, LOGIN_SCRIPT)
         self.assertEqual(
             result,
             {
@@ -325,9 +289,7 @@ class FailedStartTests(TestCase):
 class NodeKeyTests(TestCase):
     """:class:`ElectrumNode` hands the node key over a pipe."""
 
-    skip = (
-        f"Electrum is not available ({ELECTRUM_MISSING})" if ELECTRUM_MISSING else None
-    )
+    skip = SKIP
 
     @defer.inlineCallbacks
     def test_key_not_in_the_environment(self) -> Any:
